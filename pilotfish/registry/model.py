@@ -1,0 +1,198 @@
+"""Instances and leases: the values every backend stores, validated once at construction."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Health = Literal["passing", "warning", "critical"]
+HEALTH_STATES: tuple[Health, ...] = ("passing", "warning", "critical")
+
+MIN_TTL = 2
+MAX_TTL = 86_400
+MAX_TAGS = 64
+MAX_TAG_LENGTH = 255
+MAX_META = 64
+MAX_META_KEY = 128
+MAX_META_VALUE = 512
+MAX_OWNER = 256
+
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+class InvalidField(ValueError):
+    """A value that cannot be stored; names the field so clients can fix their request."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def service_name(value: object, field: str = "service") -> str:
+    """Return the canonical (lower-case) service name, or raise InvalidField."""
+    if not isinstance(value, str):
+        raise InvalidField(field, "must be a string")
+    name = value.lower()
+    if not _LABEL.match(name):
+        raise InvalidField(
+            field,
+            f"{value!r} is not a DNS label: 1-63 characters of a-z, 0-9 and '-', "
+            "not starting or ending with '-'",
+        )
+    return name
+
+
+def identifier(value: object, field: str) -> str:
+    """Return value if it is a safe id for keys, paths and URLs, or raise InvalidField."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise InvalidField(
+            field,
+            f"{value!r} is not a valid id: 1-128 characters of A-Z, a-z, 0-9, '_', '.', '-', "
+            "starting with a letter or digit",
+        )
+    return value
+
+
+def ip_literal(value: object, field: str = "address") -> str:
+    """Return the normalized IPv4/IPv6 literal, or raise InvalidField."""
+    if not isinstance(value, str):
+        raise InvalidField(field, "must be a string")
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidField(field, f"{value!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise InvalidField(field, f"{value!r}: scoped IPv6 addresses are not supported")
+    return str(address)
+
+
+def bounded_int(value: object, field: str, low: int, high: int) -> int:
+    """Return value if it is an integer in [low, high], or raise InvalidField."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidField(field, f"must be an integer between {low} and {high}")
+    if not low <= value <= high:
+        raise InvalidField(field, f"{value} is out of range {low}-{high}")
+    return value
+
+
+def ttl_seconds(value: object, field: str = "ttl") -> int:
+    """Return a lease TTL in whole seconds, accepting integral floats, or raise InvalidField."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    return bounded_int(value, field, MIN_TTL, MAX_TTL)
+
+
+def _tags(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidField("tags", "must be a list of strings")
+    tags = tuple(value)
+    if len(tags) > MAX_TAGS:
+        raise InvalidField("tags", f"at most {MAX_TAGS} tags")
+    for tag in tags:
+        if not isinstance(tag, str) or not 0 < len(tag) <= MAX_TAG_LENGTH:
+            raise InvalidField("tags", f"each tag must be a string of 1-{MAX_TAG_LENGTH} characters")
+        if any(c.isspace() or not c.isprintable() for c in tag):
+            raise InvalidField("tags", f"tag {tag!r} contains whitespace or control characters")
+    return tuple(dict.fromkeys(tags))
+
+
+def _meta(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise InvalidField("meta", "must be an object of string to string")
+    if len(value) > MAX_META:
+        raise InvalidField("meta", f"at most {MAX_META} keys")
+    for key, item in value.items():
+        if not isinstance(key, str) or not _META_KEY.match(key):
+            raise InvalidField("meta", f"key {key!r} must be 1-{MAX_META_KEY} of A-Z a-z 0-9 _ -")
+        if not isinstance(item, str) or len(item) > MAX_META_VALUE:
+            raise InvalidField("meta", f"value of {key!r} must be a string of at most 512 chars")
+    return dict(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One reachable endpoint of a service, attached to the lease that keeps it alive."""
+
+    service: str
+    id: str
+    address: str
+    port: int
+    lease: str
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+    weight: int = 1
+    health: Health = "passing"
+
+    def __post_init__(self) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "service", service_name(self.service))
+        identifier(self.id, "id")
+        setattr_(self, "address", ip_literal(self.address))
+        bounded_int(self.port, "port", 1, 65535)
+        identifier(self.lease, "lease")
+        setattr_(self, "tags", _tags(self.tags))
+        setattr_(self, "meta", _meta(self.meta))
+        bounded_int(self.weight, "weight", 1, 65535)
+        if self.health not in HEALTH_STATES:
+            raise InvalidField("health", f"must be one of {', '.join(HEALTH_STATES)}")
+
+    @property
+    def serving(self) -> bool:
+        """Whether consumers (DNS, LB) should hand this instance out."""
+        return self.health != "critical"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form used by the API and by backends that store documents."""
+        return {
+            "service": self.service,
+            "id": self.id,
+            "address": self.address,
+            "port": self.port,
+            "tags": list(self.tags),
+            "meta": dict(self.meta),
+            "weight": self.weight,
+            "health": self.health,
+            "lease": self.lease,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Instance:
+        """Rebuild (and revalidate) an instance from its JSON form."""
+        return cls(
+            service=data["service"],
+            id=data["id"],
+            address=data["address"],
+            port=data["port"],
+            lease=data["lease"],
+            tags=tuple(data.get("tags", ())),
+            meta=data.get("meta", {}),
+            weight=data.get("weight", 1),
+            health=data.get("health", "passing"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A TTL that keepalives renew; when it lapses or is revoked, its instances go."""
+
+    id: str
+    ttl: int
+    owner: str = ""
+    expires_at: float = 0.0  # wall-clock seconds, as of when this value was read
+
+    def __post_init__(self) -> None:
+        identifier(self.id, "lease")
+        ttl_seconds(self.ttl)
+        if not isinstance(self.owner, str) or len(self.owner) > MAX_OWNER:
+            raise InvalidField("owner", f"must be a string of at most {MAX_OWNER} characters")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form used by the API."""
+        return {"id": self.id, "ttl": self.ttl, "owner": self.owner, "expires_at": self.expires_at}
