@@ -230,6 +230,20 @@ class RegistryApi:
             headers={"X-Pilotfish-Index": str(snapshot.index)},
         )
 
+    async def get_catalog(self, index: int | None = None, wait: str | None = None) -> Response:
+        """Every live instance; with `index`, blocks until the catalog moves past it."""
+        snapshot = await self._call(self.catalog.snapshot())
+        if index is not None and index == snapshot.index:
+            try:
+                snapshot = await self.catalog.watch(index, parse_wait(wait))
+            except BackendUnavailable as exc:
+                raise ApiError(503, "unavailable", f"registry backend unavailable: {exc}") from exc
+        instances = [i.to_dict() for i in snapshot.instances.values()]
+        return json_response(
+            {"index": snapshot.index, "instances": instances},
+            headers={"X-Pilotfish-Index": str(snapshot.index)},
+        )
+
     async def _block(self, seen: Snapshot, service: str, tag: str | None, wait: float) -> Snapshot:
         """Wait until this service's answer changes, or `wait` elapses (a Consul-style long-poll)."""
         before = seen.service(service, tag)
@@ -290,6 +304,7 @@ class RegistryApi:
                         openapi_extra=_body_schema(InstanceBody))
         r.add_api_route(instance_path, self.delete_instance, methods=["DELETE"], status_code=204)
         r.add_api_route(instance_path + "/keepalive", self.keepalive_instance, methods=["PUT"])
+        r.add_api_route("/v1/catalog", self.get_catalog, methods=["GET"])
         r.add_api_route("/v1/health", self.health, methods=["GET"])
         r.add_api_route("/metrics", self.metrics_text, methods=["GET"], include_in_schema=False)
 

@@ -1,0 +1,6 @@
+"""Fixtures shared by every test folder: backend URLs (each from its own plugin) and processes."""
+
+pytest_plugins = [
+    "tests.fixtures.backends",
+    "tests.fixtures.process",
+]
