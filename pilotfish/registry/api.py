@@ -221,9 +221,10 @@ class RegistryApi:
         wait: str | None = None,
     ) -> Response:
         service = service_name(service)
+        wait_seconds = parse_wait(wait)
         snapshot = await self._call(self.catalog.snapshot())
         if index is not None and index == snapshot.index:
-            snapshot = await self._block(snapshot, service, tag, parse_wait(wait))
+            snapshot = await self._block(snapshot, service, tag, wait_seconds)
         instances = [i.to_dict() for i in snapshot.service(service, tag)]
         return json_response(
             {"index": snapshot.index, "instances": instances},
@@ -232,10 +233,11 @@ class RegistryApi:
 
     async def get_catalog(self, index: int | None = None, wait: str | None = None) -> Response:
         """Every live instance; with `index`, blocks until the catalog moves past it."""
+        wait_seconds = parse_wait(wait)
         snapshot = await self._call(self.catalog.snapshot())
         if index is not None and index == snapshot.index:
             try:
-                snapshot = await self.catalog.watch(index, parse_wait(wait))
+                snapshot = await self.catalog.watch(index, wait_seconds)
             except BackendUnavailable as exc:
                 raise ApiError(503, "unavailable", f"registry backend unavailable: {exc}") from exc
         instances = [i.to_dict() for i in snapshot.instances.values()]
@@ -245,7 +247,7 @@ class RegistryApi:
         )
 
     async def _block(self, seen: Snapshot, service: str, tag: str | None, wait: float) -> Snapshot:
-        """Wait until this service's answer changes, or `wait` elapses (a Consul-style long-poll)."""
+        """Wait until this service's answer changes or `wait` elapses (a Consul-style long-poll)."""
         before = seen.service(service, tag)
         deadline = time.monotonic() + wait
         snapshot = seen

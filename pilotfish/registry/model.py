@@ -97,7 +97,7 @@ def _tags(value: object) -> tuple[str, ...]:
         raise InvalidField("tags", f"at most {MAX_TAGS} tags")
     for tag in tags:
         if not isinstance(tag, str) or not 0 < len(tag) <= MAX_TAG_LENGTH:
-            raise InvalidField("tags", f"each tag must be a string of 1-{MAX_TAG_LENGTH} characters")
+            raise InvalidField("tags", f"each tag must be 1-{MAX_TAG_LENGTH} characters")
         if any(c.isspace() or not c.isprintable() for c in tag):
             raise InvalidField("tags", f"tag {tag!r} contains whitespace or control characters")
     return tuple(dict.fromkeys(tags))
