@@ -1,0 +1,324 @@
+"""A pilotfish registry API as the catalog, so DNS, LB and sidecars can point at an API.
+
+Writes are one HTTP round trip each on a keep-alive connection. Reads come from a
+local cache that a background task keeps current with the API's blocking read
+(`GET /v1/catalog?index=N&wait=...`), so snapshot() never touches the network on
+the hot path and watchers wake as soon as the API reports a change (including a
+lease lapsing, which the API's own backend signals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, NoReturn
+from urllib.parse import parse_qs, quote, urlsplit
+
+import httpx
+
+from pilotfish.registry.catalog import (
+    BackendUnavailable,
+    Catalog,
+    CatalogError,
+    Snapshot,
+    UnknownLease,
+)
+from pilotfish.registry.model import Instance, InvalidField, Lease, ttl_seconds
+
+log = logging.getLogger(__name__)
+
+WRITE_TIMEOUT = httpx.Timeout(6.0, connect=2.0)  # the API answers 503 after its own 5 s
+POLL_WAIT = 10.0  # seconds the API may hold one blocking read
+POLL_TIMEOUT = httpx.Timeout(POLL_WAIT + 5.0, connect=2.0)
+FIRST_SYNC_TIMEOUT = 5.0
+RETRY_MIN, RETRY_MAX = 0.1, 0.5  # reconnect backoff of the poll loop
+REMEMBERED = 65_536  # cap on the per-process maps of our own leases and instances
+TOKEN_ENV = "PILOTFISH_TOKEN"
+
+
+class Unauthorized(CatalogError):
+    """The API refused a write: it needs `Authorization: Bearer <token>` (see ?token=)."""
+
+
+def _remember(store: dict[str, Any], key: str, value: Any) -> None:
+    store.pop(key, None)
+    store[key] = value
+    if len(store) > REMEMBERED:
+        store.pop(next(iter(store)))
+
+
+class HttpCatalog(Catalog):
+    """Talks to a pilotfish registry API over HTTP; reads from a long-poll-fed local cache."""
+
+    def __init__(self, base_url: str, token: str | None = None) -> None:
+        super().__init__()
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers,
+                                         timeout=WRITE_TIMEOUT)
+        self._poll_client = httpx.AsyncClient(base_url=self.base_url, timeout=POLL_TIMEOUT)
+        self._owners: dict[str, str] = {}  # owners of leases created here, for keepalive's Lease
+        self._mine: dict[str, Instance] = {}  # instances registered here, for deregister
+        self._snapshot: Snapshot | None = None
+        self._raw: dict[str, tuple[Mapping[str, Any], Instance]] = {}
+        self._index = 0  # local, never goes backwards even when a restarted API starts over
+        self._remote_index: int | None = None
+        self._up = False
+        self._error: str | None = None
+        self._settled = asyncio.Event()  # the first sync attempt finished, either way
+        self._poller: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def from_url(cls, url: str) -> HttpCatalog:
+        """`http(s)://host:port[/path][?token=T]`; the token may also come from PILOTFISH_TOKEN."""
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise ValueError(f"registry URL {url!r}: give the API as http://HOST:PORT")
+        params = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(params) - {"token"})
+        if unknown:
+            raise ValueError(f"registry URL {url!r}: unknown parameter(s) {', '.join(unknown)} "
+                             "(known: token)")
+        token = params.get("token", [""])[-1] or os.environ.get(TOKEN_ENV) or None
+        return cls(f"{parts.scheme}://{parts.netloc}{parts.path}", token)
+
+    # leases
+
+    async def create_lease(self, ttl: int, owner: str = "") -> Lease:
+        ttl = ttl_seconds(ttl)
+        Lease(id="pending", ttl=ttl, owner=owner)  # validate before the round trip
+        response = await self._request("POST", "/v1/leases", json={"ttl": ttl, "owner": owner})
+        if response.status_code != 201:
+            self._fail(response)
+        lease = _lease(response.json())
+        _remember(self._owners, lease.id, lease.owner)
+        return lease
+
+    async def keepalive(self, lease_id: str) -> Lease:
+        response = await self._request("PUT", f"/v1/leases/{_seg(lease_id)}/keepalive")
+        if response.status_code != 200:
+            if _code(response) == "unknown_lease":
+                self._owners.pop(lease_id, None)
+            self._fail(response, lease_id)
+        body = response.json()
+        return Lease(id=body["id"], ttl=body["ttl"], owner=self._owners.get(lease_id, ""),
+                     expires_at=time.time() + body["ttl"])
+
+    async def lease(self, lease_id: str) -> Lease | None:
+        response = await self._request("GET", f"/v1/leases/{_seg(lease_id)}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            self._fail(response, lease_id)
+        return _lease(response.json())
+
+    async def revoke(self, lease_id: str) -> bool:
+        response = await self._request("DELETE", f"/v1/leases/{_seg(lease_id)}")
+        if response.status_code == 404:
+            self._owners.pop(lease_id, None)
+            return False
+        if response.status_code != 204:
+            self._fail(response, lease_id)
+        self._owners.pop(lease_id, None)
+        return True
+
+    # instances
+
+    async def register(self, instance: Instance) -> bool:
+        body = instance.to_dict()
+        del body["service"], body["id"]
+        response = await self._request("PUT", _instance_path(instance.service, instance.id),
+                                       json=body)
+        if response.status_code not in (200, 201):
+            self._fail(response, instance.lease)
+        _remember(self._mine, instance.id, instance)
+        return response.status_code == 201
+
+    async def deregister(self, instance_id: str) -> Instance | None:
+        known = self._mine.get(instance_id)
+        if self._up and self._snapshot is not None:
+            known = self._snapshot.get(instance_id) or known
+        if known is None:
+            known = (await self._fetch_once()).get(instance_id)
+            if known is None:
+                return None
+        removed = await self._delete(known)
+        if removed:
+            return known
+        # Our copy may be stale (the instance moved to another service): look once more.
+        current = (await self._fetch_once()).get(instance_id)
+        if current is not None and current.service != known.service and await self._delete(current):
+            return current
+        return None
+
+    async def _delete(self, instance: Instance) -> bool:
+        response = await self._request("DELETE", _instance_path(instance.service, instance.id))
+        if response.status_code == 204:
+            self._mine.pop(instance.id, None)
+            return True
+        if response.status_code == 404:
+            self._mine.pop(instance.id, None)
+            return False
+        self._fail(response)
+
+    # reads
+
+    async def snapshot(self) -> Snapshot:
+        if self._up and self._snapshot is not None:
+            return self._snapshot
+        self._start()
+        if not self._settled.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), FIRST_SYNC_TIMEOUT)
+        if self._up and self._snapshot is not None:
+            return self._snapshot
+        raise BackendUnavailable(
+            f"registry API {self.base_url}: {self._error or 'no catalog received yet'}")
+
+    async def healthy(self) -> bool:
+        try:
+            response = await self._client.get("/v1/health")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        await self._poll_client.aclose()
+        await self._client.aclose()
+
+    # the cache
+
+    def _start(self) -> None:
+        """Start following the API on the first read: write-only users never download it."""
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._follow(), name=f"http-catalog {self.base_url}")
+
+    async def _follow(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            try:
+                self._apply(await self._get_catalog(None))  # resync after every (re)connect
+                delay = RETRY_MIN
+                while True:
+                    self._apply(await self._get_catalog(self._remote_index))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._down(exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def _get_catalog(self, index: int | None) -> dict[str, Any]:
+        """One read of the whole catalog; with an index, a blocking read that waits for a change."""
+        params = {} if index is None else {"index": str(index), "wait": f"{POLL_WAIT:g}s"}
+        try:
+            response = await self._poll_client.get("/v1/catalog", params=params)
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(_transport_error(self.base_url, exc)) from exc
+        if response.status_code != 200:
+            self._fail(response)
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def _fetch_once(self) -> Snapshot:
+        """A fresh read outside the cache, for the rare write that needs current state."""
+        body = await self._get_catalog(None)
+        return Snapshot(0, (Instance.from_dict(item) for item in body["instances"]))
+
+    def _apply(self, body: Mapping[str, Any]) -> None:
+        raw: dict[str, tuple[Mapping[str, Any], Instance]] = {}
+        changed = False
+        for item in body["instances"]:
+            previous = self._raw.get(item["id"])
+            if previous is not None and previous[0] == item:
+                raw[item["id"]] = previous
+            else:
+                raw[item["id"]] = (item, Instance.from_dict(item))
+                changed = True
+        changed = changed or raw.keys() != self._raw.keys() or self._snapshot is None
+        remote_index = int(body["index"])
+        if changed:
+            self._raw = raw
+            # Follow the API's index while it moves forward; a restarted API starts over at 1.
+            self._index = max(self._index + 1, remote_index)
+            self._snapshot = Snapshot(self._index, {k: v[1] for k, v in raw.items()})
+        self._remote_index = remote_index
+        recovered = not self._up
+        if recovered and self._error is not None:
+            log.info("registry API %s reachable again", self.base_url)
+        self._up, self._error = True, None
+        self._settled.set()
+        if changed or recovered:
+            self.changes.notify()
+
+    def _down(self, exc: Exception) -> None:
+        message = str(exc) or type(exc).__name__
+        if self._up:
+            log.warning("registry API %s unreachable: %s", self.base_url, message)
+        was_up = self._up
+        self._up, self._error = False, message
+        self._settled.set()
+        if was_up:
+            self.changes.notify()  # parked watchers wake and see BackendUnavailable
+
+    # plumbing
+
+    async def _request(self, method: str, path: str, json: Any = None) -> httpx.Response:
+        try:
+            return await self._client.request(method, path, json=json)
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(_transport_error(self.base_url, exc)) from exc
+
+    def _fail(self, response: httpx.Response, lease_id: str = "") -> NoReturn:
+        """Raise the catalog error an API error response stands for."""
+        body = _error_body(response)
+        message, code, field = body.get("error", ""), body.get("code", ""), body.get("field")
+        status = response.status_code
+        if status in (400, 422):
+            field = field or "body"
+            raise InvalidField(field, message.removeprefix(f"{field}: "))
+        if status == 404 and code == "unknown_lease":
+            raise UnknownLease(lease_id)
+        if status in (401, 403):
+            raise Unauthorized(f"registry API {self.base_url}: {message or 'unauthorized'}")
+        if status >= 500:
+            raise BackendUnavailable(f"registry API {self.base_url}: {status} {message}".rstrip())
+        raise CatalogError(f"registry API {self.base_url}: unexpected {status} {message}".rstrip())
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _instance_path(service: str, instance_id: str) -> str:
+    return f"/v1/services/{_seg(service)}/instances/{_seg(instance_id)}"
+
+
+def _lease(body: Mapping[str, Any]) -> Lease:
+    return Lease(id=body["id"], ttl=body["ttl"], owner=body.get("owner", ""),
+                 expires_at=float(body.get("expires_at", 0.0)))
+
+
+def _code(response: httpx.Response) -> str:
+    return str(_error_body(response).get("code", ""))
+
+
+def _error_body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"error": response.text[:200]}
+    return body if isinstance(body, dict) else {}
+
+
+def _transport_error(base_url: str, exc: httpx.HTTPError) -> str:
+    return f"registry API {base_url} unreachable: {type(exc).__name__}: {exc}".rstrip(": ")
