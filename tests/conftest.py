@@ -3,5 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.backends",
     "tests.fixtures.process",
+    "tests.fixtures.etcd",
     "tests.fixtures.http",
 ]
