@@ -28,6 +28,7 @@ class ApiServer:
         config = uvicorn.Config(
             app, host=listen.host, port=listen.port, log_level="warning", access_log=False,
             lifespan="off", loop="none", http="httptools", timeout_keep_alive=75,
+            timeout_graceful_shutdown=2,  # long-polls (?wait=) must not hold up SIGTERM
         )
         self.server = _EmbeddedServer(config)
         self.what = what
