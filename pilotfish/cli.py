@@ -48,9 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="file holding a bearer token required for writes "
                               "[PILOTFISH_TOKEN_FILE]")
 
+    from pilotfish.dns.options import DEFAULT_DNS, add_dns_flags
+
     up = commands.add_parser("up", help="run the whole stack in one process")
     common(up)
     api_flags(up, "127.0.0.1:8500")
+    add_dns_flags(up, None)
+
+    dns = commands.add_parser("dns", help="run only the DNS server")
+    common(dns)
+    add_dns_flags(dns, DEFAULT_DNS)
 
     registry = commands.add_parser("registry", help="run only the registry API")
     common(registry)
@@ -61,12 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
 async def build_components(args: argparse.Namespace, catalog: Catalog) -> list[Component]:
     """The components a command asks for, in start order."""
     components: list[Component] = []
+    api_metrics = None
     if getattr(args, "api", None):
         from pilotfish.registry.api import RegistryApi
         from pilotfish.registry.server import ApiServer
 
         api = RegistryApi(catalog, token=read_token(args.token_file))
+        api_metrics = api.metrics
         components.append(ApiServer(api.app, parse_hostport(args.api, "--api")))
+    if getattr(args, "dns", None):
+        from pilotfish.dns.options import dns_components
+
+        components += dns_components(args, catalog, api_metrics)
     return components
 
 

@@ -1,0 +1,1 @@
+"""DNS for what is registered: SRV, A and AAAA answers pre-encoded from the catalog view."""

@@ -1,0 +1,137 @@
+"""Turns one query packet into one response packet: a dict lookup first, a full parse after."""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from dnslib import DNSRecord
+
+from pilotfish.dns.answers import BADVERS, FORMERR, NOTIMP, RCODE_NAMES, REFUSED, flag_table
+from pilotfish.dns.names import read_name
+from pilotfish.dns.records import CLASS_IN, TYPE_OPT, opt_record
+from pilotfish.dns.stats import DnsStats
+from pilotfish.dns.zone import Zone, type_name
+
+DEFAULT_UDP_SIZE = 1232  # the DNS flag day 2020 size: no IP fragmentation on common paths
+TCP_LIMIT = 65535
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT=1, ANCOUNT=0, NSCOUNT=0
+_NO_ADDITIONAL = b"\x00\x00"
+_ONE_ADDITIONAL = b"\x00\x01"
+_OPT_HEAD = b"\x00\x00\x29"  # root owner name, type OPT
+_COUNTS = struct.Struct("!HHHH")
+_QUESTION_TAIL = struct.Struct("!HH")
+_TRANSFERS = frozenset({251, 252})  # IXFR, AXFR: the zone is not transferred
+
+
+class Forward:
+    """Returned instead of a response when the query goes to an upstream resolver."""
+
+
+FORWARD: Final = Forward()
+
+
+class Responder:
+    """Answers queries from the zone's pre-encoded table; never raises on bad input.
+
+    The hot path reads only the header, finds the question's end, and looks the lower-cased
+    question up. Anything else (EDNS versions, odd counts, NODATA for rare types, names out
+    of zone, malformed packets) goes through a full parse.
+    """
+
+    def __init__(self, zone: Zone, stats: DnsStats, udp_size: int = DEFAULT_UDP_SIZE,
+                 forwarding: bool = False) -> None:
+        self.zone = zone
+        self.stats = stats
+        self.udp_size = udp_size
+        self.forwarding = forwarding
+        self._opt = (opt_record(udp_size, False), opt_record(udp_size, True))
+        self._bare_flags = {rcode: flag_table(rcode, False, forwarding)
+                            for rcode in (FORMERR, NOTIMP, REFUSED, 0)}
+
+    def answer(self, data: bytes, tcp: bool = False) -> bytes | Forward | None:
+        """The response to a query, FORWARD, or None to drop it."""
+        if len(data) >= 17 and not data[2] & 0xF8 and data[4:10] == _ONE_QUESTION:
+            # Lower-casing the type and class octets too is safe: no table key has a type or
+            # class octet in a-z, and A-Z only ever maps onto a-z.
+            end = data.find(0, 12) + 5
+            answer = self.zone.table.get(data[12:end].lower())
+            if answer is not None:
+                size = len(data)
+                additional = data[10:12]
+                if additional == _NO_ADDITIONAL and size == end:
+                    opt = b""
+                    limit = TCP_LIMIT if tcp else 512
+                elif (additional == _ONE_ADDITIONAL and data[end:end + 3] == _OPT_HEAD
+                      and size == end + 11 + (data[end + 9] << 8 | data[end + 10])
+                      and data[end + 6] == 0):
+                    opt = self._opt[data[end + 7] >> 7]
+                    if tcp:
+                        limit = TCP_LIMIT
+                    else:
+                        limit = data[end + 3] << 8 | data[end + 4]
+                        limit = 512 if limit < 512 else min(limit, self.udp_size)
+                else:
+                    return self._parse(data, tcp)
+                self.stats.counts[answer.stat] += 1
+                response, truncated = answer.render(
+                    data[:2], (data[2] & 1) | (data[3] & 0x10), data[12:end], opt, limit)
+                if truncated:
+                    self.stats.truncated += 1
+                return response
+        return self._parse(data, tcp)
+
+    def _bare(self, data: bytes, rcode: int, qtype: str, question: bytes = b"") -> bytes:
+        """A response with no records (FORMERR, NOTIMP), echoing the question when readable."""
+        self.stats.count(qtype, RCODE_NAMES[rcode])
+        flags = self._bare_flags[rcode][(data[2] & 1) | (data[3] & 0x10)]
+        return data[:2] + flags + _COUNTS.pack(1 if question else 0, 0, 0, 0) + question
+
+    def _parse(self, data: bytes, tcp: bool) -> bytes | Forward | None:
+        stats = self.stats
+        if len(data) < 12 or data[2] & 0x80:  # unreadable, or a response: never answer those
+            stats.dropped += 1
+            return None
+        if (data[2] >> 3) & 0x0F:
+            return self._bare(data, NOTIMP, "other")
+        qdcount, ancount, nscount, _ = _COUNTS.unpack_from(data, 4)
+        if qdcount != 1:
+            return self._bare(data, FORMERR, "other")
+        try:
+            labels, end = read_name(data, 12)
+            qtype, qclass = _QUESTION_TAIL.unpack_from(data, end)
+            message = DNSRecord.parse(data)
+        except Exception:  # dnslib raises several kinds on garbage; all mean FORMERR
+            return self._bare(data, FORMERR, "other")
+        question = data[12:end + 4]
+        name = type_name(qtype)
+        opts = [rr for rr in message.ar if rr.rtype == TYPE_OPT]
+        if ancount or nscount or len(opts) > 1 or qtype == TYPE_OPT:
+            return self._bare(data, FORMERR, name, question)
+        opt = b""
+        limit = TCP_LIMIT if tcp else 512
+        if opts:
+            ttl, udp_size = opts[0].ttl, opts[0].rclass
+            do_bit = bool(ttl & 0x8000)
+            if (ttl >> 16) & 0xFF:  # an EDNS version we do not speak (RFC 6891 6.1.3)
+                stats.count(name, RCODE_NAMES[BADVERS])
+                flags = self._bare_flags[0][(data[2] & 1) | (data[3] & 0x10)]
+                return (data[:2] + flags + _COUNTS.pack(1, 0, 0, 1) + question
+                        + opt_record(self.udp_size, do_bit, BADVERS >> 4))
+            opt = self._opt[do_bit]
+            if not tcp:
+                limit = max(512, min(udp_size, self.udp_size))
+        zone = self.zone
+        if qclass != CLASS_IN or qtype in _TRANSFERS:
+            answer = zone.refused(qtype)
+        else:
+            found = zone.lookup(labels, qtype)
+            if found is None and self.forwarding:
+                return FORWARD
+            answer = found if found is not None else zone.refused(qtype)
+        stats.counts[answer.stat] += 1
+        response, truncated = answer.render(
+            data[:2], (data[2] & 1) | (data[3] & 0x10), question, opt, limit)
+        if truncated:
+            stats.truncated += 1
+        return response

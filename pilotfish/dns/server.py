@@ -1,0 +1,248 @@
+"""The DNS component: UDP and TCP listeners on one port, answering from a catalog view."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pilotfish.config import HostPort
+from pilotfish.dns.answers import RCODE_NAMES
+from pilotfish.dns.forward import Forwarder
+from pilotfish.dns.names import read_name
+from pilotfish.dns.responder import DEFAULT_UDP_SIZE, FORWARD, Responder
+from pilotfish.dns.stats import DnsStats
+from pilotfish.dns.zone import Zone, ZoneSettings, type_name
+from pilotfish.metrics import Metrics, Sample
+from pilotfish.registry.catalog import Catalog
+from pilotfish.registry.view import CatalogView
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct("!H")
+TCP_IDLE = 10.0  # seconds a TCP connection may sit without a query (RFC 7766 suggests ~10 s)
+TCP_MAX_CONNECTIONS = 512
+UDP_BUFFER = 4 << 20
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer) -> None:
+        self.server = server
+        self.answer = server.responder.answer
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            response = self.answer(data)
+        except Exception:  # a bug must cost one query, not the listener
+            self.server.failed(data)
+            return
+        if type(response) is bytes:
+            self.transport.sendto(response, addr)  # type: ignore[union-attr]
+        elif response is FORWARD:
+            self.server.forward(data, False, lambda reply: self._send(reply, addr))
+
+    def _send(self, reply: bytes, addr: Any) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors from clients that went away
+
+
+class _Tcp(asyncio.Protocol):
+    """Length-prefixed queries (RFC 1035 4.2.2, RFC 7766), pipelined, with an idle timeout."""
+
+    def __init__(self, server: DnsServer) -> None:
+        self.server = server
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if len(self.server.connections) >= TCP_MAX_CONNECTIONS:
+            transport.close()
+            return
+        self.server.connections.add(self)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(TCP_IDLE, self.close)
+
+    def close(self) -> None:
+        """End the connection (idle, shutdown or a framing error)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.server.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._arm()
+        while len(self.buffer) >= 2:
+            (length,) = _LENGTH.unpack_from(self.buffer)
+            if length == 0:
+                self.close()
+                return
+            if len(self.buffer) < 2 + length:
+                return
+            query = bytes(self.buffer[2:2 + length])
+            del self.buffer[:2 + length]
+            self.server.stats.tcp += 1
+            try:
+                response = self.server.responder.answer(query, tcp=True)
+            except Exception:
+                self.server.failed(query)
+                continue
+            if type(response) is bytes:
+                self.send(response)
+            elif response is FORWARD:
+                self.server.forward(query, True, self.send)
+
+    def send(self, response: bytes) -> None:
+        """Write one length-prefixed response, unless the connection has gone."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_LENGTH.pack(len(response)) + response)
+
+
+class DnsServer:
+    """Serves the zone built from a CatalogView over UDP and TCP; a `pilotfish` component."""
+
+    def __init__(self, catalog: Catalog, listen: HostPort, settings: ZoneSettings,
+                 forward: tuple[HostPort, ...] = (), udp_size: int = DEFAULT_UDP_SIZE,
+                 view: CatalogView | None = None) -> None:
+        self.catalog = catalog
+        self.listen = listen
+        self.address = listen
+        self.stats = DnsStats()
+        self.view = view or CatalogView(catalog)
+        self._own_view = view is None
+        self.zone = Zone(settings, self.stats)
+        self.forwarder = Forwarder(forward) if forward else None
+        self.responder = Responder(self.zone, self.stats, udp_size, forwarding=bool(forward))
+        self.connections: set[_Tcp] = set()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Follow the catalog, then bind UDP and TCP on the same port (port 0: one is picked)."""
+        self.view.subscribe(self._on_snapshot)
+        if self._own_view:
+            await self.view.start()
+        if self.view.stale:
+            log.warning("dns: catalog not reachable yet; answering from an empty view")
+        loop = asyncio.get_running_loop()
+        for attempt in range(20):
+            udp_sock = self._udp_socket()
+            port = udp_sock.getsockname()[1]
+            try:
+                self._tcp = await loop.create_server(
+                    lambda: _Tcp(self), self.listen.host, port, reuse_address=True)
+            except OSError:
+                udp_sock.close()
+                if self.listen.port or attempt == 19:
+                    raise
+                continue
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp_sock)
+            self._udp = transport
+            break
+        self.address = HostPort(self.listen.host, port)
+        log.info("dns listening on %s (udp, tcp) for domain %s", self.address,
+                 self.zone.domain)
+
+    def _udp_socket(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.listen.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
+            sock.bind((self.listen.host, self.listen.port))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def stop(self) -> None:
+        """Close the listeners and open connections; stop following the catalog."""
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._tcp is not None:
+            self._tcp.close()
+            for connection in list(self.connections):
+                connection.close()
+            await self._tcp.wait_closed()
+            self._tcp = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._own_view:
+            await self.view.stop()
+
+    def _on_snapshot(self, snapshot: Any) -> None:
+        self.zone.update(snapshot)
+
+    def failed(self, data: bytes) -> None:
+        """Count and log a query the responder could not handle (a bug, never bad input)."""
+        self.stats.dropped += 1
+        log.exception("dns: failed to answer a %d-octet query", len(data))
+
+    def forward(self, query: bytes, tcp: bool, send: Callable[[bytes], None]) -> None:
+        """Relay an out-of-zone query in the background; SERVFAIL when no upstream answers."""
+        forwarder = self.forwarder
+        if forwarder is None:
+            return
+
+        async def relay() -> None:
+            reply = await forwarder.resolve(query, tcp)
+            qtype = _question_type(query)
+            if reply is None:
+                self.stats.forwarded["failed"] = self.stats.forwarded.get("failed", 0) + 1
+                self.stats.count(qtype, "SERVFAIL")
+                reply = query[:2] + bytes((0x80 | (query[2] & 0x01), 0x82)) + bytes(8)
+            else:
+                self.stats.forwarded["answered"] = self.stats.forwarded.get("answered", 0) + 1
+                self.stats.count(qtype, _rcode_name(reply[3] & 0x0F))
+            send(reply)
+
+        task = asyncio.create_task(relay())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def samples(self) -> Iterable[Sample]:
+        """Prometheus samples, with the view's staleness read fresh."""
+        self.stats.stale = self.view.stale
+        return self.stats.samples()
+
+    def describe(self, metrics: Metrics) -> None:
+        """Add the DNS series to a Metrics registry (the API's /metrics in `pilotfish up`)."""
+        self.stats.describe(metrics, self.samples)
+
+
+def _question_type(query: bytes) -> str:
+    try:
+        _, end = read_name(query, 12)
+        return type_name(query[end] << 8 | query[end + 1])
+    except (ValueError, IndexError):
+        return "other"
+
+
+def _rcode_name(rcode: int) -> str:
+    return RCODE_NAMES.get(rcode, str(rcode))
