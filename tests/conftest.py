@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.process",
     "tests.fixtures.etcd",
     "tests.fixtures.http",
+    "tests.fixtures.consul",
 ]
