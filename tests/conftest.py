@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.etcd",
     "tests.fixtures.http",
     "tests.fixtures.consul",
+    "tests.fixtures.zookeeper",
 ]

@@ -1,0 +1,963 @@
+"""ZooKeeper backend: leases and instances as znodes, a watch-fed local cache, an elected reaper.
+
+Layout under the chroot (every node persistent; data is JSON):
+
+    <chroot>/leases/<lease-id>                  {"ttl", "owner", "expires_at"}
+    <chroot>/leases/<lease-id>/<instance-id>    empty marker: this instance rides on the lease
+    <chroot>/instances/<instance-id>            Instance.to_dict()
+    <chroot>/reaper/                            kazoo Lock recipe: the process that reaps
+
+Instances live under `instances/<id>`, not `services/<service>/<id>`, because the catalog
+is keyed by instance id: ZooKeeper itself then keeps ids unique (a create on a taken id
+fails), moving an instance to another service is one `setData`, and deregister needs
+only the id. The service is in the JSON.
+
+ZooKeeper has no TTL on nodes, so expiry is explicit. A keepalive rewrites the lease's
+`expires_at` (one versioned `setData`); every reader filters instances by their lease's
+expiry on its own clock and wakes watchers exactly at expiry; one process, elected with
+the Lock recipe, deletes lapsed leases together with their instances. Every write that
+touches an instance is a multi-op that checks the lease node's version, and every lease
+removal deletes the lease's marker children in the same multi, so nothing lands on a dead
+lease: ZooKeeper refuses to delete a lease node that gained a marker meanwhile.
+
+kazoo is threaded. Its answers are applied to the cache on the event loop, in the order
+ZooKeeper answered them (one session answers in order), so the cache never goes backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionDropped,
+    ConnectionLoss,
+    KazooException,
+    LockTimeout,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    OperationTimeoutError,
+    RolledBackError,
+    RuntimeInconsistency,
+    SessionExpiredError,
+)
+from kazoo.protocol.states import EventType, ZnodeStat
+from kazoo.retry import KazooRetry
+
+from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
+from pilotfish.registry.model import Instance, Lease, ttl_seconds
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHROOT = "/pilotfish"
+SESSION_TIMEOUT = 6.0  # seconds; ZooKeeper clamps it to 2..20 ticks
+OP_TIMEOUT = 3.0  # longest a catalog call waits for ZooKeeper (including a reconnect)
+READ_GRACE = 2.0  # reads keep serving the cache for this long into a disconnection
+CONNECT_WAIT = 5.0  # from_url waits this long for the first connection, then goes on
+REAP_INTERVAL = 0.5
+REAP_MARGIN = 0.5  # reap a lease this long after it lapsed (readers filter it already)
+ORPHAN_GRACE = 10.0  # an instance whose lease node is missing this long is deleted
+ELECTION_WAIT = 5.0
+MAX_ATTEMPTS = 8  # optimistic-concurrency retries of one write
+TXN_BATCH = 400  # instances removed per multi, far below ZooKeeper's 1 MB request limit
+
+CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, ConnectionDropped,
+                     OperationTimeoutError)
+LEASES = "leases"
+INSTANCES = "instances"
+
+Op = tuple[Any, ...]  # ("check", path, version) | ("create", path, data) | ("set", ...) | ...
+
+
+@dataclass(slots=True)
+class _LeaseEntry:
+    ttl: int
+    owner: str
+    expires_at: float  # wall clock, as written by the last keepalive
+    version: int
+    mzxid: int  # 0 when applied from our own write (we do not know it)
+
+    def live(self, now: float) -> bool:
+        return self.expires_at > now
+
+    def value(self, lease_id: str) -> Lease:
+        return Lease(id=lease_id, ttl=self.ttl, owner=self.owner, expires_at=self.expires_at)
+
+    def encode(self) -> bytes:
+        return _encode({"ttl": self.ttl, "owner": self.owner, "expires_at": self.expires_at})
+
+
+@dataclass(slots=True)
+class _InstanceEntry:
+    instance: Instance
+    version: int
+    mzxid: int
+
+
+def _encode(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _decode_lease(raw: bytes, stat: ZnodeStat) -> _LeaseEntry | None:
+    try:
+        data = json.loads(raw)
+        return _LeaseEntry(ttl=ttl_seconds(data["ttl"]), owner=str(data.get("owner", "")),
+                           expires_at=float(data["expires_at"]), version=stat.version,
+                           mzxid=stat.mzxid)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _decode_instance(raw: bytes, stat: ZnodeStat) -> _InstanceEntry | None:
+    try:
+        return _InstanceEntry(Instance.from_dict(json.loads(raw)), stat.version, stat.mzxid)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _failure(results: list[Any]) -> tuple[int, Exception] | None:
+    """The op that made a multi fail, or None when it committed."""
+    for index, result in enumerate(results):
+        if isinstance(result, Exception) and not isinstance(
+            result, RolledBackError | RuntimeInconsistency
+        ):
+            return index, result
+    return None
+
+
+def parse_zk_url(url: str) -> tuple[list[str], str, dict[str, float]]:
+    """Split zk://h1:2181,h2:2181/chroot?session_timeout=6&timeout=3 into its parts."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "zk":
+        raise ValueError(f"registry URL {url!r}: expected zk://host:port[,host:port]/chroot")
+    hosts = [item.strip() for item in parts.netloc.split(",") if item.strip()]
+    if not hosts:
+        raise ValueError(f"registry URL {url!r}: no ZooKeeper host")
+    for host in hosts:
+        try:
+            split = urllib.parse.urlsplit("zk://" + host)
+            ok = split.hostname is not None and split.port != 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"registry URL {url!r}: bad host {host!r} (want host[:port])")
+    chroot = parts.path.rstrip("/") or DEFAULT_CHROOT
+    segments = chroot.split("/")[1:]
+    if any(s in ("", ".", "..") or not s.isprintable() for s in segments) or (
+        segments[0] == "zookeeper"
+    ):
+        raise ValueError(f"registry URL {url!r}: bad chroot {chroot!r}")
+    options: dict[str, float] = {}
+    for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
+        if key not in ("session_timeout", "timeout"):
+            raise ValueError(f"registry URL {url!r}: unknown option {key!r} "
+                             "(known: session_timeout, timeout)")
+        try:
+            value = float(values[-1])
+        except ValueError:
+            raise ValueError(f"registry URL {url!r}: {key} must be seconds") from None
+        if not 0 < value <= 600:
+            raise ValueError(f"registry URL {url!r}: {key} out of range")
+        options[key] = value
+    return hosts, chroot, options
+
+
+class ZooKeeperCatalog(Catalog):
+    """The catalog on a ZooKeeper ensemble: `zk://h1:2181[,h2:2181...]/chroot`."""
+
+    def __init__(self, hosts: list[str], root: str, session_timeout: float = SESSION_TIMEOUT,
+                 op_timeout: float = OP_TIMEOUT, read_grace: float = READ_GRACE) -> None:
+        super().__init__()
+        self.hosts = hosts
+        self.root = root
+        self._op_timeout = op_timeout
+        self._read_grace = read_grace
+        self._client = KazooClient(
+            hosts=",".join(hosts), timeout=session_timeout,
+            connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=1.5, max_jitter=0.1,
+                                        max_delay=1.0),
+            command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=0.5, deadline=2.0),
+        )
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        # the cache, touched only on the loop
+        self._leases: dict[str, _LeaseEntry] = {}
+        self._instances: dict[str, _InstanceEntry] = {}
+        self._by_lease: dict[str, set[str]] = {}
+        self._watched: set[str] = set()  # nodes with a data watch set (or a read on its way)
+        self._orphan_since: dict[str, float] = {}
+        self._index = 1
+        self._snapshot: Snapshot | None = None
+        self._valid_until = math.inf  # wall clock: the snapshot's first lease expiry
+        self._timer: asyncio.TimerHandle | None = None
+        # connection state
+        self._connected = asyncio.Event()
+        self._loaded = False  # a full listing has been read at least once
+        self._synced = False  # the cache follows ZooKeeper now (watches set after a resync)
+        self._in_sync = asyncio.Event()  # set while _synced
+        self._down_since: float | None = time.monotonic()
+        self._resync_task: asyncio.Task[None] | None = None
+        # reaping
+        self._leader = False
+        self.reaped = 0  # leases this process deleted as the elected reaper
+        self._reaper_task: asyncio.Task[None] | None = None
+        self._stopping = threading.Event()
+        self._session_lost = threading.Event()
+        self._elector: threading.Thread | None = None
+        self._lock: Any = None  # the kazoo Lock being acquired or held
+
+    @classmethod
+    async def from_url(cls, url: str) -> ZooKeeperCatalog:
+        """Connect to the ensemble a zk:// URL names (waiting a few seconds for it)."""
+        hosts, root, options = parse_zk_url(url)
+        catalog = cls(hosts, root, session_timeout=options.get("session_timeout",
+                                                                SESSION_TIMEOUT),
+                      op_timeout=options.get("timeout", OP_TIMEOUT))
+        await catalog.open()
+        return catalog
+
+    # lifecycle
+
+    async def open(self, wait: float = CONNECT_WAIT) -> None:
+        """Start the session, the watches and the reaper election.
+
+        If ZooKeeper does not answer within `wait`, carry on: calls raise
+        BackendUnavailable and kazoo keeps reconnecting in the background.
+        """
+        self._client.add_listener(self._on_kazoo_state)
+        self._client.start_async()
+        self._reaper_task = asyncio.create_task(self._reap_loop(), name="zk-reaper")
+        self._elector = threading.Thread(target=self._elect, name="pilotfish-zk-election",
+                                         daemon=True)
+        self._elector.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._in_sync.wait(), wait)
+        if not self._synced:
+            log.warning("ZooKeeper at %s not reachable yet; retrying in the background",
+                        ",".join(self.hosts))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        lock = self._lock
+        if lock is not None:
+            lock.cancel()  # wakes an acquire() waiting in the election thread
+        for task in (self._reaper_task, self._resync_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._timer is not None:
+            self._timer.cancel()
+        self._client.remove_listener(self._on_kazoo_state)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.to_thread(self._shutdown_client), 15)
+
+    def _shutdown_client(self) -> None:
+        if self._elector is not None:
+            self._elector.join(ELECTION_WAIT + 1)
+        self._client.stop()
+        self._client.close()
+
+    async def healthy(self) -> bool:
+        """Connected, with the cache following ZooKeeper."""
+        return self._synced and self._connected.is_set()
+
+    @property
+    def lease_count(self) -> int:
+        """Live leases known to this process's cache."""
+        now = time.time()
+        return sum(1 for entry in self._leases.values() if entry.live(now))
+
+    @property
+    def leader(self) -> bool:
+        """Whether this process currently holds the reaper lock."""
+        return self._leader
+
+    # paths
+
+    def _lease_path(self, lease_id: str) -> str:
+        return f"{self.root}/{LEASES}/{lease_id}"
+
+    def _marker_path(self, lease_id: str, instance_id: str) -> str:
+        return f"{self.root}/{LEASES}/{lease_id}/{instance_id}"
+
+    def _instance_path(self, instance_id: str) -> str:
+        return f"{self.root}/{INSTANCES}/{instance_id}"
+
+    # leases
+
+    async def create_lease(self, ttl: int, owner: str = "") -> Lease:
+        ttl = ttl_seconds(ttl)
+        lease_id = uuid.uuid4().hex
+        entry = _LeaseEntry(ttl, owner, time.time() + ttl, version=0, mzxid=0)
+        lease = entry.value(lease_id)  # validates owner before anything is written
+        path = self._lease_path(lease_id)
+
+        def apply(result: Any) -> None:
+            if result.successful():
+                self._put_lease(lease_id, entry)
+
+        try:
+            await self._call(lambda: self._client.create_async(path, entry.encode()), apply)
+        except NodeExistsError:
+            pass  # our own create, retried after a connection loss (the id is a fresh uuid)
+        return lease
+
+    async def keepalive(self, lease_id: str) -> Lease:
+        path = self._lease_path(lease_id)
+        fresh = False
+        for _ in range(MAX_ATTEMPTS):
+            entry = await self._live_lease(lease_id, fresh)
+            renewed = _LeaseEntry(entry.ttl, entry.owner, time.time() + entry.ttl,
+                                  entry.version + 1, 0)
+
+            def apply(result: Any, renewed: _LeaseEntry = renewed) -> None:
+                if result.successful():
+                    renewed.version, renewed.mzxid = result.value.version, result.value.mzxid
+                    self._put_lease(lease_id, renewed)
+                elif isinstance(result.exception, NoNodeError):
+                    self._drop_lease(lease_id)
+
+            write = functools.partial(self._client.set_async, path, renewed.encode(),
+                                      entry.version)
+            try:
+                await self._call(write, apply)
+            except NoNodeError:
+                raise UnknownLease(lease_id) from None
+            except BadVersionError:
+                fresh = True  # renewed elsewhere since we read it: look again
+                continue
+            return renewed.value(lease_id)
+        raise self._contention("keepalive", lease_id)
+
+    async def lease(self, lease_id: str) -> Lease | None:
+        entry = await self._read_lease(lease_id)
+        if entry is None or not entry.live(time.time()):
+            return None
+        return entry.value(lease_id)
+
+    async def revoke(self, lease_id: str) -> bool:
+        entry = await self._read_lease(lease_id)
+        if entry is None:
+            return False
+        removed = await self._remove_lease(lease_id, version=-1)
+        return removed and entry.live(time.time())
+
+    # instances
+
+    async def register(self, instance: Instance) -> bool:
+        data = _encode(instance.to_dict())
+        path = self._instance_path(instance.id)
+        marker = self._marker_path(instance.lease, instance.id)
+        fresh = False
+        skip_old_marker = False
+        for _ in range(MAX_ATTEMPTS):
+            lease = await self._live_lease(instance.lease, fresh)
+            current = await self._current_instance(instance.id, fresh)
+            ops: list[Op] = [("check", self._lease_path(instance.lease), lease.version)]
+            same = current is not None and current.instance == instance
+            if current is None:
+                ops += [("create", path, data), ("create", marker, b"")]
+            else:
+                if same:
+                    ops.append(("check", path, current.version))
+                else:
+                    ops.append(("set", path, data, current.version))
+                old_lease = current.instance.lease
+                if old_lease != instance.lease:
+                    if not skip_old_marker:
+                        ops.append(("delete", self._marker_path(old_lease, instance.id), -1))
+                    ops.append(("create", marker, b""))
+            was_served = current is not None and self._is_live(current.instance.lease)
+
+            def apply(results: list[Any], current: _InstanceEntry | None = current,
+                      same: bool = same) -> None:
+                if same and current is not None:
+                    return
+                stat = results[1] if isinstance(results[1], ZnodeStat) else None
+                version, mzxid = (stat.version, stat.mzxid) if stat is not None else (0, 0)
+                self._put_instance(instance.id, _InstanceEntry(instance, version, mzxid))
+
+            failed = await self._multi(ops, apply)
+            if failed is None:
+                return not was_served
+            index, error = failed
+            if index == 0 and isinstance(error, NoNodeError):
+                self._drop_lease(instance.lease)
+                raise UnknownLease(instance.lease)
+            if ops[index][0] == "delete" and isinstance(error, NoNodeError):
+                skip_old_marker = True  # the old lease is gone already
+            fresh = True  # somebody else wrote meanwhile: read both again and retry
+        raise self._contention("register", instance.id)
+
+    async def deregister(self, instance_id: str) -> Instance | None:
+        path = self._instance_path(instance_id)
+        fresh = instance_id not in self._instances
+        skip_marker = False
+        for _ in range(MAX_ATTEMPTS):
+            current = await self._current_instance(instance_id, fresh)
+            if current is None:
+                return None
+            ops: list[Op] = [("delete", path, current.version)]
+            if not skip_marker:
+                ops.append(("delete", self._marker_path(current.instance.lease, instance_id), -1))
+            failed = await self._multi(ops, lambda _: self._drop_instance(instance_id))
+            if failed is None:
+                return current.instance if self._is_live(current.instance.lease) else None
+            index, error = failed
+            if index == 1 and isinstance(error, NoNodeError):
+                skip_marker = True
+            fresh = True
+        raise self._contention("deregister", instance_id)
+
+    # reads
+
+    async def snapshot(self) -> Snapshot:
+        self._check_readable()
+        now = time.time()
+        if self._snapshot is not None and now >= self._valid_until:
+            self._recheck_expiry(now)
+        if self._snapshot is None:
+            self._build_snapshot(now)
+        assert self._snapshot is not None
+        return self._snapshot
+
+    def _check_readable(self) -> None:
+        if self._closed:
+            raise BackendUnavailable("catalog is closed")
+        if not self._loaded:
+            raise BackendUnavailable(f"ZooKeeper at {','.join(self.hosts)} not reached yet")
+        if self._down_since is not None and time.monotonic() - self._down_since > (
+            self._read_grace
+        ):
+            raise BackendUnavailable(self._down_message())
+
+    def _down_message(self) -> str:
+        since = time.monotonic() - (self._down_since or time.monotonic())
+        return f"ZooKeeper at {','.join(self.hosts)} unreachable for {since:.1f}s"
+
+    def _is_live(self, lease_id: str, now: float | None = None) -> bool:
+        entry = self._leases.get(lease_id)
+        return entry is not None and entry.live(time.time() if now is None else now)
+
+    def _build_snapshot(self, now: float) -> None:
+        served: dict[str, Instance] = {}
+        valid_until = math.inf
+        for instance_id, entry in self._instances.items():
+            lease = self._leases.get(entry.instance.lease)
+            if lease is not None and lease.expires_at > now:
+                served[instance_id] = entry.instance
+                valid_until = min(valid_until, lease.expires_at)
+        self._snapshot = Snapshot(self._index, served)
+        self._set_valid_until(valid_until)
+
+    def _recheck_expiry(self, now: float) -> None:
+        """At the first expiry in the snapshot: drop what lapsed, or note it was renewed."""
+        assert self._snapshot is not None
+        valid_until = math.inf
+        for instance in self._snapshot.instances.values():
+            lease = self._leases.get(instance.lease)
+            if lease is None or lease.expires_at <= now:
+                self._changed()
+                return
+            valid_until = min(valid_until, lease.expires_at)
+        self._set_valid_until(valid_until)
+
+    def _set_valid_until(self, valid_until: float) -> None:
+        self._valid_until = valid_until
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if valid_until < math.inf and not self._closed:
+            delay = max(0.0, valid_until - time.time()) + 0.001
+            self._timer = self._loop.call_later(delay, self._on_expiry_timer)
+
+    def _on_expiry_timer(self) -> None:
+        self._timer = None
+        now = time.time()
+        if self._snapshot is not None and now >= self._valid_until:
+            self._recheck_expiry(now)
+
+    def _changed(self) -> None:
+        self._index += 1
+        self._snapshot = None
+        self.changes.notify()
+
+    # the cache (loop thread only)
+
+    def _put_lease(self, lease_id: str, entry: _LeaseEntry) -> None:
+        old = self._leases.get(lease_id)
+        if old is not None and entry.mzxid and old.mzxid > entry.mzxid:
+            return
+        self._leases[lease_id] = entry
+        now = time.time()
+        if self._by_lease.get(lease_id) and (old is None or old.live(now) != entry.live(now)):
+            self._changed()
+
+    def _drop_lease(self, lease_id: str) -> None:
+        self._watched.discard(self._lease_path(lease_id))
+        entry = self._leases.pop(lease_id, None)
+        if entry is None:
+            return
+        now = time.time()
+        if not entry.live(now):
+            self.expirations += 1
+        elif self._by_lease.get(lease_id):
+            self._changed()
+
+    def _put_instance(self, instance_id: str, entry: _InstanceEntry) -> None:
+        old = self._instances.get(instance_id)
+        if old is not None and entry.mzxid and old.mzxid > entry.mzxid:
+            return
+        self._instances[instance_id] = entry
+        lease_id = entry.instance.lease
+        if old is not None and old.instance.lease != lease_id:
+            self._unlink(old.instance.lease, instance_id)
+        self._by_lease.setdefault(lease_id, set()).add(instance_id)
+        if old is None or old.instance != entry.instance:
+            self._changed()
+
+    def _drop_instance(self, instance_id: str) -> None:
+        self._watched.discard(self._instance_path(instance_id))
+        self._orphan_since.pop(instance_id, None)
+        old = self._instances.pop(instance_id, None)
+        if old is not None:
+            self._unlink(old.instance.lease, instance_id)
+            self._changed()
+
+    def _unlink(self, lease_id: str, instance_id: str) -> None:
+        ids = self._by_lease.get(lease_id)
+        if ids is not None:
+            ids.discard(instance_id)
+            if not ids:
+                del self._by_lease[lease_id]
+
+    def _apply_node(self, path: str, result: Any) -> None:
+        """A read of one lease or instance node, in answer order."""
+        kind, _, name = path[len(self.root) + 1:].partition("/")
+        if result.successful():
+            raw, stat = result.value
+            if kind == LEASES:
+                lease = _decode_lease(raw, stat)
+                if lease is None:
+                    log.warning("ignoring lease node %s: not a pilotfish lease", path)
+                    self._drop_lease(name)
+                else:
+                    self._put_lease(name, lease)
+            else:
+                instance = _decode_instance(raw, stat)
+                if instance is None or instance.instance.id != name:
+                    log.warning("ignoring instance node %s: not a pilotfish instance", path)
+                    self._drop_instance(name)
+                else:
+                    self._put_instance(name, instance)
+        elif isinstance(result.exception, NoNodeError):
+            if kind == LEASES:
+                self._drop_lease(name)
+            else:
+                self._drop_instance(name)
+        else:
+            self._watched.discard(path)  # no watch was set; the next resync reads it again
+
+    def _apply_listing(self, kind: str, names: Iterable[str], refetch_all: bool,
+                       fetches: list[asyncio.Future[Any]]) -> None:
+        """The children of leases/ or instances/: drop what went, read what is new."""
+        present = set(names)
+        cache: dict[str, Any] = self._leases if kind == LEASES else self._instances
+        for gone in [name for name in cache if name not in present]:
+            if kind == LEASES:
+                self._drop_lease(gone)
+            else:
+                self._drop_instance(gone)
+        for name in present:
+            path = f"{self.root}/{kind}/{name}"
+            if refetch_all or path not in self._watched:
+                fetches.append(self._fetch(path))
+
+    def _fetch(self, path: str) -> asyncio.Future[Any]:
+        """Read a node and leave a data watch on it; the answer lands in the cache."""
+        self._watched.add(path)
+        return self._issue(lambda: self._client.get_async(path, watch=self._on_node_event),
+                           lambda result: self._apply_node(path, result))
+
+    def _list(self, kind: str, refetch_all: bool) -> asyncio.Future[list[asyncio.Future[Any]]]:
+        """List a directory with a children watch; resolves to the node reads it started."""
+        fetches: list[asyncio.Future[Any]] = []
+        done: asyncio.Future[list[asyncio.Future[Any]]] = self._loop.create_future()
+
+        def apply(result: Any) -> None:
+            if result.successful():
+                self._apply_listing(kind, result.value, refetch_all, fetches)
+            if not done.done():
+                if result.successful():
+                    done.set_result(fetches)
+                else:
+                    done.set_exception(result.exception)
+
+        path = f"{self.root}/{kind}"
+        self._issue(lambda: self._client.get_children_async(path, watch=self._on_children_event),
+                    apply)
+        return done
+
+    # watches (kazoo's threads: hop to the loop)
+
+    def _on_node_event(self, event: Any) -> None:
+        if event.type != EventType.NONE:  # NONE: the connection dropped; a resync follows
+            self._post(self._refetch, event.path)
+
+    def _on_children_event(self, event: Any) -> None:
+        if event.type != EventType.NONE:
+            self._post(self._relist, event.path.rsplit("/", 1)[-1])
+
+    def _refetch(self, path: str) -> None:
+        self._watched.discard(path)
+        if self._connected.is_set():
+            self._fetch(path)
+
+    def _relist(self, kind: str) -> None:
+        if self._connected.is_set():
+            self._list(kind, refetch_all=False).add_done_callback(_ignore_result)
+
+    def _on_kazoo_state(self, state: str) -> None:
+        if state == KazooState.LOST:
+            self._session_lost.set()
+        self._post(self._on_state, state)
+
+    def _on_state(self, state: str) -> None:
+        if state == KazooState.CONNECTED:
+            log.info("ZooKeeper session on %s connected", ",".join(self.hosts))
+            self._connected.set()
+            if self._resync_task is not None:
+                self._resync_task.cancel()
+            self._resync_task = asyncio.create_task(self._resync(), name="zk-resync")
+            return
+        log.warning("ZooKeeper connection %s (%s)",
+                    "lost; session expired" if state == KazooState.LOST else "suspended",
+                    ",".join(self.hosts))
+        self._connected.clear()
+        self._synced = False
+        self._in_sync.clear()
+        if self._resync_task is not None:
+            self._resync_task.cancel()
+            self._resync_task = None
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            # wake watchers when reads start failing, so views go stale on time
+            self._loop.call_later(self._read_grace + 0.01, self.changes.notify)
+
+    async def _resync(self) -> None:
+        """After every (re)connect: set the watches again and re-read everything."""
+        while self._connected.is_set() and not self._closed:
+            try:
+                for path in (self.root, f"{self.root}/{LEASES}", f"{self.root}/{INSTANCES}"):
+                    with contextlib.suppress(NodeExistsError):
+                        await self._call(functools.partial(self._client.create_async, path, b"",
+                                                           makepath=True))
+                self._watched.clear()
+                listings = await asyncio.wait_for(
+                    asyncio.gather(self._list(LEASES, True), self._list(INSTANCES, True)),
+                    self._op_timeout)
+                reads = [fetch for listing in listings for fetch in listing]
+                results = await asyncio.wait_for(asyncio.gather(*reads), self._op_timeout * 3)
+                if any(not r.successful() and not isinstance(r.exception, NoNodeError)
+                       for r in results):
+                    raise BackendUnavailable("reads failed during resync")
+            except (BackendUnavailable, KazooException, TimeoutError) as exc:
+                log.info("ZooKeeper resync failed, retrying: %s", exc)
+                await asyncio.sleep(0.2)
+                continue
+            self._loaded = True
+            self._synced = True
+            self._in_sync.set()
+            self._down_since = None
+            self.changes.notify()
+            log.info("ZooKeeper cache in sync: %d leases, %d instances",
+                     len(self._leases), len(self._instances))
+            return
+
+    # talking to kazoo
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run callback on the loop (from any thread); answers keep their order."""
+        if self._closed and self._loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is gone
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _issue(self, start: Callable[[], Any],
+               apply: Callable[[Any], None] | None = None) -> asyncio.Future[Any]:
+        """Send one request; `apply` sees the answer on the loop, then the future resolves."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+
+        def settle(result: Any) -> None:
+            if apply is not None:
+                try:
+                    apply(result)
+                except Exception:
+                    log.exception("applying a ZooKeeper answer failed")
+            if not future.done():
+                future.set_result(result)
+
+        start().rawlink(lambda result: self._post(settle, result))
+        return future
+
+    async def _call(self, start: Callable[[], Any],
+                    apply: Callable[[Any], None] | None = None) -> Any:
+        """One request, retried across a reconnect within the op timeout; returns its value."""
+        deadline = time.monotonic() + self._op_timeout
+        while True:
+            await self._until_connected(deadline)
+            future = self._issue(start, apply)
+            try:
+                result = await asyncio.wait_for(future, max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                raise BackendUnavailable(
+                    f"ZooKeeper at {','.join(self.hosts)} did not answer within "
+                    f"{self._op_timeout:g}s") from None
+            if result.successful():
+                return result.value
+            error = result.exception
+            if not isinstance(error, CONNECTION_ERRORS):
+                raise error
+            if time.monotonic() >= deadline or self._closed:
+                raise BackendUnavailable(
+                    f"ZooKeeper at {','.join(self.hosts)}: {type(error).__name__}") from error
+
+    async def _until_connected(self, deadline: float) -> None:
+        if self._closed:
+            raise BackendUnavailable("catalog is closed")
+        if self._client.connected and self._connected.is_set():
+            return
+        if self._down_since is not None and time.monotonic() - self._down_since > (
+            self._read_grace
+        ):
+            raise BackendUnavailable(self._down_message())  # fail fast during an outage
+        try:
+            await asyncio.wait_for(self._connected.wait(), max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            raise BackendUnavailable(self._down_message()) from None
+
+    async def _multi(
+        self, ops: list[Op], apply: Callable[[list[Any]], None] | None = None
+    ) -> tuple[int, Exception] | None:
+        """Commit ops atomically; None when committed, else the failing op and its error."""
+
+        def start() -> Any:
+            txn = self._client.transaction()
+            for op in ops:
+                if op[0] == "check":
+                    txn.check(op[1], op[2])
+                elif op[0] == "create":
+                    txn.create(op[1], op[2])
+                elif op[0] == "set":
+                    txn.set_data(op[1], op[2], op[3])
+                else:
+                    txn.delete(op[1], op[2])
+            return txn.commit_async()
+
+        def on_answer(result: Any) -> None:
+            if apply is not None and result.successful() and _failure(result.value) is None:
+                apply(result.value)
+
+        results: list[Any] = await self._call(start, on_answer)
+        return _failure(results)
+
+    async def _read_lease(self, lease_id: str) -> _LeaseEntry | None:
+        path = self._lease_path(lease_id)
+        try:
+            raw, stat = await self._call(lambda: self._client.get_async(path),
+                                         lambda result: self._apply_node(path, result))
+        except NoNodeError:
+            return None
+        return _decode_lease(raw, stat)
+
+    async def _live_lease(self, lease_id: str, fresh: bool) -> _LeaseEntry:
+        """The lease as cached, or as read when the cache may be behind; UnknownLease if dead."""
+        entry = None if fresh else self._leases.get(lease_id)
+        if entry is None or not entry.live(time.time()):
+            entry = await self._read_lease(lease_id)
+        if entry is None or not entry.live(time.time()):
+            raise UnknownLease(lease_id)
+        return entry
+
+    async def _current_instance(self, instance_id: str, fresh: bool) -> _InstanceEntry | None:
+        if not fresh:
+            return self._instances.get(instance_id)
+        path = self._instance_path(instance_id)
+        try:
+            raw, stat = await self._call(lambda: self._client.get_async(path),
+                                         lambda result: self._apply_node(path, result))
+        except NoNodeError:
+            return None
+        return _decode_instance(raw, stat)
+
+    async def _remove_lease(self, lease_id: str, version: int) -> bool:
+        """Delete a lease with its instances and markers; `version` -1 means unconditionally.
+
+        False when it was gone already or (with a version) renewed meanwhile.
+        """
+        lease_path = self._lease_path(lease_id)
+        missing: set[str] = set()  # markers whose instance node is gone
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                names: list[str] = await self._call(
+                    lambda: self._client.get_children_async(lease_path))
+            except NoNodeError:
+                self._drop_lease(lease_id)
+                return False
+            pairs = [name for name in names]
+            batches = [pairs[i:i + TXN_BATCH] for i in range(0, len(pairs), TXN_BATCH)] or [[]]
+            retry = False
+            for number, batch in enumerate(batches):
+                last = number == len(batches) - 1
+                ops: list[Op] = []
+                if version >= 0 and not last:
+                    ops.append(("check", lease_path, version))
+                for name in batch:
+                    if name not in missing:
+                        ops.append(("delete", self._instance_path(name), -1))
+                    ops.append(("delete", self._marker_path(lease_id, name), -1))
+                if last:
+                    ops.append(("delete", lease_path, version))
+
+                def apply(_: list[Any], batch: list[str] = batch, last: bool = last) -> None:
+                    for name in batch:
+                        entry = self._instances.get(name)
+                        if entry is not None and entry.instance.lease == lease_id:
+                            self._drop_instance(name)
+                    if last:
+                        self._drop_lease(lease_id)
+
+                failed = await self._multi(ops, apply)
+                if failed is None:
+                    continue
+                index, error = failed
+                op = ops[index]
+                if op[1] == lease_path:
+                    if isinstance(error, NotEmptyError):
+                        retry = True  # registered onto it meanwhile: list again
+                        break
+                    if isinstance(error, NoNodeError):
+                        self._drop_lease(lease_id)
+                    return False  # gone, or renewed (BadVersion)
+                if isinstance(error, NoNodeError) and op[1].startswith(
+                    f"{self.root}/{INSTANCES}/"
+                ):
+                    missing.add(op[1].rsplit("/", 1)[-1])
+                retry = True
+                break
+            if not retry:
+                return True
+        raise self._contention("remove lease", lease_id)
+
+    def _contention(self, what: str, name: str) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"{what} {name!r}: ZooKeeper kept changing underneath, gave up after "
+            f"{MAX_ATTEMPTS} attempts")
+
+    # the elected reaper
+
+    def _elect(self) -> None:
+        """Thread: take the reaper lock (kazoo Lock recipe) and hold it while the session lives.
+
+        Reaping is safe with two reapers (every delete is version-checked or guarded by the
+        markers); the election only keeps the work to one process.
+        """
+        identifier = f"{socket.gethostname()}:{os.getpid()}"
+        while not self._stopping.is_set():
+            if not self._client.connected:
+                self._stopping.wait(0.2)
+                continue
+            self._session_lost.clear()
+            lock = self._lock = self._client.Lock(f"{self.root}/reaper", identifier)
+            if self._stopping.is_set():
+                break
+            try:
+                if not lock.acquire(timeout=ELECTION_WAIT):
+                    continue
+            except LockTimeout:
+                continue
+            except Exception as exc:  # connection trouble, cancellation at close
+                log.debug("reaper election: %s", exc)
+                self._stopping.wait(0.5)
+                continue
+            log.info("this process reaps lapsed leases under %s", self.root)
+            self._post(self._set_leader, True)
+            while not (self._stopping.is_set() or self._session_lost.is_set()):
+                self._stopping.wait(0.2)
+            self._post(self._set_leader, False)
+            with contextlib.suppress(Exception):
+                if not self._session_lost.is_set():
+                    lock.release()
+
+    def _set_leader(self, leader: bool) -> None:
+        self._leader = leader
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL)
+            if not (self._leader and self._synced):
+                continue
+            try:
+                await self._reap_once()
+            except (BackendUnavailable, KazooException) as exc:
+                log.debug("reaping paused: %s", exc)
+            except Exception:
+                log.exception("reaping failed")
+
+    async def _reap_once(self) -> int:
+        """Delete every lease that lapsed (with its instances), and orphaned instances."""
+        now = time.time()
+        lapsed = [(lease_id, entry.version) for lease_id, entry in self._leases.items()
+                  if entry.expires_at + REAP_MARGIN <= now]
+        removed = 0
+        for lease_id, version in lapsed[:200]:
+            if await self._remove_lease(lease_id, version):
+                removed += 1
+                self.reaped += 1
+        await self._reap_orphans()
+        return removed
+
+    async def _reap_orphans(self) -> None:
+        """Instances whose lease node is missing (left by hand or by an older writer)."""
+        mono = time.monotonic()
+        for instance_id, entry in list(self._instances.items())[:10_000]:
+            if entry.instance.lease in self._leases:
+                self._orphan_since.pop(instance_id, None)
+                continue
+            first = self._orphan_since.setdefault(instance_id, mono)
+            if mono - first < ORPHAN_GRACE:
+                continue
+            path = self._lease_path(entry.instance.lease)
+            if await self._call(functools.partial(self._client.exists_async, path)) is None:
+                log.info("deleting instance %s: its lease is gone", instance_id)
+                ops: list[Op] = [("delete", self._instance_path(instance_id), entry.version)]
+                await self._multi(ops, functools.partial(self._drop_orphan, instance_id))
+            self._orphan_since.pop(instance_id, None)
+
+    def _drop_orphan(self, instance_id: str, _: list[Any]) -> None:
+        self._drop_instance(instance_id)
+
+
+def _ignore_result(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # consumed: failures here are retried by the next event or resync
