@@ -97,7 +97,8 @@ def write_queries(path: Path, services: int, count: int, seed: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def start_dnsmasq(workdir: Path, services: int, per_service: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_dnsmasq(workdir: Path, services: int,
+                  per_service: int) -> tuple[subprocess.Popen[bytes], int]:
     """dnsmasq on 127.0.0.1 with the same records, no upstreams, no cache."""
     port = free_port()
     lines = [f"port={port}", "listen-address=127.0.0.1", "bind-interfaces", "no-resolv",

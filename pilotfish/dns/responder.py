@@ -62,7 +62,8 @@ class Responder:
                 if additional == _NO_ADDITIONAL and size == end:
                     opt = b""
                     limit = TCP_LIMIT if tcp else 512
-                elif (additional == _ONE_ADDITIONAL and data[end:end + 3] == _OPT_HEAD
+                elif (additional == _ONE_ADDITIONAL and size >= end + 11
+                      and data[end:end + 3] == _OPT_HEAD
                       and size == end + 11 + (data[end + 9] << 8 | data[end + 10])
                       and data[end + 6] == 0):
                     opt = self._opt[data[end + 7] >> 7]

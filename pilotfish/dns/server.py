@@ -161,8 +161,8 @@ class DnsServer:
             self._udp = transport
             break
         self.address = HostPort(self.listen.host, port)
-        log.info("dns listening on %s (udp, tcp) for domain %s", self.address,
-                 self.zone.domain)
+        log.info("dns listening on udp://%s and tcp://%s for domain %s", self.address,
+                 self.address, self.zone.domain)
 
     def _udp_socket(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.listen.host else socket.AF_INET
