@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -62,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     registry = commands.add_parser("registry", help="run only the registry API")
     common(registry)
     api_flags(registry, "127.0.0.1:8500")
+
+    register = commands.add_parser(
+        "register", help="hold registrations on one lease until stopped (SIGTERM deregisters)")
+    common(register)
+    register.add_argument("instances", nargs="+", metavar="SERVICE/ID=ADDRESS:PORT")
+    register.add_argument("--ttl", type=int, default=int(env("ttl", "10") or 10),
+                          help="lease TTL in seconds; keepalives every ttl/3 [PILOTFISH_TTL]")
+    register.add_argument("--owner", default=env("owner", f"register-{os.getpid()}"))
+    register.add_argument("--tag", action="append", default=[], help="repeatable")
+    register.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    register.add_argument("--weight", type=int, default=1)
     return parser
 
 
@@ -76,6 +88,13 @@ async def build_components(args: argparse.Namespace, catalog: Catalog) -> list[C
         api = RegistryApi(catalog, token=read_token(args.token_file))
         api_metrics = api.metrics
         components.append(ApiServer(api.app, parse_hostport(args.api, "--api")))
+    if args.command == "register":
+        from pilotfish.registry.registrar import Registrar, instance_from_spec
+
+        meta = dict(item.partition("=")[::2] for item in args.meta)
+        instances = [instance_from_spec(spec, args.tag, meta, args.weight)
+                     for spec in args.instances]
+        components.append(Registrar(catalog, args.ttl, args.owner, instances))
     if getattr(args, "dns", None):
         from pilotfish.dns.options import dns_components
 
@@ -112,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     try:
         return run(serve(args), use_uvloop=not args.no_uvloop)
     except (ConfigError, ValueError) as exc:

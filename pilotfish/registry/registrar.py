@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from dataclasses import replace
 
+from pilotfish.config import ConfigError, parse_hostport
 from pilotfish.registry.catalog import Catalog, UnknownLease
-from pilotfish.registry.model import Instance, ttl_seconds
+from pilotfish.registry.model import Instance, InvalidField, ttl_seconds
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +23,15 @@ class Registrar:
     reached, keepalives are retried every second until it answers.
     """
 
-    def __init__(self, catalog: Catalog, ttl: int, owner: str) -> None:
+    def __init__(
+        self, catalog: Catalog, ttl: int, owner: str, instances: Iterable[Instance] = ()
+    ) -> None:
         self.catalog = catalog
         self.ttl = ttl_seconds(ttl)
         self.owner = owner
         self.lease_id: str | None = None
         self.reregistrations = 0
-        self._instances: dict[str, Instance] = {}
+        self._instances: dict[str, Instance] = {i.id: i for i in instances}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -37,9 +41,11 @@ class Registrar:
         return self.ttl / 3
 
     async def start(self) -> None:
-        """Take the lease and begin keeping it alive."""
+        """Take the lease, register the instances given so far, and begin keeping it alive."""
         async with self._lock:
             await self._renew_lease()
+        log.info("registrar %s holds %d instances on lease %s (ttl %ds)",
+                 self.owner, len(self._instances), self.lease_id, self.ttl)
         self._task = asyncio.create_task(self._keepalive_loop(), name=f"registrar-{self.owner}")
 
     async def stop(self, revoke: bool = True) -> None:
@@ -113,3 +119,19 @@ class Registrar:
             self.reregistrations += 1
             self.lease_id = None
             await self._renew_lease()
+
+
+def instance_from_spec(spec: str, tags: Iterable[str] = (), meta: dict[str, str] | None = None,
+                       weight: int = 1) -> Instance:
+    """Parse `SERVICE/ID=ADDRESS:PORT` (IPv6 as `[::1]:80`) from the command line."""
+    service, slash, rest = spec.partition("/")
+    instance_id, equals, where = rest.partition("=")
+    if not slash or not equals:
+        raise ConfigError(f"{spec!r} is not SERVICE/ID=ADDRESS:PORT (e.g. web/web-1=10.0.0.5:80)")
+    address = parse_hostport(where, spec)
+    try:
+        return Instance(service=service, id=instance_id, address=address.host,
+                        port=address.port, lease="unset", tags=tuple(tags),
+                        meta=meta or {}, weight=weight)
+    except InvalidField as exc:
+        raise ConfigError(f"{spec!r}: {exc}") from None
