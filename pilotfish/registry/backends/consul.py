@@ -112,6 +112,7 @@ class _Entry:
 
     instance: Instance
     node: str
+    version: tuple[Any, ...] = ()  # what Consul reported, to skip rebuilding unchanged ones
 
 
 class ConsulCatalog(Catalog):
@@ -532,12 +533,17 @@ class ConsulCatalog(Catalog):
         new, nodes = await self._call(
             self._watcher.health.service(name, **self._blocking(index)),
             self._watch_timeout(index))
+        known = self._services.get(name, {})
         entries: dict[str, _Entry] = {}
         for node in nodes or ():
-            entry = _from_health(node)
+            service = node.get("Service") or {}
+            version = _version(node)
+            entry = known.get(str(service.get("ID")))
+            if entry is None or entry.version != version:
+                entry = _from_health(node, version)
             if entry is not None:
                 entries[entry.instance.id] = entry
-        if self._services.get(name, {}) != entries:
+        if known != entries:
             if entries:
                 self._services[name] = entries
             else:
@@ -608,7 +614,14 @@ def _from_agent(service: Mapping[str, Any]) -> Instance | None:
         return None
 
 
-def _from_health(node: Mapping[str, Any]) -> _Entry | None:
+def _version(node: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The parts of a health entry that change when the instance does."""
+    service = node.get("Service") or {}
+    return (service.get("ModifyIndex"), (node.get("Node") or {}).get("Node"),
+            tuple((c.get("CheckID"), c.get("Status")) for c in node.get("Checks") or ()))
+
+
+def _from_health(node: Mapping[str, Any], version: tuple[Any, ...]) -> _Entry | None:
     """One /v1/health/service entry as an instance, its health folded from Consul's checks."""
     instance = _from_agent(node.get("Service") or {})
     if instance is None:
@@ -622,4 +635,4 @@ def _from_health(node: Mapping[str, Any]) -> _Entry | None:
             worst = "warning"
     if worst != instance.health:
         instance = replace(instance, health=worst)
-    return _Entry(instance, str((node.get("Node") or {}).get("Node", "")))
+    return _Entry(instance, str((node.get("Node") or {}).get("Node", "")), version)
