@@ -36,6 +36,9 @@ POLL_WAIT = 10.0  # seconds the API may hold one blocking read
 POLL_TIMEOUT = httpx.Timeout(POLL_WAIT + 5.0, connect=2.0)
 FIRST_SYNC_TIMEOUT = 5.0
 RETRY_MIN, RETRY_MAX = 0.1, 0.5  # reconnect backoff of the poll loop
+# Each change costs a full catalog transfer; under bursts, batch changes into one read per
+# BATCH_GAP (an isolated change still arrives at once: the next read is already parked).
+BATCH_GAP = 0.05
 REMEMBERED = 65_536  # cap on the per-process maps of our own leases and instances
 TOKEN_ENV = "PILOTFISH_TOKEN"
 
@@ -209,6 +212,7 @@ class HttpCatalog(Catalog):
                 self._apply(await self._get_catalog(None))  # resync after every (re)connect
                 delay = RETRY_MIN
                 while True:
+                    await asyncio.sleep(BATCH_GAP)
                     self._apply(await self._get_catalog(self._remote_index))
             except asyncio.CancelledError:
                 raise
