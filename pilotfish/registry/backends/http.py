@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 WRITE_TIMEOUT = httpx.Timeout(6.0, connect=2.0)  # the API answers 503 after its own 5 s
 POLL_WAIT = 10.0  # seconds the API may hold one blocking read
-POLL_TIMEOUT = httpx.Timeout(POLL_WAIT + 5.0, connect=2.0)
+POLL_TIMEOUT = httpx.Timeout(POLL_WAIT + 3.0, connect=2.0)  # also bounds a silent partition
 FIRST_SYNC_TIMEOUT = 5.0
 RETRY_MIN, RETRY_MAX = 0.1, 0.5  # reconnect backoff of the poll loop
 # Each change costs a full catalog transfer; under bursts, batch changes into one read per
@@ -146,14 +146,14 @@ class HttpCatalog(Catalog):
         if self._up and self._snapshot is not None:
             known = self._snapshot.get(instance_id) or known
         if known is None:
-            known = (await self._fetch_once()).get(instance_id)
+            known = await self._find_fresh(instance_id)
             if known is None:
                 return None
         removed = await self._delete(known)
         if removed:
             return known
         # Our copy may be stale (the instance moved to another service): look once more.
-        current = (await self._fetch_once()).get(instance_id)
+        current = await self._find_fresh(instance_id)
         if current is not None and current.service != known.service and await self._delete(current):
             return current
         return None
@@ -225,7 +225,9 @@ class HttpCatalog(Catalog):
         """One read of the whole catalog; with an index, a blocking read that waits for a change."""
         params = {} if index is None else {"index": str(index), "wait": f"{POLL_WAIT:g}s"}
         try:
-            response = await self._poll_client.get("/v1/catalog", params=params)
+            response = await self._poll_client.get(
+                "/v1/catalog", params=params,
+                timeout=WRITE_TIMEOUT if index is None else POLL_TIMEOUT)
         except httpx.HTTPError as exc:
             raise BackendUnavailable(_transport_error(self.base_url, exc)) from exc
         if response.status_code != 200:
@@ -233,10 +235,13 @@ class HttpCatalog(Catalog):
         body: dict[str, Any] = response.json()
         return body
 
-    async def _fetch_once(self) -> Snapshot:
-        """A fresh read outside the cache, for the rare write that needs current state."""
+    async def _find_fresh(self, instance_id: str) -> Instance | None:
+        """Look an instance up in a fresh read outside the cache (for the rare deregister)."""
         body = await self._get_catalog(None)
-        return Snapshot(0, (Instance.from_dict(item) for item in body["instances"]))
+        for item in body["instances"]:
+            if item["id"] == instance_id:
+                return Instance.from_dict(item)
+        return None
 
     def _apply(self, body: Mapping[str, Any]) -> None:
         raw: dict[str, tuple[Mapping[str, Any], Instance]] = {}
@@ -266,7 +271,7 @@ class HttpCatalog(Catalog):
 
     def _down(self, exc: Exception) -> None:
         message = str(exc) or type(exc).__name__
-        if self._up:
+        if self._up or self._error is None:  # say so once per outage, not on every retry
             log.warning("registry API %s unreachable: %s", self.base_url, message)
         was_up = self._up
         self._up, self._error = False, message
