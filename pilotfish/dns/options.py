@@ -28,19 +28,19 @@ def add_dns_flags(parser: argparse.ArgumentParser, default_listen: str | None) -
                             "[PILOTFISH_DNS]")
     group.add_argument("--domain", default=env("domain", "pilotfish"),
                        help="zone served: <service>.service.DOMAIN [PILOTFISH_DOMAIN]")
-    group.add_argument("--dns-ttl", type=int, default=int(env("dns_ttl", "0") or 0),
+    group.add_argument("--dns-ttl", type=int, default=env("dns_ttl", "0"),
                        help=f"TTL of answers in seconds, 0-{MIN_TTL} (never longer than the "
                             "shortest lease) [PILOTFISH_DNS_TTL]")
     group.add_argument("--dns-negative-ttl", type=int,
-                       default=int(env("dns_negative_ttl", "1") or 1),
+                       default=env("dns_negative_ttl", "1"),
                        help="SOA minimum: how long NXDOMAIN/NODATA may be cached "
                             "[PILOTFISH_DNS_NEGATIVE_TTL]")
     group.add_argument("--dns-max-answers", type=int,
-                       default=int(env("dns_max_answers", "32") or 32),
+                       default=env("dns_max_answers", "32"),
                        help="cap on A/AAAA records per answer, 0 for none "
                             "[PILOTFISH_DNS_MAX_ANSWERS]")
     group.add_argument("--dns-udp-size", type=int,
-                       default=int(env("dns_udp_size", "1232") or 1232),
+                       default=env("dns_udp_size", "1232"),
                        help="largest UDP response sent (and EDNS size advertised) "
                             "[PILOTFISH_DNS_UDP_SIZE]")
     group.add_argument("--dns-forward", default=env("dns_forward", ""),

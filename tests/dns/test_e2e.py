@@ -354,3 +354,43 @@ def test_standalone_dns_forwards_and_serves_metrics() -> None:
 def test_bad_flags_are_refused_with_a_message(flags: list[str]) -> None:
     with pytest.raises(RuntimeError, match="pilotfish: --d"):
         start_pilotfish("dns", "--dns", "127.0.0.1:0", *flags, expect=("dns",), timeout=10)
+
+
+def test_ipv6_loopback_listener() -> None:
+    server = start_pilotfish("dns", "--dns", "[::1]:0", "--domain", DOMAIN, expect=("dns",))
+    try:
+        host, _, port = server.listening["dns"].rpartition(":")
+        assert host == "[::1]"
+        for ask in (dns.query.udp, dns.query.tcp):
+            answer = ask(dns.message.make_query(DOMAIN, "NS"), "::1", port=int(port), timeout=3)
+            assert answer.rcode() == dns.rcode.NOERROR
+            assert [rr.address for rrset in answer.additional for rr in rrset] == ["::1"]
+    finally:
+        server.stop()
+
+
+def test_dns_fails_static_when_the_registry_goes_away() -> None:
+    registry = start_pilotfish("registry", "--api", "127.0.0.1:0")
+    try:
+        dns_only = start_pilotfish(
+            "dns", "--registry", registry.api, "--dns", "127.0.0.1:0", "--domain", DOMAIN,
+            "--dns-metrics", "127.0.0.1:0", expect=("dns", "dns metrics"))
+        try:
+            host, _, port = dns_only.listening["dns"].rpartition(":")
+            running = DnsStack(dns_only, httpx.Client(base_url=registry.api), host, int(port))
+            running.register("static", "st-1", "10.16.0.1", 80, ttl=60)
+            running.wait_for(f"static.service.{DOMAIN}", "A", 1)
+            registry.stop()
+            metrics_url = f"http://{dns_only.listening['dns metrics']}"
+            deadline = time.monotonic() + 10
+            while httpx.get(f"{metrics_url}/health").status_code != 503:
+                assert time.monotonic() < deadline, "the view never noticed the outage"
+                time.sleep(0.1)
+            assert "pilotfish_dns_view_stale 1" in httpx.get(f"{metrics_url}/metrics").text
+            answer = running.query(f"static.service.{DOMAIN}", "A")
+            assert addresses(answer) == ["10.16.0.1"]  # the last view, still served
+            running.client.close()
+        finally:
+            dns_only.stop()
+    finally:
+        registry.stop()
