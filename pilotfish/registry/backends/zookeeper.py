@@ -747,12 +747,14 @@ class ZooKeeperCatalog(Catalog):
             raise BackendUnavailable("catalog is closed")
         if self._client.connected and self._connected.is_set():
             return
-        if self._down_since is not None and time.monotonic() - self._down_since > (
-            self._read_grace
-        ):
-            raise BackendUnavailable(self._down_message())  # fail fast during an outage
+        now = time.monotonic()
+        down_since = now if self._down_since is None else self._down_since
+        # Wait out a short blip (a reconnect, an election); fail fast during an outage.
+        limit = min(deadline, down_since + self._read_grace)
+        if limit <= now:
+            raise BackendUnavailable(self._down_message())
         try:
-            await asyncio.wait_for(self._connected.wait(), max(0.01, deadline - time.monotonic()))
+            await asyncio.wait_for(self._connected.wait(), limit - now)
         except TimeoutError:
             raise BackendUnavailable(self._down_message()) from None
 
