@@ -52,7 +52,9 @@ async def wait_for(catalog: Catalog, predicate: object, timeout: float) -> Snaps
     return snapshot
 
 
-async def test_killed_registrars_instances_vanish_within_ttl(shared_url: str, unique: str) -> None:
+async def test_killed_registrars_instances_vanish_within_ttl(
+    backend_url: str, shared_url: str, unique: str
+) -> None:
     service = f"rogue-{unique}"
     registrar = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.registrar", shared_url, service, str(COUNT),
@@ -80,6 +82,7 @@ async def test_killed_registrars_instances_vanish_within_ttl(shared_url: str, un
         await asyncio.wait_for(registrar.wait(), 5)
         await wait_for(catalog, lambda s: not s.service(service), TTL + GRACE + 2)
         vanished = time.monotonic() - killed
+        print(f"{backend_url.split(':')[0]}: gone {vanished:.2f}s after SIGKILL (TTL {TTL}s)")
         assert vanished <= TTL + GRACE, f"served {vanished:.2f}s after the kill"
     finally:
         if registrar.returncode is None:
