@@ -104,6 +104,8 @@ async def test_registry_restart_reconverges_within_one_keepalive_interval(
             registrar.interval + 3,
         )
         converged = time.monotonic() - restarted
+        print(f"converged {converged:.2f}s after the restart (keepalive every "
+              f"{registrar.interval:g}s)")
         assert converged <= registrar.interval + 0.5, f"converged after {converged:.2f}s"
         assert registrar.reregistrations == 1
         assert registrar.lease_id != old_lease
