@@ -180,7 +180,7 @@ class HttpCatalog(Catalog):
         if self._up and self._snapshot is not None:
             return self._snapshot
         raise BackendUnavailable(
-            f"registry API {self.base_url}: {self._error or 'no catalog received yet'}")
+            self._error or f"registry API {self.base_url}: no catalog received yet")
 
     async def healthy(self) -> bool:
         try:
@@ -270,9 +270,12 @@ class HttpCatalog(Catalog):
             self.changes.notify()
 
     def _down(self, exc: Exception) -> None:
-        message = str(exc) or type(exc).__name__
+        if isinstance(exc, CatalogError):
+            message = str(exc)
+        else:  # an answer that is not a pilotfish catalog (a proxy's error page, a bug)
+            message = f"registry API {self.base_url}: bad answer: {type(exc).__name__}: {exc}"
         if self._up or self._error is None:  # say so once per outage, not on every retry
-            log.warning("registry API %s unreachable: %s", self.base_url, message)
+            log.warning("%s", message)
         was_up = self._up
         self._up, self._error = False, message
         self._settled.set()
