@@ -161,20 +161,28 @@ async def test_ensemble_loses_a_follower_then_its_leader(ensemble: ZooKeeperEnse
 
         writing = asyncio.create_task(keep_registering())
         await asyncio.sleep(1.0)
+        reconnects = [c.reconnects for c in (*writers, reader)]
         for role in ("follower", "leader"):
             leader = ensemble.leader()
             victim = leader if role == "leader" else (leader + 1) % 3
-            ensemble.stop_member(victim)
+            # The leader dies hard; the follower is stopped politely.
+            ensemble.stop_member(victim, signal.SIGKILL if role == "leader" else signal.SIGTERM)
             before = len(registered)
             await asyncio.sleep(4.0)  # longer than a keepalive interval (ttl 6 / 3)
             assert not writing.done()
             assert len(registered) > before, f"registrations stalled without the {role}"
+            if role == "leader":
+                # Followers drop their clients while they elect: every session moved.
+                assert all(c.reconnects > n for c, n in zip((*writers, reader), reconnects,
+                                                            strict=True))
             ensemble.start_member(victim)
             await asyncio.sleep(1.0)
         stop.set()
         await asyncio.wait_for(writing, 20)
         await sampler
 
+        print(f"registered {len(registered)} ({retries} retries), {reads.samples} reads, "
+              f"{len(reads.errors)} unavailable")
         assert len(registered) > 100
         assert reads.samples > 200
         assert reads.vanished == [], f"live instances vanished from reads: {reads.vanished[:5]}"
@@ -398,10 +406,14 @@ async def test_session_expiry_is_survived(zookeeper_session_server: ZooKeeperSer
         await asyncio.to_thread(thief.start, 10)
         await asyncio.to_thread(thief.stop)
         thief.close()
-        await until(lambda: _true(catalog._client.client_id not in (None, client_id)), 15,
-                    "a new session")
+        await until(lambda: _true(catalog.sessions == 2), 15, "a new session")
+        assert catalog._client.client_id != client_id
 
-        # Watches are back on the new session: changes made elsewhere arrive again.
+        # Watches are back on the new session: changes made elsewhere arrive again,
+        # to an existing node (a data watch) and to the set of nodes (a children watch).
+        await writer.register(make(service, f"a-{unique}", 90, lease.id))
+        await follow(catalog, lambda s: (a := s.get(f"a-{unique}")) is not None and a.port == 90,
+                     5)
         await writer.register(make(service, f"b-{unique}", 81, lease.id))
         await writer.deregister(f"a-{unique}")
         await follow(catalog, lambda s: ids(s, service) == {f"b-{unique}"}, 5)
@@ -418,3 +430,29 @@ async def test_session_expiry_is_survived(zookeeper_session_server: ZooKeeperSer
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+async def test_a_registry_started_while_zookeeper_is_down(
+    lone_server: ZooKeeperServer, pilotfish: StartPilotfish, unique: str
+) -> None:
+    lone_server.stop()
+    url = lone_server.url(f"/late-{unique}")
+    api = pilotfish("registry", "--registry", url, "--api", "127.0.0.1:0")  # waits 5 s, serves
+    async with httpx.AsyncClient(base_url=api.api, timeout=15) as http:
+        started = time.monotonic()
+        answer = await http.get("/v1/catalog")
+        assert answer.status_code == 503, answer.text
+        assert "ZooKeeper at 127.0.0.1:" in answer.json()["error"]
+        assert time.monotonic() - started < 1.0
+        lone_server.start()
+
+        async def serving() -> bool:
+            return (await http.get("/v1/catalog")).status_code == 200
+
+        await until(serving, 10, "API serving once ZooKeeper is up")
+        lease = (await http.post("/v1/leases", json={"ttl": 10})).json()
+        put = await http.put(f"/v1/services/late-{unique}/instances/l-{unique}",
+                             json={"address": "127.0.0.1", "port": 80, "lease": lease["id"]})
+        assert put.status_code == 201, put.text
+        found = await http.get(f"/v1/services/late-{unique}")
+        assert [i["id"] for i in found.json()["instances"]] == [f"l-{unique}"]

@@ -22,6 +22,19 @@ lease: ZooKeeper refuses to delete a lease node that gained a marker meanwhile.
 
 kazoo is threaded. Its answers are applied to the cache on the event loop, in the order
 ZooKeeper answered them (one session answers in order), so the cache never goes backwards.
+
+Connection loss: kazoo drops every watch when the connection drops, so after each reconnect
+(same session or a new one after expiry) the catalog lists both directories again with
+fresh watches and re-reads every node. Nothing pilotfish stores is ephemeral, so an expired
+session loses no lease or instance; the reaper lock is ephemeral and is taken again (the
+Lock recipe finds its own node by a uuid prefix when a create's answer was lost). A create
+retried after a lost answer can meet its own node (NodeExists): a lease id is a fresh uuid,
+so that lease is ours; an instance create falls back to reading the node and updating it.
+Calls wait out a blip up to READ_GRACE (reads meanwhile come from the cache), then fail
+fast with BackendUnavailable until the session is back and the cache re-read.
+
+URL: zk://host[:port][,host[:port]...][/chroot][?session_timeout=6&timeout=3]
+(chroot defaults to /pilotfish; timeouts in seconds).
 """
 
 from __future__ import annotations
@@ -213,6 +226,9 @@ class ZooKeeperCatalog(Catalog):
         self._in_sync = asyncio.Event()  # set while _synced
         self._down_since: float | None = time.monotonic()
         self._resync_task: asyncio.Task[None] | None = None
+        self.sessions = 0  # sessions established (a new one after each expiry)
+        self.reconnects = 0  # connections re-established after a drop, for health and tests
+        self._session_id: int | None = None
         # reaping
         self._leader = False
         self.reaped = 0  # leases this process deleted as the elected reaper
@@ -644,7 +660,15 @@ class ZooKeeperCatalog(Catalog):
 
     def _on_state(self, state: str) -> None:
         if state == KazooState.CONNECTED:
-            log.info("ZooKeeper session on %s connected", ",".join(self.hosts))
+            client_id = self._client.client_id
+            session_id = client_id[0] if client_id else None
+            if self._loaded:
+                self.reconnects += 1
+            if session_id != self._session_id:
+                self.sessions += 1
+                self._session_id = session_id
+            log.info("ZooKeeper session %x on %s connected", session_id or 0,
+                     ",".join(self.hosts))
             self._connected.set()
             if self._resync_task is not None:
                 self._resync_task.cancel()
