@@ -102,6 +102,7 @@ class RegistryApi:
     def __init__(self, catalog: Catalog, token: str | None = None, name: str = "") -> None:
         self.catalog = catalog
         self.metrics = Metrics()
+        self._encoded_catalog: tuple[int, bytes] = (-1, b"")
         self._describe_metrics()
         self.app = self._build(token, name)
 
@@ -240,11 +241,17 @@ class RegistryApi:
                 snapshot = await self.catalog.watch(index, wait_seconds)
             except BackendUnavailable as exc:
                 raise ApiError(503, "unavailable", f"registry backend unavailable: {exc}") from exc
-        instances = [i.to_dict() for i in snapshot.instances.values()]
-        return json_response(
-            {"index": snapshot.index, "instances": instances},
-            headers={"X-Pilotfish-Index": str(snapshot.index)},
-        )
+        return Response(self._catalog_body(snapshot), media_type="application/json",
+                        headers={"X-Pilotfish-Index": str(snapshot.index)})
+
+    def _catalog_body(self, snapshot: Snapshot) -> bytes:
+        """The /v1/catalog body, encoded once per snapshot however many followers ask."""
+        if self._encoded_catalog[0] != snapshot.index:
+            instances = [i.to_dict() for i in snapshot.instances.values()]
+            body = json.dumps({"index": snapshot.index, "instances": instances},
+                              separators=(",", ":")).encode()
+            self._encoded_catalog = (snapshot.index, body)
+        return self._encoded_catalog[1]
 
     async def _block(self, seen: Snapshot, service: str, tag: str | None, wait: float) -> Snapshot:
         """Wait until this service's answer changes or `wait` elapses (a Consul-style long-poll)."""
