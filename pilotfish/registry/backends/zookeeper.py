@@ -288,9 +288,11 @@ class ZooKeeperCatalog(Catalog):
             await asyncio.wait_for(asyncio.to_thread(self._shutdown_client), 15)
 
     def _shutdown_client(self) -> None:
+        # Closing the session deletes the lock node at once and fails whatever call the
+        # election thread is blocked in, so it ends promptly.
+        self._client.stop()
         if self._elector is not None:
             self._elector.join(ELECTION_WAIT + 1)
-        self._client.stop()
         self._client.close()
 
     async def healthy(self) -> bool:
@@ -850,8 +852,7 @@ class ZooKeeperCatalog(Catalog):
             except NoNodeError:
                 self._drop_lease(lease_id)
                 return False
-            pairs = [name for name in names]
-            batches = [pairs[i:i + TXN_BATCH] for i in range(0, len(pairs), TXN_BATCH)] or [[]]
+            batches = [names[i:i + TXN_BATCH] for i in range(0, len(names), TXN_BATCH)] or [[]]
             retry = False
             for number, batch in enumerate(batches):
                 last = number == len(batches) - 1
