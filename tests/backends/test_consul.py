@@ -232,6 +232,26 @@ async def test_registrations_are_ordinary_consul_services(consul_double: ConsulD
 
 
 @pytest.mark.slow
+async def test_keepalive_passes_consuls_ttl_checks(consul_double: ConsulDouble,
+                                                   http: httpx.AsyncClient) -> None:
+    catalog = await open_catalog(consul_double.url())
+    try:
+        lease = await catalog.create_lease(2)
+        for n in range(3):
+            await catalog.register(Instance(service="kept", id=f"kept-{n}", address="127.0.0.1",
+                                            port=80 + n, lease=lease.id))
+        for _ in range(5):  # 3.5 s, well past the 2 s TTL of Consul's checks
+            await asyncio.sleep(0.7)
+            await catalog.keepalive(lease.id)
+            for n in range(3):
+                assert await check_status(http, f"pilotfish:kept-{n}") == "passing"
+        passing = (await http.get("/v1/health/service/kept", params={"passing": "1"})).json()
+        assert len(passing) == 3  # what Consul DNS would serve
+    finally:
+        await catalog.close()
+
+
+@pytest.mark.slow
 async def test_a_lapsed_lease_leaves_nothing_behind_in_consul(consul_double: ConsulDouble,
                                                               http: httpx.AsyncClient) -> None:
     catalog = await open_catalog(consul_double.url())
@@ -366,7 +386,9 @@ async def test_outage_longer_than_a_ttl(consul_double: ConsulDouble, pilotfish: 
                         if i["service"] == service] if answer.status_code == 200 else []
                 if {i["id"] for i in mine} == ids and all(i["lease"] == new_lease for i in mine):
                     break
-                assert time.monotonic() < deadline, "API did not converge"
+                assert time.monotonic() < deadline, (
+                    f"API did not converge: {answer.status_code} {answer.text[:500]}\n"
+                    + "".join(api.lines[-20:]))
                 await asyncio.sleep(0.1)
     finally:
         await view.stop()

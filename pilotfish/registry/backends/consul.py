@@ -144,7 +144,10 @@ class ConsulCatalog(Catalog):
         """consul://host[:8500][?token=…&deregister_after=SECONDS]; https via ?scheme=https."""
         parts = urlsplit(url)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        deregister_after = int(query.get("deregister_after", DEFAULT_DEREGISTER_AFTER))
+        try:
+            deregister_after = int(query.get("deregister_after", DEFAULT_DEREGISTER_AFTER))
+        except ValueError:
+            deregister_after = 0
         if deregister_after < 1:
             raise InvalidField("deregister_after", "must be a positive number of seconds")
         catalog = cls(parts.hostname or "127.0.0.1", parts.port or 8500,
@@ -258,7 +261,9 @@ class ConsulCatalog(Catalog):
         identifier(lease_id, "lease")
         record = self._leases.get(lease_id)
         for _ in range(4):
-            if record is None or record.modify_index == 0:
+            # The cache is only a hint: unknown index, or apparently lapsed (another
+            # process's renewal may still be on its way to us), means ask KV.
+            if record is None or record.modify_index == 0 or not record.live(time.time()):
                 record = await self._read_lease(lease_id)
             now = time.time()
             if record is None or not record.live(now):
@@ -394,6 +399,9 @@ class ConsulCatalog(Catalog):
                                for sid in doomed))
         for sid in doomed:
             self._registered.pop(sid, None)
+        for sid, lease in list(self._registered.items()):
+            if lease in lease_ids:
+                del self._registered[sid]
 
     # -- reads -----------------------------------------------------------------
 
@@ -534,11 +542,14 @@ class ConsulCatalog(Catalog):
             self._watcher.health.service(name, **self._blocking(index)),
             self._watch_timeout(index))
         known = self._services.get(name, {})
+        # After an error the agent may be a fresh one whose indexes started over, so
+        # a full read (index 0) rebuilds every entry instead of trusting versions.
+        reusable = known if index else {}
         entries: dict[str, _Entry] = {}
         for node in nodes or ():
             service = node.get("Service") or {}
             version = _version(node)
-            entry = known.get(str(service.get("ID")))
+            entry = reusable.get(str(service.get("ID")))
             if entry is None or entry.version != version:
                 entry = _from_health(node, version)
             if entry is not None:
@@ -617,7 +628,8 @@ def _from_agent(service: Mapping[str, Any]) -> Instance | None:
 def _version(node: Mapping[str, Any]) -> tuple[Any, ...]:
     """The parts of a health entry that change when the instance does."""
     service = node.get("Service") or {}
-    return (service.get("ModifyIndex"), (node.get("Node") or {}).get("Node"),
+    return (service.get("CreateIndex"), service.get("ModifyIndex"),
+            (service.get("Meta") or {}).get(META_LEASE), (node.get("Node") or {}).get("Node"),
             tuple((c.get("CheckID"), c.get("Status")) for c in node.get("Checks") or ()))
 
 
