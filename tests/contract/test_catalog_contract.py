@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
@@ -213,3 +214,41 @@ async def test_many_registrations_on_one_lease(catalog: Catalog, unique: str) ->
     await catalog.keepalive(lease.id)
     await catalog.revoke(lease.id)
     await wait_until(catalog, lambda s: not s.service(f"bulk-{unique}"), 5)
+
+
+@pytest.mark.slow
+async def test_random_operations_while_leases_lapse_keep_the_catalog_consistent(
+    catalog: Catalog, unique: str
+) -> None:
+    rng = random.Random(unique)
+    leases: list[str] = []
+    ids = [f"z{n}-{unique}" for n in range(12)]
+    deadline = time.monotonic() + 3.0  # longer than a TTL, so leases lapse mid-way
+    for n in range(20_000):
+        if time.monotonic() > deadline:
+            break
+        roll = rng.random()
+        try:
+            if roll < 0.1 or not leases:
+                leases.append((await catalog.create_lease(TTL)).id)
+            elif roll < 0.45:
+                await catalog.register(make(f"rnd-{unique}", rng.choice(ids), rng.choice(leases),
+                                            port=rng.randint(1, 65535)))
+            elif roll < 0.6:
+                await catalog.keepalive(rng.choice(leases))
+            elif roll < 0.65:
+                await catalog.revoke(rng.choice(leases))
+            elif roll < 0.75:
+                await catalog.deregister(rng.choice(ids))
+            else:
+                (await catalog.snapshot()).service(f"rnd-{unique}")
+        except UnknownLease:
+            pass
+        if n % 50 == 0:  # mostly back to back, as a busy API process calls it
+            await asyncio.sleep(0.01)
+    # Whatever is still served rides on a live lease, or is gone within the grace period.
+    orphans = {(i.id, i.lease) for i in (await catalog.snapshot()).service(f"rnd-{unique}")
+               if await catalog.lease(i.lease) is None}
+    await asyncio.sleep(GRACE + 0.2)
+    served = {(i.id, i.lease) for i in (await catalog.snapshot()).service(f"rnd-{unique}")}
+    assert not orphans & served, orphans

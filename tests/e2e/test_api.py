@@ -22,6 +22,7 @@ def server() -> Iterator[PilotfishProcess]:
         yield running
     finally:
         running.stop()
+    assert not running.crashes(), running.crashes()
 
 
 @pytest.fixture

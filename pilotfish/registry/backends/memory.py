@@ -30,7 +30,8 @@ class MemoryCatalog(Catalog):
         self._expiry: list[tuple[float, str]] = []
         self._index = 1
         self._snapshot: Snapshot | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_deadline = 0.0
 
     @classmethod
     async def from_url(cls, url: str) -> MemoryCatalog:
@@ -149,16 +150,17 @@ class MemoryCatalog(Catalog):
     def _arm_timer(self) -> None:
         if not self._expiry:
             return
+        deadline = self._expiry[0][0]
+        if self._timer is not None:
+            if self._timer_deadline <= deadline:
+                return
+            self._timer.cancel()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        when = loop.time() + max(0.0, self._expiry[0][0] - time.monotonic())
-        if self._timer is not None:
-            if self._timer.when() <= when:
-                return
-            self._timer.cancel()
-        self._timer = loop.call_at(when, self._on_timer)
+        self._timer_deadline = deadline
+        self._timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
