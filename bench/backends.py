@@ -67,10 +67,17 @@ def zookeeper_server() -> Iterator[str]:
 
 @contextlib.contextmanager
 def consul_server() -> Iterator[str]:
-    from tests.fixtures.consul import consul_agent
+    from tests.fixtures.consul import ConsulDouble, real_agent_url
 
-    with consul_agent() as url:
-        yield url
+    real = real_agent_url()
+    if real is not None:
+        yield real
+        return
+    double = ConsulDouble().start()
+    try:
+        yield double.url()
+    finally:
+        double.stop()
 
 
 SERVERS: dict[str, Server] = {

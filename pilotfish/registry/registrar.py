@@ -86,11 +86,15 @@ class Registrar:
 
     async def _renew_lease(self) -> None:
         lease = await self.catalog.create_lease(self.ttl, self.owner)
+        try:
+            for instance_id, instance in list(self._instances.items()):
+                moved = replace(instance, lease=lease.id)
+                self._instances[instance_id] = moved
+                await self.catalog.register(moved)
+        except BaseException:
+            self.lease_id = None  # half done: the next keepalive round starts over
+            raise
         self.lease_id = lease.id
-        for instance_id, instance in list(self._instances.items()):
-            moved = replace(instance, lease=lease.id)
-            self._instances[instance_id] = moved
-            await self.catalog.register(moved)
 
     async def _keepalive_loop(self) -> None:
         delay = self.interval
