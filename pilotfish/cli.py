@@ -87,7 +87,8 @@ async def build_components(args: argparse.Namespace, catalog: Catalog) -> list[C
 
         api = RegistryApi(catalog, token=read_token(args.token_file))
         api_metrics = api.metrics
-        components.append(ApiServer(api.app, parse_hostport(args.api, "--api")))
+        components.append(ApiServer(api.app, parse_hostport(args.api, "--api"),
+                                    before_stop=api.stop_waiting))
     if args.command == "register":
         from pilotfish.registry.registrar import Registrar, instance_from_spec
 

@@ -103,6 +103,7 @@ class RegistryApi:
         self.catalog = catalog
         self.metrics = Metrics()
         self._encoded_catalog: tuple[int, bytes] = (-1, b"")
+        self._stopping = asyncio.Event()
         self._describe_metrics()
         self.app = self._build(token, name)
 
@@ -237,10 +238,7 @@ class RegistryApi:
         wait_seconds = parse_wait(wait)
         snapshot = await self._call(self.catalog.snapshot())
         if index is not None and index == snapshot.index:
-            try:
-                snapshot = await self.catalog.watch(index, wait_seconds)
-            except BackendUnavailable as exc:
-                raise ApiError(503, "unavailable", f"registry backend unavailable: {exc}") from exc
+            snapshot = await self._watch(index, wait_seconds)
         return Response(self._catalog_body(snapshot), media_type="application/json",
                         headers={"X-Pilotfish-Index": str(snapshot.index)})
 
@@ -258,14 +256,31 @@ class RegistryApi:
         before = seen.service(service, tag)
         deadline = time.monotonic() + wait
         snapshot = seen
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                snapshot = await self.catalog.watch(snapshot.index, remaining)
-            except BackendUnavailable as exc:
-                raise ApiError(503, "unavailable", f"registry backend unavailable: {exc}") from exc
+        while (remaining := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
+            snapshot = await self._watch(snapshot.index, remaining)
             if snapshot.service(service, tag) != before:
                 break
         return snapshot
+
+    async def _watch(self, index: int, wait: float) -> Snapshot:
+        """catalog.watch for a long-poll, cut short when the server is stopping."""
+        watch = asyncio.ensure_future(self.catalog.watch(index, wait))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({watch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not watch.done():
+            watch.cancel()
+            return await self._call(self.catalog.snapshot())
+        try:
+            return watch.result()
+        except BackendUnavailable as exc:
+            raise ApiError(503, "unavailable", f"registry backend unavailable: {exc}") from exc
+
+    def stop_waiting(self) -> None:
+        """Answer every pending long-poll now: the server is shutting down."""
+        self._stopping.set()
 
     async def health(self) -> Response:
         try:

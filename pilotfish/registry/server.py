@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -24,7 +25,8 @@ class _EmbeddedServer(uvicorn.Server):
 class ApiServer:
     """Starts and stops one HTTP listener for an ASGI app."""
 
-    def __init__(self, app: Any, listen: HostPort, what: str = "registry API") -> None:
+    def __init__(self, app: Any, listen: HostPort, what: str = "registry API",
+                 before_stop: Callable[[], None] | None = None) -> None:
         config = uvicorn.Config(
             app, host=listen.host, port=listen.port, log_level="warning", access_log=False,
             lifespan="off", loop="none", http="httptools", timeout_keep_alive=75,
@@ -33,6 +35,7 @@ class ApiServer:
         self.server = _EmbeddedServer(config)
         self.what = what
         self.address = listen
+        self._before_stop = before_stop
         self._task: Any = None
 
     async def start(self) -> None:
@@ -51,6 +54,8 @@ class ApiServer:
     async def stop(self) -> None:
         """Finish in-flight requests and close the listener."""
         if self._task is not None:
+            if self._before_stop is not None:
+                self._before_stop()  # e.g. answer pending long-polls now
             self.server.should_exit = True
             await self._task
             self._task = None

@@ -232,3 +232,24 @@ def test_environment_configures_and_sigterm_stops_cleanly(pilotfish: StartPilotf
 def test_unknown_registry_scheme_is_a_clear_error(pilotfish: StartPilotfish) -> None:
     with pytest.raises(RuntimeError, match="unknown scheme 'redis'"):
         pilotfish("up", "--api", "127.0.0.1:0", "--registry", "redis://x")
+
+
+def test_sigterm_answers_pending_long_polls_and_exits_promptly(
+    pilotfish: StartPilotfish,
+) -> None:
+    running = pilotfish("registry", "--api", "127.0.0.1:0")
+    index = httpx.get(running.api + "/v1/services/web").headers["X-Pilotfish-Index"]
+    result: dict[str, httpx.Response] = {}
+    polls = [threading.Thread(target=lambda path=path: result.setdefault(path, httpx.get(
+        running.api + path, params={"index": index, "wait": "60s"}, timeout=30)))
+        for path in ("/v1/services/web", "/v1/catalog")]
+    for poll in polls:
+        poll.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert running.stop() == 0
+    for poll in polls:
+        poll.join(5)
+    assert time.monotonic() - started < 2.0
+    assert {path: r.status_code for path, r in result.items()} == {
+        "/v1/services/web": 200, "/v1/catalog": 200}
