@@ -52,6 +52,7 @@ from consul.exceptions import (
 )
 
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
+from pilotfish.registry.expiring import ExpiringSnapshots
 from pilotfish.registry.model import (
     MAX_META,
     Health,
@@ -133,10 +134,7 @@ class ConsulCatalog(Catalog):
         self._registered: dict[str, str] = {}  # instance id -> lease, written through us
         self._failing: set[str] = {"leases", "services"}  # watchers not yet in sync
         self._tasks: list[asyncio.Task[None]] = []
-        self._index = 1
-        self._snapshot: Snapshot | None = None
-        self._snapshot_until = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._snapshots = ExpiringSnapshots(self.changes.notify)
         self._closed = False
 
     @classmethod
@@ -195,8 +193,7 @@ class ConsulCatalog(Catalog):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._timer is not None:
-            self._timer.cancel()
+        self._snapshots.close()
         await self._writer.close()
         await self._watcher.close()
 
@@ -410,43 +407,16 @@ class ConsulCatalog(Catalog):
             raise BackendUnavailable(
                 f"consul at {self.address} unreachable ({', '.join(sorted(self._failing))} "
                 "watch failing)")
-        now = time.time()
-        if self._snapshot is None or now >= self._snapshot_until:
-            self._rebuild(now)
-        assert self._snapshot is not None
-        return self._snapshot
-
-    def _rebuild(self, now: float) -> None:
-        instances: dict[str, Instance] = {}
-        until = float("inf")
-        for entries in self._services.values():
-            for instance_id, entry in entries.items():
-                record = self._leases.get(entry.instance.lease)
-                if record is None or not record.live(now):
-                    continue
-                instances[instance_id] = entry.instance
-                until = min(until, record.expires_at)
-        if self._snapshot is None or dict(self._snapshot.instances) != instances:
-            self._index += 1
-            self._snapshot = Snapshot(self._index, instances)
-        self._snapshot_until = until
-        self._arm_timer(until - now)
+        return self._snapshots.build(
+            (entry.instance for entries in self._services.values() for entry in entries.values()),
+            self._expiry_of)
 
     def _changed(self) -> None:
-        self._snapshot_until = 0.0
-        self.changes.notify()
+        self._snapshots.changed()
 
-    def _arm_timer(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if delay != float("inf"):
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(max(0.0, delay) + 0.005, self._on_expiry)
-
-    def _on_expiry(self) -> None:
-        self._timer = None
-        self._changed()
+    def _expiry_of(self, lease_id: str) -> float | None:
+        record = self._leases.get(lease_id)
+        return None if record is None else record.expires_at
 
     def _remember_lease(self, record: _LeaseRecord) -> None:
         """Merge a lease record into the cache; renewals only move expiry forward."""

@@ -44,7 +44,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import socket
 import threading
@@ -74,6 +73,7 @@ from kazoo.protocol.states import EventType, ZnodeStat
 from kazoo.retry import KazooRetry
 
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
+from pilotfish.registry.expiring import ExpiringSnapshots
 from pilotfish.registry.model import Instance, Lease, ttl_seconds
 
 log = logging.getLogger(__name__)
@@ -215,10 +215,7 @@ class ZooKeeperCatalog(Catalog):
         self._by_lease: dict[str, set[str]] = {}
         self._watched: set[str] = set()  # nodes with a data watch set (or a read on its way)
         self._orphan_since: dict[str, float] = {}
-        self._index = 1
-        self._snapshot: Snapshot | None = None
-        self._valid_until = math.inf  # wall clock: the snapshot's first lease expiry
-        self._timer: asyncio.TimerHandle | None = None
+        self._snapshots = ExpiringSnapshots(self.changes.notify)
         # connection state
         self._connected = asyncio.Event()
         self._loaded = False  # a full listing has been read at least once
@@ -281,8 +278,7 @@ class ZooKeeperCatalog(Catalog):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        if self._timer is not None:
-            self._timer.cancel()
+        self._snapshots.close()
         self._client.remove_listener(self._on_kazoo_state)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.to_thread(self._shutdown_client), 15)
@@ -451,13 +447,8 @@ class ZooKeeperCatalog(Catalog):
 
     async def snapshot(self) -> Snapshot:
         self._check_readable()
-        now = time.time()
-        if self._snapshot is not None and now >= self._valid_until:
-            self._recheck_expiry(now)
-        if self._snapshot is None:
-            self._build_snapshot(now)
-        assert self._snapshot is not None
-        return self._snapshot
+        return self._snapshots.build(
+            (entry.instance for entry in self._instances.values()), self._expiry_of)
 
     def _check_readable(self) -> None:
         if self._closed:
@@ -477,48 +468,12 @@ class ZooKeeperCatalog(Catalog):
         entry = self._leases.get(lease_id)
         return entry is not None and entry.live(time.time() if now is None else now)
 
-    def _build_snapshot(self, now: float) -> None:
-        served: dict[str, Instance] = {}
-        valid_until = math.inf
-        for instance_id, entry in self._instances.items():
-            lease = self._leases.get(entry.instance.lease)
-            if lease is not None and lease.expires_at > now:
-                served[instance_id] = entry.instance
-                valid_until = min(valid_until, lease.expires_at)
-        self._snapshot = Snapshot(self._index, served)
-        self._set_valid_until(valid_until)
-
-    def _recheck_expiry(self, now: float) -> None:
-        """At the first expiry in the snapshot: drop what lapsed, or note it was renewed."""
-        assert self._snapshot is not None
-        valid_until = math.inf
-        for instance in self._snapshot.instances.values():
-            lease = self._leases.get(instance.lease)
-            if lease is None or lease.expires_at <= now:
-                self._changed()
-                return
-            valid_until = min(valid_until, lease.expires_at)
-        self._set_valid_until(valid_until)
-
-    def _set_valid_until(self, valid_until: float) -> None:
-        self._valid_until = valid_until
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if valid_until < math.inf and not self._closed:
-            delay = max(0.0, valid_until - time.time()) + 0.001
-            self._timer = self._loop.call_later(delay, self._on_expiry_timer)
-
-    def _on_expiry_timer(self) -> None:
-        self._timer = None
-        now = time.time()
-        if self._snapshot is not None and now >= self._valid_until:
-            self._recheck_expiry(now)
-
     def _changed(self) -> None:
-        self._index += 1
-        self._snapshot = None
-        self.changes.notify()
+        self._snapshots.changed()
+
+    def _expiry_of(self, lease_id: str) -> float | None:
+        lease = self._leases.get(lease_id)
+        return None if lease is None else lease.expires_at
 
     # the cache (loop thread only)
 
