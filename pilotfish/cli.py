@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run the whole stack in one process")
     common(up)
     api_flags(up, "127.0.0.1:8500")
-    add_dns_flags(up, None)
+    add_dns_flags(up, DEFAULT_DNS)
 
     dns = commands.add_parser("dns", help="run only the DNS server")
     common(dns)
@@ -96,7 +96,7 @@ async def build_components(args: argparse.Namespace, catalog: Catalog) -> list[C
         instances = [instance_from_spec(spec, args.tag, meta, args.weight)
                      for spec in args.instances]
         components.append(Registrar(catalog, args.ttl, args.owner, instances))
-    if getattr(args, "dns", None):
+    if getattr(args, "dns", "off") not in (None, "", "off"):
         from pilotfish.dns.options import dns_components
 
         components += dns_components(args, catalog, api_metrics)

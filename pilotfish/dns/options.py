@@ -19,13 +19,12 @@ DEFAULT_DNS = "127.0.0.1:8600"
 MAX_NEGATIVE_TTL = 3600
 
 
-def add_dns_flags(parser: argparse.ArgumentParser, default_listen: str | None) -> None:
+def add_dns_flags(parser: argparse.ArgumentParser, default_listen: str) -> None:
     """Flags shared by `pilotfish dns` and `pilotfish up`; each has a PILOTFISH_* fallback."""
     group = parser.add_argument_group("DNS")
     group.add_argument("--dns", default=env("dns", default_listen),
-                       help="DNS listen address HOST:PORT, UDP and TCP "
-                            f"(`dns` default {DEFAULT_DNS}; `up` runs DNS only when given) "
-                            "[PILOTFISH_DNS]")
+                       help=f"DNS listen address HOST:PORT, UDP and TCP (default {DEFAULT_DNS}; "
+                            "'off' for none) [PILOTFISH_DNS]")
     group.add_argument("--domain", default=env("domain", "pilotfish"),
                        help="zone served: <service>.service.DOMAIN [PILOTFISH_DOMAIN]")
     group.add_argument("--dns-ttl", type=int, default=env("dns_ttl", "0"),

@@ -17,7 +17,7 @@ from tests.fixtures.process import PilotfishProcess, StartPilotfish, start_pilot
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[PilotfishProcess]:
-    running = start_pilotfish("up", "--api", "127.0.0.1:0")
+    running = start_pilotfish("up", "--api", "127.0.0.1:0", "--dns", "127.0.0.1:0")
     try:
         yield running
     finally:
@@ -231,7 +231,7 @@ def test_environment_configures_and_sigterm_stops_cleanly(pilotfish: StartPilotf
 
 def test_unknown_registry_scheme_is_a_clear_error(pilotfish: StartPilotfish) -> None:
     with pytest.raises(RuntimeError, match="unknown scheme 'redis'"):
-        pilotfish("up", "--api", "127.0.0.1:0", "--registry", "redis://x")
+        pilotfish("up", "--api", "127.0.0.1:0", "--dns", "off", "--registry", "redis://x")
 
 
 def test_sigterm_answers_pending_long_polls_and_exits_promptly(
