@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from pilotfish.registry import Catalog, Instance, InvalidField, Snapshot, UnknownLease
+from pilotfish.registry import Catalog, Instance, InvalidField, UnknownLease
+from tests.watching import wait_until
 
 TTL = 2
 GRACE = 1.0  # DESIGN.md guarantee 1: never served later than expiry + 1 s
@@ -17,18 +18,6 @@ GRACE = 1.0  # DESIGN.md guarantee 1: never served later than expiry + 1 s
 def make(service: str, instance_id: str, lease: str, port: int = 8080, **extra: object) -> Instance:
     return Instance(service=service, id=instance_id, address="127.0.0.1", port=port,
                     lease=lease, **extra)  # type: ignore[arg-type]
-
-
-async def wait_until(catalog: Catalog, predicate: object, timeout: float) -> Snapshot:
-    """Follow the catalog's watch until predicate(snapshot) holds; fail after timeout."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    snapshot = await catalog.snapshot()
-    while not predicate(snapshot):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"condition not reached within {timeout}s; last {snapshot}"
-        snapshot = await catalog.watch(snapshot.index, remaining)
-    return snapshot
 
 
 async def test_registered_instance_is_in_the_snapshot(catalog: Catalog, unique: str) -> None:
@@ -196,8 +185,9 @@ async def test_snapshot_index_never_goes_backwards(catalog: Catalog, unique: str
     lease = await catalog.create_lease(30)
     indexes = [(await catalog.snapshot()).index]
     for n in range(5):
-        await catalog.register(make(f"ix-{unique}", f"i{n}-{unique}", lease.id))
-        indexes.append((await wait_until(catalog, lambda s, n=n: s.get(f"i{n}-{unique}"), 5)).index)
+        name = f"i{n}-{unique}"
+        await catalog.register(make(f"ix-{unique}", name, lease.id))
+        indexes.append((await wait_until(catalog, lambda s: s.get(name), 5)).index)  # noqa: B023 (awaited at once)
     await catalog.revoke(lease.id)
     indexes.append((await wait_until(catalog, lambda s: not s.service(f"ix-{unique}"), 5)).index)
     assert indexes == sorted(indexes)

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from pilotfish.registry import Catalog, Instance
+from pilotfish.registry import Catalog
 from pilotfish.registry.registrar import Registrar
-from tests.contract.test_catalog_contract import wait_until
-
-
-def instance(service: str, instance_id: str, port: int) -> Instance:
-    return Instance(service=service, id=instance_id, address="127.0.0.1", port=port,
-                    lease="unset")
+from tests.watching import instance, wait_until
 
 
 async def test_registrar_keeps_instances_alive_past_the_ttl(catalog: Catalog, unique: str) -> None:
