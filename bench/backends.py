@@ -42,11 +42,8 @@ def memory_server() -> Iterator[str]:
 def http_server() -> Iterator[str]:
     from tests.fixtures.process import start_pilotfish
 
-    api = start_pilotfish("registry", "--api", "127.0.0.1:0")
-    try:
+    with start_pilotfish("registry", "--api", "127.0.0.1:0") as api:
         yield api.api
-    finally:
-        api.stop()
 
 
 @contextlib.contextmanager
@@ -67,17 +64,10 @@ def zookeeper_server() -> Iterator[str]:
 
 @contextlib.contextmanager
 def consul_server() -> Iterator[str]:
-    from tests.fixtures.consul import ConsulDouble, real_agent_url
+    from tests.fixtures.consul import consul_service
 
-    real = real_agent_url()
-    if real is not None:
-        yield real
-        return
-    double = ConsulDouble().start()
-    try:
-        yield double.url()
-    finally:
-        double.stop()
+    with consul_service() as url:
+        yield url
 
 
 SERVERS: dict[str, Server] = {

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pilotfish.registry import Catalog, Snapshot, open_catalog
+from pilotfish.registry import Catalog, open_catalog
 from tests.fixtures.process import start_pilotfish
+from tests.watching import wait_until
 
 TTL = 2
 GRACE = 1.0
@@ -33,23 +34,8 @@ def shared_url(backend_url: str) -> Iterator[str]:
     if not backend_url.startswith("memory:"):
         yield backend_url
         return
-    api = start_pilotfish("registry", "--registry", backend_url, "--api", "127.0.0.1:0")
-    try:
+    with start_pilotfish("registry", "--registry", backend_url, "--api", "127.0.0.1:0") as api:
         yield api.api
-    finally:
-        api.stop()
-
-
-async def wait_for(catalog: Catalog, predicate: object, timeout: float) -> Snapshot:
-    """Follow the catalog's watch until predicate(snapshot) holds; fail after timeout."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    snapshot = await catalog.snapshot()
-    while not predicate(snapshot):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"not reached within {timeout}s; last {snapshot}"
-        snapshot = await catalog.watch(snapshot.index, remaining)
-    return snapshot
 
 
 async def test_killed_registrars_instances_vanish_within_ttl(
@@ -69,7 +55,7 @@ async def test_killed_registrars_instances_vanish_within_ttl(
             rest = await asyncio.wait_for(registrar.stdout.read(), 5)
             pytest.fail(f"registrar did not start: {first}{rest.decode()}")
         catalog = await open_catalog(shared_url)
-        await wait_for(catalog, lambda s: len(s.service(service)) == COUNT, 5)
+        await wait_until(catalog, lambda s: len(s.service(service)) == COUNT, 5)
 
         # Kept alive by the registrar, the instances outlive their TTL...
         await asyncio.sleep(TTL + 0.5)
@@ -80,7 +66,7 @@ async def test_killed_registrars_instances_vanish_within_ttl(
         registrar.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         await asyncio.wait_for(registrar.wait(), 5)
-        await wait_for(catalog, lambda s: not s.service(service), TTL + GRACE + 2)
+        await wait_until(catalog, lambda s: not s.service(service), TTL + GRACE + 2)
         vanished = time.monotonic() - killed
         print(f"{backend_url.split(':')[0]}: gone {vanished:.2f}s after SIGKILL (TTL {TTL}s)")
         assert vanished <= TTL + GRACE, f"served {vanished:.2f}s after the kill"
