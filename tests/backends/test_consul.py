@@ -16,15 +16,23 @@ import asyncio
 import base64
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from pilotfish.registry import BackendUnavailable, Catalog, Instance, Snapshot, open_catalog
-from pilotfish.registry.registrar import Registrar
-from pilotfish.registry.view import CatalogView
+from tests.backends.scenarios import (
+    assert_api_unavailable,
+    assert_catalog_unavailable,
+    assert_consumers_converge,
+    assert_long_poll_ends,
+    assert_view_fails_static,
+    registered_and_viewed,
+    reregistered,
+    start_long_poll,
+)
 from tests.fixtures.consul import ConsulDouble
 from tests.fixtures.process import StartPilotfish
 
@@ -130,16 +138,13 @@ async def test_deregister_critical_service_after(http: httpx.AsyncClient) -> Non
 
 @pytest.mark.slow
 async def test_deregister_after_is_raised_to_consuls_minimum() -> None:
-    double = ConsulDouble(reap_interval=0.2, min_deregister_after=60.0).start()
-    try:
+    with ConsulDouble(reap_interval=0.2, min_deregister_after=60.0) as double:
         async with httpx.AsyncClient(base_url=double.http, timeout=10) as client:
             await client.put("/v1/agent/service/register",
                              json=ttl_service("floor", "f1", ttl="1s", deregister="1s"))
             await asyncio.sleep(2.5)
             assert await check_status(client, "check-f1") == "critical"
             assert "f1" in (await client.get("/v1/agent/services")).json()
-    finally:
-        double.stop()
 
 
 async def test_blocking_query_returns_on_change(http: httpx.AsyncClient) -> None:
@@ -275,9 +280,10 @@ async def test_a_lapsed_lease_leaves_nothing_behind_in_consul(consul_double: Con
 # -- outage: the double crashes and comes back empty ----------------------------------
 
 
-async def wait_for(catalog: Catalog, predicate: object, timeout: float) -> Snapshot:
-    """Follow the catalog's watch until predicate(snapshot) holds; fail after timeout."""
-    assert callable(predicate)
+async def wait_for(catalog: Catalog, predicate: Callable[[Snapshot], object],
+                   timeout: float) -> Snapshot:
+    """Follow the catalog's watch until predicate(snapshot) holds, riding out
+    BackendUnavailable (the double comes back empty); fail after timeout."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -292,106 +298,30 @@ async def wait_for(catalog: Catalog, predicate: object, timeout: float) -> Snaps
             await asyncio.sleep(0.1)
 
 
-async def eventually(check: Any, timeout: float, what: str) -> None:
-    """Poll a condition until it holds; fail with `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        await asyncio.sleep(0.1)
-
-
 @pytest.mark.slow
 async def test_outage_longer_than_a_ttl(consul_double: ConsulDouble, pilotfish: StartPilotfish,
                                         unique: str) -> None:
     ttl = 2
     url = consul_double.url()
-    service = f"out-{unique}"
-    ids = {f"o{n}-{unique}" for n in range(3)}
     api = pilotfish("registry", "--registry", url, "--api", "127.0.0.1:0")
-    writer = await open_catalog(url)
-    reader = await open_catalog(url)
-    registrar = Registrar(writer, ttl=ttl, owner="outage", instances=[
-        Instance(service=service, id=f"o{n}-{unique}", address="127.0.0.1", port=21000 + n,
-                 lease="unset") for n in range(3)])
-    view = CatalogView(reader, wait=5.0, retry=0.2)
-    try:
-        await registrar.start()
-        old_lease = registrar.lease_id
-        await view.start()
-        await wait_for(reader, lambda s: {i.id for i in s.service(service)} == ids, 5)
-        await eventually(lambda: len(view.snapshot.service(service)) == 3, 5, "view")
+    async with (registered_and_viewed(url, unique, ttl) as outage,
+                httpx.AsyncClient(base_url=api.api, timeout=15) as client):
+        blocked = await start_long_poll(client)
 
-        async with httpx.AsyncClient(base_url=api.api, timeout=15) as client:
-            first = await client.get("/v1/catalog")
-            assert first.status_code == 200
-            blocked = asyncio.create_task(client.get(
-                "/v1/catalog", params={"index": first.json()["index"], "wait": "30s"}))
-            await asyncio.sleep(0.3)
+        consul_double.stop(signal.SIGKILL)
+        stopped = time.monotonic()
 
-            consul_double.stop(signal.SIGKILL)
-            stopped = time.monotonic()
+        await assert_long_poll_ends(blocked, stopped, "consul at ")
+        await assert_api_unavailable(client, outage, "consul at ", within=2.0)
+        await assert_catalog_unavailable(outage, within=1.0)
+        # Consumers fail static.
+        await assert_view_fails_static(outage)
 
-            answer = await asyncio.wait_for(blocked, 6)
-            assert answer.status_code == 503, answer.text
-            assert "consul" in answer.json()["error"]
-            assert time.monotonic() - stopped < 4
+        # Down longer than the TTL; the double comes back empty, like an agent
+        # and server without persistence.
+        await asyncio.sleep(max(0.0, stopped + ttl + 1.0 - time.monotonic()))
+        consul_double.start()
 
-            for method, path, body in (("GET", "/v1/catalog", None),
-                                       ("POST", "/v1/leases", {"ttl": 10}),
-                                       ("PUT", f"/v1/leases/{old_lease}/keepalive", None)):
-                started = time.monotonic()
-                answer = await client.request(method, path, json=body)
-                assert answer.status_code == 503, (method, path, answer.text)
-                assert answer.json()["code"] == "unavailable"
-                assert "consul" in answer.json()["error"]
-                assert time.monotonic() - started < 2.0, (method, path)
-
-            for call in (lambda: reader.create_lease(10), lambda: writer.keepalive(str(old_lease)),
-                         reader.snapshot, lambda: reader.deregister(f"o0-{unique}")):
-                started = time.monotonic()
-                with pytest.raises(BackendUnavailable):
-                    await call()
-                assert time.monotonic() - started < 1.0
-            assert not await reader.healthy()
-
-            # Consumers fail static.
-            await eventually(lambda: view.stale, 5, "view marked stale")
-            assert {i.id for i in view.snapshot.service(service)} == ids
-
-            # Down longer than the TTL; the double comes back empty, like an agent
-            # and server without persistence.
-            await asyncio.sleep(max(0.0, stopped + ttl + 1.0 - time.monotonic()))
-            consul_double.start()
-
-            await eventually(lambda: registrar.reregistrations >= 1
-                             and registrar.lease_id not in (None, old_lease), 10,
-                             "re-registration")
-            new_lease = registrar.lease_id
-
-            def converged(snapshot: Snapshot) -> bool:
-                instances = snapshot.service(service)
-                return {i.id for i in instances} == ids and all(
-                    i.lease == new_lease for i in instances)
-
-            await wait_for(reader, converged, 10)
-            await eventually(lambda: not view.stale and converged(view.snapshot), 10,
-                             "view converged")
-            assert await reader.healthy()
-            assert await reader.lease(str(old_lease)) is None
-
-            deadline = time.monotonic() + 10
-            while True:
-                answer = await client.get("/v1/catalog")
-                mine = [i for i in answer.json().get("instances", ())
-                        if i["service"] == service] if answer.status_code == 200 else []
-                if {i["id"] for i in mine} == ids and all(i["lease"] == new_lease for i in mine):
-                    break
-                assert time.monotonic() < deadline, (
-                    f"API did not converge: {answer.status_code} {answer.text[:500]}\n"
-                    + "".join(api.lines[-20:]))
-                await asyncio.sleep(0.1)
-    finally:
-        await view.stop()
-        await registrar.stop(revoke=False)
-        await writer.close()
-        await reader.close()
+        new_lease = await reregistered(outage, within=10)
+        await wait_for(outage.reader, outage.on_lease(new_lease), 10)
+        await assert_consumers_converge(client, api, outage, new_lease)

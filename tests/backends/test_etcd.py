@@ -15,16 +15,25 @@ import asyncio
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
 
-from pilotfish.registry import BackendUnavailable, Catalog, Instance, Snapshot, open_catalog
-from pilotfish.registry.registrar import Registrar
-from pilotfish.registry.view import CatalogView
+from pilotfish.registry import Catalog, open_catalog
+from tests.backends.scenarios import (
+    Churn,
+    assert_api_unavailable,
+    assert_catalog_unavailable,
+    assert_consumers_converge,
+    assert_long_poll_ends,
+    assert_view_fails_static,
+    registered_and_viewed,
+    reregistered,
+    start_long_poll,
+)
 from tests.fixtures.etcd import EtcdCluster, EtcdServer
 from tests.fixtures.process import StartPilotfish
+from tests.watching import wait_until, wait_until_ids
 
 pytestmark = pytest.mark.slow
 
@@ -32,87 +41,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def cluster() -> Iterator[EtcdCluster]:
     """Three etcd members on loopback, stopped after the test."""
-    members = EtcdCluster(3)
-    try:
-        members.start()
+    with EtcdCluster(3) as members:
         yield members
-    finally:
-        members.stop()
 
 
 @pytest.fixture
 def lone_server() -> Iterator[EtcdServer]:
     """A single etcd of this test's own, so stopping it disturbs no other test."""
-    server = EtcdServer()
-    try:
-        server.start()
+    with EtcdServer() as server:
         yield server
-    finally:
-        server.stop()
-
-
-def make(service: str, instance_id: str, port: int) -> Instance:
-    return Instance(service=service, id=instance_id, address="127.0.0.1", port=port,
-                    lease="unset")
-
-
-async def wait_for(catalog: Catalog, predicate: object, timeout: float) -> Snapshot:
-    """Follow the catalog's watch until predicate(snapshot) holds; fail after timeout."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    snapshot = await catalog.snapshot()
-    while not predicate(snapshot):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"not reached within {timeout}s; last {snapshot}"
-        snapshot = await catalog.watch(snapshot.index, remaining)
-    return snapshot
-
-
-async def eventually(check: object, timeout: float, what: str) -> None:
-    """Poll an async check until it returns true; fail with `what` after timeout."""
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        await asyncio.sleep(0.1)
-
-
-@dataclass
-class ReadLog:
-    """What a reader saw while the cluster lost a member."""
-
-    samples: int = 0
-    errors: list[str] = field(default_factory=list)
-    vanished: list[str] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
-
-
-async def watch_reads(reader: Catalog, service: str, log: ReadLog, stop: asyncio.Event) -> None:
-    """Sample the reader every 20 ms: instances are only ever added, so none may vanish."""
-    while not stop.is_set():
-        try:
-            snapshot = await reader.snapshot()
-        except BackendUnavailable as exc:
-            log.errors.append(str(exc))
-        else:
-            present = {i.id for i in snapshot.service(service)}
-            log.vanished.extend(sorted(log.seen - present))
-            log.seen |= present
-            log.samples += 1
-        await asyncio.sleep(0.02)
-
-
-async def add_until_done(registrar: Registrar, instance: Instance, deadline: float) -> int:
-    """Register like a sidecar does: retry while the backend is unavailable; returns retries."""
-    retries = 0
-    while True:
-        try:
-            await registrar.add(instance)
-            return retries
-        except BackendUnavailable:
-            retries += 1
-            assert time.monotonic() < deadline, f"{instance.id} never registered"
-            await asyncio.sleep(0.2)
 
 
 async def test_cluster_survives_losing_its_leader(cluster: EtcdCluster, unique: str) -> None:
@@ -124,65 +61,33 @@ async def test_cluster_survives_losing_its_leader(cluster: EtcdCluster, unique: 
     service = f"cl-{unique}"
     writers = [await open_catalog(url), await open_catalog(url)]
     reader = await open_catalog(url)
-    registrars = [Registrar(writers[n % 2], ttl=5, owner=f"reg-{n}") for n in range(3)]
-    stop = asyncio.Event()
-    reads = ReadLog()
-    registered: list[str] = []
-    retries = 0
     rejoined: Catalog | None = None
     try:
-        for registrar in registrars:
-            await registrar.start()
-        leases = [r.lease_id for r in registrars]
-        sampler = asyncio.create_task(watch_reads(reader, service, reads, stop))
+        async with Churn(writers, reader, service, unique, ttl=5, owner="reg", pause=0.03,
+                         retry_every=0.2) as churn:
+            await asyncio.sleep(1.5)
+            cluster.stop_member(leader, signal.SIGKILL)
+            await asyncio.sleep(4.0)  # an election, keepalives (ttl 5 / 3), many registrations
+            assert churn.writing
+            before_return = len(churn.registered)
+            cluster.start_member(leader)
+            await asyncio.sleep(1.5)
+            await churn.finish()
 
-        async def keep_registering() -> None:
-            nonlocal retries
-            n = 0
-            while not stop.is_set():
-                instance = make(service, f"i{n}-{unique}", 20000 + n)
-                retries += await add_until_done(registrars[n % 3], instance,
-                                                time.monotonic() + 15)
-                registered.append(instance.id)
-                n += 1
-                await asyncio.sleep(0.03)
-
-        writer_task = asyncio.create_task(keep_registering())
-        await asyncio.sleep(1.5)
-        cluster.stop_member(leader, signal.SIGKILL)
-        await asyncio.sleep(4.0)  # an election, keepalives (ttl 5 / 3) and many registrations
-        assert not writer_task.done()
-        before_return = len(registered)
-        cluster.start_member(leader)
-        await asyncio.sleep(1.5)
-        stop.set()
-        await asyncio.wait_for(writer_task, 20)
-        await sampler
-
-        assert len(registered) > 50 and len(registered) > before_return
-        assert reads.samples > 100
-        assert reads.errors == [], reads.errors[:3]
-        assert reads.vanished == [], f"live instances disappeared from reads: {reads.vanished[:5]}"
-        # No lease was lost: keepalives carried every one through the election.
-        assert [r.lease_id for r in registrars] == leases
-        assert all(r.reregistrations == 0 for r in registrars)
-        for registrar in registrars:
-            assert registrar.lease_id is not None
-            await registrars[0].catalog.keepalive(registrar.lease_id)
-        # No registration lost, and the returning member converges on the same view.
-        expected = set(registered)
-        snapshot = await wait_for(
-            reader, lambda s: {i.id for i in s.service(service)} == expected, 5)
-        rejoined = await open_catalog(
-            f"etcd://{cluster.members[leader].endpoint}/c-{unique}")
-        again = await wait_for(
-            rejoined, lambda s: {i.id for i in s.service(service)} == expected, 10)
-        assert again.service(service) == snapshot.service(service)
+            assert len(churn.registered) > 50 and len(churn.registered) > before_return
+            assert churn.reads.samples > 100
+            assert churn.reads.errors == [], churn.reads.errors[:3]
+            # No lease was lost: keepalives carried every one through the election.
+            await churn.assert_nothing_lost()
+            # No registration lost, and the returning member converges on the same view.
+            expected = set(churn.registered)
+            snapshot = await wait_until_ids(reader, service, expected, 5)
+            rejoined = await open_catalog(
+                f"etcd://{cluster.members[leader].endpoint}/c-{unique}")
+            again = await wait_until_ids(rejoined, service, expected, 10)
+            assert again.service(service) == snapshot.service(service)
     finally:
-        stop.set()
-        for registrar in registrars:
-            await registrar.stop(revoke=False)
-        for catalog in (*writers, reader, *( [rejoined] if rejoined else [])):
+        for catalog in (*writers, reader, *([rejoined] if rejoined else [])):
             await catalog.close()
 
 
@@ -190,100 +95,28 @@ async def test_outage_longer_than_a_ttl(lone_server: EtcdServer, pilotfish: Star
                                         unique: str) -> None:
     ttl = 2
     url = lone_server.url(f"o-{unique}")
-    service = f"out-{unique}"
     api = pilotfish("registry", "--registry", url, "--api", "127.0.0.1:0")
-    writer = await open_catalog(url)
-    reader = await open_catalog(url)
-    registrar = Registrar(writer, ttl=ttl, owner="outage",
-                          instances=[make(service, f"o{n}-{unique}", 21000 + n) for n in range(3)])
-    view = CatalogView(reader, wait=5.0, retry=0.2)
-    ids = {f"o{n}-{unique}" for n in range(3)}
-    try:
-        await registrar.start()
-        old_lease = registrar.lease_id
-        await view.start()
-        await wait_for(reader, lambda s: {i.id for i in s.service(service)} == ids, 5)
-        await eventually(lambda: _async(len(view.snapshot.service(service)) == 3), 5, "view")
+    async with (registered_and_viewed(url, unique, ttl) as outage,
+                httpx.AsyncClient(base_url=api.api, timeout=15) as http):
+        blocked = await start_long_poll(http)
 
-        async with httpx.AsyncClient(base_url=api.api, timeout=15) as http:
-            first = await http.get("/v1/catalog")
-            assert first.status_code == 200
-            blocked = asyncio.create_task(http.get(
-                "/v1/catalog", params={"index": first.json()["index"], "wait": "30s"}))
-            await asyncio.sleep(0.3)
+        lone_server.stop_member(0, signal.SIGKILL)
+        stopped = time.monotonic()
 
-            lone_server.stop_member(0, signal.SIGKILL)
-            stopped = time.monotonic()
+        # A blocking read waiting on the catalog ends with 503 instead of hanging.
+        await assert_long_poll_ends(blocked, stopped, "etcd")
+        # Reads and writes through the API: 503 with a clear message, promptly.
+        await assert_api_unavailable(http, outage, "etcd", within=2.0)
+        # The catalog itself: BackendUnavailable within a fraction of a second.
+        await assert_catalog_unavailable(outage, within=1.0)
+        # Consumers fail static: the view keeps the last instances it had.
+        await assert_view_fails_static(outage)
 
-            # A blocking read waiting on the catalog ends with 503 instead of hanging.
-            answer = await asyncio.wait_for(blocked, 6)
-            assert answer.status_code == 503, answer.text
-            assert answer.json()["code"] == "unavailable"
-            assert "etcd" in answer.json()["error"]
-            assert time.monotonic() - stopped < 4
+        # Down for longer than the TTL, then back.
+        await asyncio.sleep(max(0.0, stopped + ttl + 2.0 - time.monotonic()))
+        lone_server.start_member(0)
 
-            # Reads and writes through the API: 503 with a clear message, promptly.
-            for method, path, body in (("GET", "/v1/catalog", None),
-                                       ("POST", "/v1/leases", {"ttl": 10}),
-                                       ("PUT", f"/v1/leases/{old_lease}/keepalive", None)):
-                started = time.monotonic()
-                answer = await http.request(method, path, json=body)
-                assert answer.status_code == 503, (method, path, answer.text)
-                error = answer.json()
-                assert error["code"] == "unavailable"
-                assert "registry backend unavailable" in error["error"]
-                assert "etcd" in error["error"], error
-                assert time.monotonic() - started < 2.0, (method, path)
-
-            # The catalog itself: BackendUnavailable within a fraction of a second.
-            for call in (lambda: reader.create_lease(10), lambda: writer.keepalive(str(old_lease)),
-                         reader.snapshot, lambda: reader.deregister(f"o0-{unique}")):
-                started = time.monotonic()
-                with pytest.raises(BackendUnavailable):
-                    await call()
-                assert time.monotonic() - started < 1.0
-            assert not await reader.healthy()
-
-            # Consumers fail static: the view keeps the last instances it had.
-            await eventually(lambda: _async(view.stale), 5, "view marked stale")
-            assert {i.id for i in view.snapshot.service(service)} == ids
-
-            # Down for longer than the TTL, then back.
-            await asyncio.sleep(max(0.0, stopped + ttl + 2.0 - time.monotonic()))
-            lone_server.start_member(0)
-
-            # The registrar's keepalive hears "unknown lease" and registers everything again.
-            await eventually(lambda: _async(
-                registrar.reregistrations >= 1 and registrar.lease_id not in (None, old_lease)),
-                10, "re-registration")
-            new_lease = registrar.lease_id
-
-            def converged(snapshot: Snapshot) -> bool:
-                instances = snapshot.service(service)
-                return {i.id for i in instances} == ids and all(
-                    i.lease == new_lease for i in instances)
-
-            await wait_for(reader, converged, 10)
-            await eventually(lambda: _async(not view.stale and converged(view.snapshot)), 10,
-                             "view converged")
-            assert await reader.healthy()
-            assert await reader.lease(str(old_lease)) is None
-
-            async def api_converged() -> bool:
-                answer = await http.get("/v1/catalog")
-                if answer.status_code != 200:
-                    return False
-                mine = [i for i in answer.json()["instances"] if i["service"] == service]
-                return {i["id"] for i in mine} == ids and all(
-                    i["lease"] == new_lease for i in mine)
-
-            await eventually(api_converged, 10, "API converged")
-    finally:
-        await view.stop()
-        await registrar.stop(revoke=False)
-        await writer.close()
-        await reader.close()
-
-
-async def _async(value: bool) -> bool:
-    return value
+        # The registrar's keepalive hears "unknown lease" and registers everything again.
+        new_lease = await reregistered(outage, within=10)
+        await wait_until(outage.reader, outage.on_lease(new_lease), 10)
+        await assert_consumers_converge(http, api, outage, new_lease)
