@@ -86,6 +86,7 @@ class Registrar:
 
     async def _renew_lease(self) -> None:
         lease = await self.catalog.create_lease(self.ttl, self.owner)
+        self.lease_id = lease.id
         try:
             for instance_id, instance in list(self._instances.items()):
                 moved = replace(instance, lease=lease.id)
@@ -94,7 +95,6 @@ class Registrar:
         except BaseException:
             self.lease_id = None  # half done: the next keepalive round starts over
             raise
-        self.lease_id = lease.id
 
     async def _keepalive_loop(self) -> None:
         delay = self.interval

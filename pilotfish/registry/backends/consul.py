@@ -425,7 +425,8 @@ class ConsulCatalog(Catalog):
             return  # our own newer renewal has not come back through the watch yet
         if known != record:
             self._leases[record.id] = record
-            self._changed()
+            if known is None:
+                self._changed()  # a renewal only moves expiry later: no rebuild needed now
 
     def _forget_lease(self, lease_id: str) -> None:
         if self._leases.pop(lease_id, None) is not None:

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +43,7 @@ import grpc
 from aetcd import rpc
 
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
+from pilotfish.registry.expiring import ExpiringSnapshots
 from pilotfish.registry.model import (
     MAX_OWNER,
     Instance,
@@ -195,9 +197,9 @@ class EtcdCatalog(Catalog):
         # cache, fed by the watch
         self._instances: dict[str, Instance] = {}
         self._leases: dict[str, _LeaseInfo] = {}
-        self._index = 0
+        self._expiry: dict[str, float] = {}  # wall clock, as the last keepalive published it
         self._revision = 0  # the watch resumes after this revision
-        self._snapshot: Snapshot | None = None
+        self._snapshots = ExpiringSnapshots(self.changes.notify)
         self._synced = asyncio.Event()
         self._disconnected_at: float | None = time.monotonic()
         self._watch_error = "not connected yet"
@@ -248,13 +250,11 @@ class EtcdCatalog(Catalog):
             raise BackendUnavailable(f"etcd refused a lease: {granted.error}")
         lease_id = format(granted.ID, "x")
         value = json.dumps({"ttl": ttl, "owner": owner}).encode()
-        put = rpc.PutRequest(key=self._lease_key(lease_id), value=value, lease=granted.ID)
-
-        async def write(member: _Member, timeout: float) -> Any:
-            return await (await member.kv()).Put(put, timeout=timeout)
-
+        puts = [rpc.RequestOp(request_put=rpc.PutRequest(
+                    key=self._lease_key(lease_id), value=value, lease=granted.ID)),
+                rpc.RequestOp(request_put=self._expiry_put(lease_id, granted.ID, granted.TTL))]
         try:
-            await self._call(write)
+            await self._txn([], puts, [])
         except BaseException:
             # Nothing half-written: a lease without its key is revoked (or lapses by itself).
             self._spawn(self._quiet_revoke(granted.ID))
@@ -291,6 +291,17 @@ class EtcdCatalog(Catalog):
         if reply.TTL <= 0:
             self._held.pop(lease_id, None)
             raise UnknownLease(lease_id)
+        put = self._expiry_put(lease_id, number, reply.TTL)
+
+        async def publish(member: _Member, timeout: float) -> Any:
+            return await (await member.kv()).Put(put, timeout=timeout)
+
+        try:
+            await self._call(publish)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:  # lapsed between the two calls
+                raise UnknownLease(lease_id) from exc
+            raise self._unavailable(f"keepalive: {exc.details()}") from exc
         ttl = max(2, int(reply.TTL))
         self._held[lease_id] = _Held(ttl, started + ttl)
         info = self._leases.get(lease_id)
@@ -425,12 +436,12 @@ class EtcdCatalog(Catalog):
         down = self._down_for()
         if down > self._stale_grace:
             raise self._unavailable(f"watch down for {down:.1f}s ({self._watch_error})")
-        if self._snapshot is None:
-            instances = self._instances
-            if self._lapsed:
-                instances = {k: v for k, v in instances.items() if v.lease not in self._lapsed}
-            self._snapshot = Snapshot(self._index, instances)
-        return self._snapshot
+        return self._snapshots.build(self._instances.values(), self._expiry_of)
+
+    def _expiry_of(self, lease_id: str) -> float | None:
+        if lease_id in self._lapsed:
+            return None
+        return self._expiry.get(lease_id, math.inf)  # no expiry key: trust etcd to delete
 
     async def healthy(self) -> bool:
         """Healthy while the watch is connected (or only briefly reconnecting)."""
@@ -443,6 +454,7 @@ class EtcdCatalog(Catalog):
 
     async def close(self) -> None:
         self._closed.set()
+        self._snapshots.close()
         if self._grace_timer is not None:
             self._grace_timer.cancel()
         tasks = [t for t in (self._watch_task, *self._tasks) if t is not None]
@@ -558,10 +570,12 @@ class EtcdCatalog(Catalog):
             timeout=self._call_timeout * 2)
         instances: dict[str, Instance] = {}
         leases: dict[str, _LeaseInfo] = {}
+        expiry: dict[str, float] = {}
         for kv in reply.kvs:
-            self._apply(kv.key, kv.value, instances, leases)
-        changed = instances != self._instances or not self._synced.is_set()
-        self._instances, self._leases = instances, leases
+            self._apply(kv.key, kv.value, instances, leases, expiry)
+        changed = (instances != self._instances or expiry != self._expiry
+                   or not self._synced.is_set())
+        self._instances, self._leases, self._expiry = instances, leases, expiry
         for lease_id in list(self._held):
             if lease_id not in leases and lease_id not in self._lapsed:
                 self._held.pop(lease_id, None)
@@ -594,7 +608,8 @@ class EtcdCatalog(Catalog):
                 changed = False
                 for event in response.events:
                     value = None if event.type == rpc.Event.DELETE else event.kv.value
-                    changed |= self._apply(event.kv.key, value, self._instances, self._leases)
+                    changed |= self._apply(event.kv.key, value, self._instances, self._leases,
+                                           self._expiry)
                 if response.header.revision > self._revision:
                     self._revision = response.header.revision
                 if changed:
@@ -603,11 +618,23 @@ class EtcdCatalog(Catalog):
             call.cancel()
 
     def _apply(self, key: bytes, value: bytes | None, instances: dict[str, Instance],
-               leases: dict[str, _LeaseInfo]) -> bool:
-        """Fold one key into the cache; True when the set of instances changed."""
+               leases: dict[str, _LeaseInfo], expiry: dict[str, float]) -> bool:
+        """Fold one key into the cache; True when what may be served changed."""
         if not key.startswith(self._root):
             return False
         kind, _, rest = key[len(self._root):].decode(errors="replace").partition("/")
+        if kind == "expiry":
+            if value is None:
+                expiry.pop(rest, None)
+                return False  # etcd deletes the lease's instances in the same revision
+            try:
+                expires_at = float(value)
+            except ValueError:
+                return False
+            earlier = expires_at < expiry.get(rest, math.inf)
+            expiry[rest] = expires_at
+            # A renewal only moves expiry later: the snapshot rebuilds when the old one passes.
+            return earlier
         if kind == "leases":
             if value is None:
                 leases.pop(rest, None)
@@ -632,9 +659,7 @@ class EtcdCatalog(Catalog):
         return True
 
     def _changed(self, revision: int) -> None:
-        self._index = revision if revision > self._index else self._index + 1
-        self._snapshot = None
-        self.changes.notify()
+        self._snapshots.changed()
 
     # availability and outages
 
@@ -668,8 +693,7 @@ class EtcdCatalog(Catalog):
             for lease_id, held in list(self._held.items()):
                 if self._lapsed_in_outage(held):
                     self._mark_lapsed(lease_id)
-        self._snapshot = None
-        self.changes.notify()
+        self._snapshots.changed()
 
     def _lapsed_in_outage(self, held: _Held) -> bool:
         """Whether the lease ran out (by our clock) while etcd could not be reached."""
@@ -687,8 +711,7 @@ class EtcdCatalog(Catalog):
         if lease_id in self._lapsed:
             return
         self._lapsed.add(lease_id)
-        self._snapshot = None
-        self.changes.notify()
+        self._snapshots.changed()
         number = _lease_number(lease_id)
         if number is not None:
             self._spawn(self._revoke_lapsed(lease_id, number))
@@ -714,6 +737,11 @@ class EtcdCatalog(Catalog):
 
     def _lease_key(self, lease_id: str) -> bytes:
         return self._root + b"leases/" + lease_id.encode()
+
+    def _expiry_put(self, lease_id: str, number: int, ttl: int) -> Any:
+        """The expiry key: readers drop a lease's instances at this time (wall clock)."""
+        return rpc.PutRequest(key=self._root + b"expiry/" + lease_id.encode(),
+                              value=repr(time.time() + ttl).encode(), lease=number)
 
     def _id_key(self, instance_id: str) -> bytes:
         return self._root + b"ids/" + instance_id.encode()
