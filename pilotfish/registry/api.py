@@ -129,7 +129,7 @@ class RegistryApi:
 
     async def keepalive_lease(self, lease_id: str) -> Response:
         lease = await self._call(self.catalog.keepalive(lease_id))
-        return json_response({"id": lease.id, "ttl": lease.ttl})
+        return json_response(lease.to_dict())
 
     async def revoke_lease(self, lease_id: str) -> Response:
         if not await self._call(self.catalog.revoke(lease_id)):
@@ -190,7 +190,7 @@ class RegistryApi:
     async def keepalive_instance(self, service: str, instance_id: str) -> Response:
         instance = await self._find(service, instance_id)
         lease = await self._call(self.catalog.keepalive(instance.lease))
-        return json_response({"id": lease.id, "ttl": lease.ttl})
+        return json_response(lease.to_dict())
 
     async def delete_instance(self, service: str, instance_id: str) -> Response:
         await self._find(service, instance_id)

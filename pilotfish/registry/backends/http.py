@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Mapping
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, quote, urlsplit
@@ -64,7 +63,6 @@ class HttpCatalog(Catalog):
         self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers,
                                          timeout=WRITE_TIMEOUT)
         self._poll_client = httpx.AsyncClient(base_url=self.base_url, timeout=POLL_TIMEOUT)
-        self._owners: dict[str, str] = {}  # owners of leases created here, for keepalive's Lease
         self._mine: dict[str, Instance] = {}  # instances registered here, for deregister
         self._snapshot: Snapshot | None = None
         self._raw: dict[str, tuple[Mapping[str, Any], Instance]] = {}
@@ -97,19 +95,13 @@ class HttpCatalog(Catalog):
         response = await self._request("POST", "/v1/leases", json={"ttl": ttl, "owner": owner})
         if response.status_code != 201:
             self._fail(response)
-        lease = _lease(response.json())
-        _remember(self._owners, lease.id, lease.owner)
-        return lease
+        return _lease(response.json())
 
     async def keepalive(self, lease_id: str) -> Lease:
         response = await self._request("PUT", f"/v1/leases/{_seg(lease_id)}/keepalive")
         if response.status_code != 200:
-            if _code(response) == "unknown_lease":
-                self._owners.pop(lease_id, None)
             self._fail(response, lease_id)
-        body = response.json()
-        return Lease(id=body["id"], ttl=body["ttl"], owner=self._owners.get(lease_id, ""),
-                     expires_at=time.time() + body["ttl"])
+        return _lease(response.json())
 
     async def lease(self, lease_id: str) -> Lease | None:
         response = await self._request("GET", f"/v1/leases/{_seg(lease_id)}")
@@ -122,11 +114,9 @@ class HttpCatalog(Catalog):
     async def revoke(self, lease_id: str) -> bool:
         response = await self._request("DELETE", f"/v1/leases/{_seg(lease_id)}")
         if response.status_code == 404:
-            self._owners.pop(lease_id, None)
             return False
         if response.status_code != 204:
             self._fail(response, lease_id)
-        self._owners.pop(lease_id, None)
         return True
 
     # instances
