@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pilotfish.dns.answers import NOERROR, NXDOMAIN, REFUSED, Answer
+from pilotfish.dns.answers import NOERROR, NXDOMAIN, RCODE_NAMES, REFUSED, Answer
 from pilotfish.dns.names import addr_label, encode, tag_label
 from pilotfish.dns.records import (
     CLASS_IN,
@@ -96,9 +96,7 @@ class Zone:
         self.index = 0
         self._services: dict[str, _Service] = {}
         self._addresses: dict[str, int] = {}
-        self._nodata: dict[str, Answer] = {}
-        self._nxdomain: dict[str, Answer] = {}
-        self._refused: dict[str, Answer] = {}
+        self._empty_answers: dict[tuple[int, str], Answer] = {}
         self._soa = soa_record(self.apex, self.domain, self.serial, settings.negative_ttl,
                                settings.negative_ttl)
         self._build_static()
@@ -107,31 +105,25 @@ class Zone:
 
     def nodata(self, qtype: int) -> Answer:
         """NOERROR with no records and the SOA in authority (RFC 2308 NODATA)."""
-        name = type_name(qtype)
-        answer = self._nodata.get(name)
-        if answer is None:
-            answer = self._nodata[name] = Answer(
-                NOERROR, self.stats.slot(name, "NOERROR"), authority=[self._soa],
-                recursion=self.settings.recursion)
-        return answer
+        return self._empty(NOERROR, qtype)
 
     def nxdomain(self, qtype: int) -> Answer:
         """NXDOMAIN with the SOA in authority (RFC 2308)."""
-        name = type_name(qtype)
-        answer = self._nxdomain.get(name)
-        if answer is None:
-            answer = self._nxdomain[name] = Answer(
-                NXDOMAIN, self.stats.slot(name, "NXDOMAIN"), authority=[self._soa],
-                recursion=self.settings.recursion)
-        return answer
+        return self._empty(NXDOMAIN, qtype)
 
     def refused(self, qtype: int) -> Answer:
         """REFUSED, not authoritative: the name is outside the zone."""
+        return self._empty(REFUSED, qtype)
+
+    def _empty(self, rcode: int, qtype: int) -> Answer:
+        """An answer without records, built once per (rcode, type)."""
         name = type_name(qtype)
-        answer = self._refused.get(name)
+        answer = self._empty_answers.get((rcode, name))
         if answer is None:
-            answer = self._refused[name] = Answer(
-                REFUSED, self.stats.slot(name, "REFUSED"), authoritative=False,
+            in_zone = rcode != REFUSED
+            answer = self._empty_answers[(rcode, name)] = Answer(
+                rcode, self.stats.slot(name, RCODE_NAMES[rcode]),
+                authority=[self._soa] if in_zone else [], authoritative=in_zone,
                 recursion=self.settings.recursion)
         return answer
 
