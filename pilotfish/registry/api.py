@@ -99,20 +99,20 @@ def _own_owner(instance_id: str) -> str:
 class RegistryApi:
     """Route handlers bound to one catalog; `app` is the ASGI application."""
 
-    def __init__(self, catalog: Catalog, token: str | None = None, name: str = "") -> None:
+    def __init__(self, catalog: Catalog, token: str | None = None) -> None:
         self.catalog = catalog
         self.metrics = Metrics()
         self._encoded_catalog: tuple[int, bytes] = (-1, b"")
         self._stopping = asyncio.Event()
         self._describe_metrics()
-        self.app = self._build(token, name)
+        self.app = self._build(token)
 
     async def _call(self, call: Awaitable[T]) -> T:
+        """A catalog call that answers 503 (through the BackendUnavailable handler) when slow."""
         try:
             return await asyncio.wait_for(call, BACKEND_TIMEOUT)
-        except (BackendUnavailable, TimeoutError) as exc:
-            detail = str(exc) or f"no answer within {BACKEND_TIMEOUT:g}s"
-            raise ApiError(503, "unavailable", f"registry backend unavailable: {detail}") from exc
+        except TimeoutError:
+            raise BackendUnavailable(f"no answer within {BACKEND_TIMEOUT:g}s") from None
 
     # leases
 
@@ -164,14 +164,10 @@ class RegistryApi:
         current = (await self._call(self.catalog.snapshot())).get(instance_id)
         lease = None
         if current is not None:
-            lease = await self._call(self.catalog.lease(current.lease))
-        if lease is not None and lease.owner == owner and lease.ttl == ttl:
-            try:
-                lease = await self._call(self.catalog.keepalive(lease.id))
-            except UnknownLease:
-                lease = None
-        else:
-            lease = None
+            held = await self._call(self.catalog.lease(current.lease))
+            if held is not None and held.owner == owner and held.ttl == ttl:
+                with contextlib.suppress(UnknownLease):
+                    lease = await self._call(self.catalog.keepalive(held.id))
         if lease is None:
             lease = await self._call(self.catalog.create_lease(ttl, owner))
         instance = Instance(service=service, id=instance_id, lease=lease.id, **fields)
@@ -273,10 +269,7 @@ class RegistryApi:
         if not watch.done():
             watch.cancel()
             return await self._call(self.catalog.snapshot())
-        try:
-            return watch.result()
-        except BackendUnavailable as exc:
-            raise ApiError(503, "unavailable", f"registry backend unavailable: {exc}") from exc
+        return watch.result()
 
     def stop_waiting(self) -> None:
         """Answer every pending long-poll now: the server is shutting down."""
@@ -311,7 +304,7 @@ class RegistryApi:
         m.describe("pilotfish_lease_expirations_total", "counter", "Leases that lapsed.")
         m.describe("pilotfish_catalog_index", "gauge", "Index of the last catalog change.")
 
-    def _build(self, token: str | None, name: str) -> FastAPI:
+    def _build(self, token: str | None) -> FastAPI:
         app = FastAPI(title="pilotfish registry", version="1", docs_url="/v1/docs",
                       openapi_url="/v1/openapi.json", redoc_url=None)
         r = app.router
