@@ -33,6 +33,21 @@ def parse_hostport(value: str, flag: str, default_host: str = "127.0.0.1") -> Ho
     return HostPort(host or default_host, int(port_text))
 
 
+def parse_endpoints(netloc: str, default_port: int, what: str) -> list[HostPort]:
+    """Parse a registry URL's host list, "h1:p1,[v6]:p2,h3", filling in the default port."""
+    endpoints = []
+    for item in filter(None, (part.strip() for part in netloc.split(","))):
+        bare = item.rpartition("]")[2] if item.startswith("[") else item
+        with_port = item if ":" in bare else f"{item}:{default_port}"
+        endpoint = parse_hostport(with_port, what, default_host="")
+        if not endpoint.host or endpoint.port == 0:
+            raise ConfigError(f"{what}: bad host {item!r} (want host[:port])")
+        endpoints.append(endpoint)
+    if not endpoints:
+        raise ConfigError(f"{what}: no host")
+    return endpoints
+
+
 def env(name: str, default: str | None = None) -> str | None:
     """The PILOTFISH_<NAME> environment variable, which every flag falls back to."""
     return os.environ.get(f"PILOTFISH_{name.upper().replace('-', '_')}", default)

@@ -42,6 +42,7 @@ import aetcd
 import grpc
 from aetcd import rpc
 
+from pilotfish.config import parse_endpoints
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
 from pilotfish.registry.expiring import ExpiringSnapshots
 from pilotfish.registry.model import (
@@ -131,22 +132,8 @@ def parse_url(url: str) -> tuple[list[tuple[str, int]], str, dict[str, list[str]
     parts = urlsplit(url)
     if parts.scheme.lower() != "etcd":
         raise ValueError(f"registry URL {url!r}: expected etcd://")
-    endpoints: list[tuple[str, int]] = []
-    for item in filter(None, parts.netloc.split(",")):
-        host, port = item, DEFAULT_PORT
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            host = f"[{host}]"
-            if rest.startswith(":"):
-                port = int(rest[1:])
-        elif ":" in item:
-            host, _, port_text = item.rpartition(":")
-            port = int(port_text)
-        if not host or not 0 < port < 65536:
-            raise ValueError(f"registry URL {url!r}: bad endpoint {item!r}")
-        endpoints.append((host, port))
-    if not endpoints:
-        raise ValueError(f"registry URL {url!r}: no etcd endpoint (etcd://host:2379/prefix)")
+    endpoints = [(f"[{e.host}]" if ":" in e.host else e.host, e.port)
+                 for e in parse_endpoints(parts.netloc, DEFAULT_PORT, f"registry URL {url!r}")]
     prefix = parts.path.strip("/") or "pilotfish"
     if any(not segment for segment in prefix.split("/")):
         raise ValueError(f"registry URL {url!r}: empty segment in prefix {prefix!r}")

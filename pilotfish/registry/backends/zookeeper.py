@@ -72,6 +72,7 @@ from kazoo.exceptions import (
 from kazoo.protocol.states import EventType, ZnodeStat
 from kazoo.retry import KazooRetry
 
+from pilotfish.config import parse_endpoints
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
 from pilotfish.registry.expiring import ExpiringSnapshots
 from pilotfish.registry.model import Instance, Lease, ttl_seconds
@@ -159,17 +160,7 @@ def parse_zk_url(url: str) -> tuple[list[str], str, dict[str, float]]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() != "zk":
         raise ValueError(f"registry URL {url!r}: expected zk://host:port[,host:port]/chroot")
-    hosts = [item.strip() for item in parts.netloc.split(",") if item.strip()]
-    if not hosts:
-        raise ValueError(f"registry URL {url!r}: no ZooKeeper host")
-    for host in hosts:
-        try:
-            split = urllib.parse.urlsplit("zk://" + host)
-            ok = split.hostname is not None and split.port != 0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"registry URL {url!r}: bad host {host!r} (want host[:port])")
+    hosts = [str(e) for e in parse_endpoints(parts.netloc, 2181, f"registry URL {url!r}")]
     chroot = parts.path.rstrip("/") or DEFAULT_CHROOT
     segments = chroot.split("/")[1:]
     if any(s in ("", ".", "..") or not s.isprintable() for s in segments) or (
