@@ -7,7 +7,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 
-from pilotfish.registry import Catalog, Instance, Snapshot
+from pilotfish.registry import BackendUnavailable, Catalog, Instance, Snapshot
 
 
 def instance(service: str, instance_id: str, port: int, lease: str = "unset") -> Instance:
@@ -30,6 +30,28 @@ async def wait_until(catalog: Catalog, predicate: Callable[[Snapshot], object],
         assert remaining > 0, f"condition not reached within {timeout}s; last {snapshot}"
         snapshot = await catalog.watch(snapshot.index, remaining)
     return snapshot
+
+
+async def wait_until_back(catalog: Catalog, predicate: Callable[[Snapshot], object],
+                          timeout: float) -> Snapshot:
+    """Like wait_until, for a catalog whose backend is coming back: BackendUnavailable
+    counts as "not yet" until the timeout."""
+    deadline = time.monotonic() + timeout
+    snapshot: Snapshot | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"condition not reached within {timeout}s; last {snapshot}"
+        try:
+            if snapshot is None:
+                snapshot = await catalog.snapshot()
+            else:
+                snapshot = await catalog.watch(snapshot.index, min(remaining, 1.0))
+        except BackendUnavailable:
+            snapshot = None
+            await asyncio.sleep(0.05)
+            continue
+        if predicate(snapshot):
+            return snapshot
 
 
 async def wait_until_ids(catalog: Catalog, service: str, expected: set[str],

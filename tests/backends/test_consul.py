@@ -16,13 +16,13 @@ import asyncio
 import base64
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from pilotfish.registry import BackendUnavailable, Catalog, Instance, Snapshot, open_catalog
+from pilotfish.registry import Instance, open_catalog
 from tests.backends.scenarios import (
     assert_api_unavailable,
     assert_catalog_unavailable,
@@ -35,6 +35,7 @@ from tests.backends.scenarios import (
 )
 from tests.fixtures.consul import ConsulDouble
 from tests.fixtures.process import StartPilotfish
+from tests.watching import wait_until_back
 
 
 @pytest.fixture
@@ -281,24 +282,6 @@ async def test_a_lapsed_lease_leaves_nothing_behind_in_consul(consul_double: Con
 # -- outage: the double crashes and comes back empty ----------------------------------
 
 
-async def wait_for(catalog: Catalog, predicate: Callable[[Snapshot], object],
-                   timeout: float) -> Snapshot:
-    """Follow the catalog's watch until predicate(snapshot) holds, riding out
-    BackendUnavailable (the double comes back empty); fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            snapshot = await catalog.snapshot()
-            if predicate(snapshot):
-                return snapshot
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"not reached within {timeout}s; last {snapshot}"
-            await catalog.watch(snapshot.index, min(remaining, 1.0))
-        except BackendUnavailable:
-            assert time.monotonic() < deadline, f"still unavailable after {timeout}s"
-            await asyncio.sleep(0.1)
-
-
 @pytest.mark.slow
 async def test_outage_longer_than_a_ttl(consul_double: ConsulDouble, pilotfish: StartPilotfish,
                                         unique: str) -> None:
@@ -324,5 +307,5 @@ async def test_outage_longer_than_a_ttl(consul_double: ConsulDouble, pilotfish: 
         consul_double.start()
 
         new_lease = await reregistered(outage, within=10)
-        await wait_for(outage.reader, outage.on_lease(new_lease), 10)
+        await wait_until_back(outage.reader, outage.on_lease(new_lease), 10)
         await assert_consumers_converge(client, api, outage, new_lease)

@@ -33,7 +33,7 @@ from tests.backends.scenarios import (
 )
 from tests.fixtures.etcd import EtcdCluster, EtcdServer
 from tests.fixtures.process import StartPilotfish
-from tests.watching import wait_until, wait_until_ids
+from tests.watching import wait_until_back, wait_until_ids
 
 pytestmark = pytest.mark.slow
 
@@ -118,5 +118,5 @@ async def test_outage_longer_than_a_ttl(lone_server: EtcdServer, pilotfish: Star
 
         # The registrar's keepalive hears "unknown lease" and registers everything again.
         new_lease = await reregistered(outage, within=10)
-        await wait_until(outage.reader, outage.on_lease(new_lease), 10)
+        await wait_until_back(outage.reader, outage.on_lease(new_lease), 10)
         await assert_consumers_converge(http, api, outage, new_lease)

@@ -5,41 +5,23 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from pilotfish.registry import BackendUnavailable, Catalog, Instance, Snapshot, open_catalog
+from pilotfish.registry import BackendUnavailable, Instance, open_catalog
 from pilotfish.registry.backends.http import HttpCatalog, Unauthorized
 from pilotfish.registry.registrar import Registrar
 from pilotfish.registry.view import CatalogView
 from tests.fixtures.process import StartPilotfish
+from tests.watching import wait_until, wait_until_back
 
 PROMPT = 1.0  # seconds within which a call to a dead API must fail
 
 
 def instance(service: str, instance_id: str, lease: str = "unset", port: int = 9000) -> Instance:
     return Instance(service=service, id=instance_id, address="127.0.0.1", port=port, lease=lease)
-
-
-async def wait_until(catalog: Catalog, predicate: Callable[[Snapshot], object],
-                     timeout: float) -> Snapshot:
-    """Follow the watch until predicate(snapshot) holds, riding out BackendUnavailable."""
-    deadline = time.monotonic() + timeout
-    index = -1
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"condition not reached within {timeout}s"
-        try:
-            snapshot = await catalog.watch(index, remaining)
-        except BackendUnavailable:
-            await asyncio.sleep(0.05)
-            continue
-        if predicate(snapshot):
-            return snapshot
-        index = snapshot.index
 
 
 def memory_api(pilotfish: StartPilotfish, *extra: str, listen: str = "127.0.0.1:0") -> str:
@@ -97,7 +79,7 @@ async def test_registry_restart_reconverges_within_one_keepalive_interval(
                            first.listening["registry API"])
         assert second.api == url
         restarted = time.monotonic()
-        after = await wait_until(
+        after = await wait_until_back(
             reader,
             lambda s: len(s.service(service)) == 3
             and {i.lease for i in s.service(service)} == {registrar.lease_id},

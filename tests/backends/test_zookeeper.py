@@ -41,7 +41,7 @@ from tests.backends.scenarios import (
 )
 from tests.fixtures.process import StartPilotfish
 from tests.fixtures.zookeeper import ZooKeeperEnsemble, ZooKeeperServer
-from tests.watching import eventually, ids, instance, wait_until, wait_until_ids
+from tests.watching import eventually, ids, instance, wait_until, wait_until_back, wait_until_ids
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +159,7 @@ async def test_outage_longer_than_a_ttl(lone_server: ZooKeeperServer, pilotfish:
 
         # The registrar's keepalive hears "unknown lease" and registers everything again.
         new_lease = await reregistered(outage, within=15)
-        await wait_until(reader, outage.on_lease(new_lease), 10)
+        await wait_until_back(reader, outage.on_lease(new_lease), 10)
         await assert_consumers_converge(http, api, outage, new_lease)
         assert (await http.get("/v1/health")).status_code == 200
 
