@@ -7,6 +7,8 @@
    `pilotfish registry` process report the backend unavailable promptly (503, not a
    hang), consumers keep their last view, and after the restart the registrar
    re-registers on UnknownLease and every view converges.
+3. A registrar dies while etcd is down: etcd revives its lease on restart, but reads
+   go by the last expiry the registrar published, so its instances stay gone.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import time
 from collections.abc import Iterator
 
+import aetcd
 import httpx
 import pytest
 
@@ -33,7 +36,7 @@ from tests.backends.scenarios import (
 )
 from tests.fixtures.etcd import EtcdCluster, EtcdServer
 from tests.fixtures.process import StartPilotfish
-from tests.watching import wait_until_back, wait_until_ids
+from tests.watching import eventually, wait_until, wait_until_back, wait_until_ids
 
 pytestmark = pytest.mark.slow
 
@@ -120,3 +123,47 @@ async def test_outage_longer_than_a_ttl(lone_server: EtcdServer, pilotfish: Star
         new_lease = await reregistered(outage, within=10)
         await wait_until_back(outage.reader, outage.on_lease(new_lease), 10)
         await assert_consumers_converge(http, api, outage, new_lease)
+
+
+async def test_a_registrar_killed_during_an_outage_stays_gone(
+    lone_server: EtcdServer, pilotfish: StartPilotfish, unique: str
+) -> None:
+    ttl = 4
+    url = lone_server.url(f"k-{unique}")
+    service = f"kd-{unique}"
+    registrar = pilotfish("register", "--registry", url, "--ttl", str(ttl),
+                          f"{service}/{service}-0=127.0.0.1:20000", expect=())
+    reader = await open_catalog(url)
+    member = lone_server.members[0]
+    raw = aetcd.Client(host="127.0.0.1", port=member.client_port)
+    key = f"/k-{unique}/services/{service}/{service}-0".encode()
+    try:
+        await wait_until(reader, lambda s: len(s.service(service)) == 1, 30)
+        lone_server.stop_member(0, signal.SIGKILL)
+        registrar.stop(signal.SIGKILL)
+        killed = time.monotonic()  # the registrar's last keepalive was before this
+        await asyncio.sleep(ttl - 1.0)
+        lone_server.start_member(0)
+
+        # Past the last published expiry + 1 s, while etcd still holds the revived lease:
+        # every successful read leaves the instance out.
+        served_until = killed + ttl + 1.0
+        await wait_until_back(reader, lambda s: True, 10)
+        checked = 0
+        while time.monotonic() < served_until + 1.5:
+            snapshot = await reader.snapshot()
+            if time.monotonic() > served_until:
+                assert not snapshot.service(service), "a dead registrar's instance was served"
+                checked += 1
+            await asyncio.sleep(0.05)
+        assert checked > 10
+        assert await raw.get(key) is not None, "etcd did not revive the lease: nothing tested"
+        # etcd's own expiry of the revived lease deletes the key in the end.
+        await eventually(lambda: _absent(raw, key), ttl + 5, "etcd deleting the revived lease")
+    finally:
+        await raw.close()
+        await reader.close()
+
+
+async def _absent(raw: aetcd.Client, key: bytes) -> bool:
+    return await raw.get(key) is None
