@@ -23,7 +23,7 @@ from pilotfish.registry import BackendUnavailable, Catalog, Instance, Snapshot, 
 from pilotfish.registry.registrar import Registrar
 from pilotfish.registry.view import CatalogView
 from tests.fixtures.process import PilotfishProcess
-from tests.watching import eventually, ids, instance, wait_until_ids
+from tests.watching import eventually, ids, instance, wait_until_back, wait_until_ids
 
 Opener = Callable[[str], Awaitable[Catalog]]
 
@@ -298,11 +298,14 @@ async def wait_api_shows(http: httpx.AsyncClient, api: PilotfishProcess, outage:
         await asyncio.sleep(0.1)
 
 
-async def assert_consumers_converge(http: httpx.AsyncClient, api: PilotfishProcess,
-                                    outage: Outage, new_lease: str) -> None:
-    """After the reader converged: the view does too, the catalog is healthy, the old lease
-    is gone, and the API serves the instances on the new lease."""
+async def assert_everything_recovers(http: httpx.AsyncClient, api: PilotfishProcess,
+                                     outage: Outage, within: float) -> None:
+    """After the backend is back: the registrar hears "unknown lease" and registers again,
+    the reader (riding out its own reconnect) and the view converge on the new lease, the
+    catalog is healthy, the old lease is gone, and the API serves the new instances."""
+    new_lease = await reregistered(outage, within)
     converged = outage.on_lease(new_lease)
+    await wait_until_back(outage.reader, converged, 10)
     await eventually(lambda: not outage.view.stale and converged(outage.view.snapshot), 10,
                      "view converged")
     assert await outage.reader.healthy()

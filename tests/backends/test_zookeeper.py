@@ -31,17 +31,16 @@ from tests.backends.scenarios import (
     Churn,
     assert_api_unavailable,
     assert_catalog_unavailable,
-    assert_consumers_converge,
+    assert_everything_recovers,
     assert_long_poll_ends,
     assert_view_fails_static,
     registered_and_viewed,
-    reregistered,
     start_long_poll,
     wait_api_shows,
 )
 from tests.fixtures.process import StartPilotfish
 from tests.fixtures.zookeeper import ZooKeeperEnsemble, ZooKeeperServer
-from tests.watching import eventually, ids, instance, wait_until, wait_until_back, wait_until_ids
+from tests.watching import eventually, ids, instance, wait_until, wait_until_ids
 
 pytestmark = pytest.mark.slow
 
@@ -158,9 +157,7 @@ async def test_outage_longer_than_a_ttl(lone_server: ZooKeeperServer, pilotfish:
         lone_server.start()
 
         # The registrar's keepalive hears "unknown lease" and registers everything again.
-        new_lease = await reregistered(outage, within=15)
-        await wait_until_back(reader, outage.on_lease(new_lease), 10)
-        await assert_consumers_converge(http, api, outage, new_lease)
+        await assert_everything_recovers(http, api, outage, within=15)
         assert (await http.get("/v1/health")).status_code == 200
 
 
