@@ -311,3 +311,44 @@ async def assert_everything_recovers(http: httpx.AsyncClient, api: PilotfishProc
     assert await outage.reader.healthy()
     assert await outage.reader.lease(outage.old_lease) is None
     await wait_api_shows(http, api, outage, new_lease)
+
+
+@dataclass(frozen=True)
+class Server:
+    """How an outage test stops and restarts the backend's only server."""
+
+    kill: Callable[[], None]
+    start: Callable[[], None]
+    says: str  # how 503 messages name the backend
+
+
+async def ride_out_an_outage(
+    http: httpx.AsyncClient, api: PilotfishProcess, outage: Outage, server: Server, *,
+    down_for: float, api_within: float, catalog_within: float, recover_within: float,
+    api_more: Sequence[tuple[str, str, Any]] = (),
+    catalog_more: Sequence[Callable[[], Awaitable[object]]] = (),
+) -> None:
+    """Kill the backend's only server, check every consumer reports it promptly, restart it
+    after `down_for` seconds, and check everything recovers."""
+    await wait_api_shows(http, api, outage, timeout=5)
+    blocked = await start_long_poll(http)
+
+    server.kill()
+    stopped = time.monotonic()
+
+    # A long-poll waiting on the catalog ends in 503 instead of hanging for 30 s.
+    await assert_long_poll_ends(blocked, stopped, server.says)
+    # Every kind of API call: 503 with a clear message, promptly; so does the health check.
+    await assert_api_unavailable(http, outage, server.says, within=api_within, more=api_more)
+    assert (await http.get("/v1/health")).status_code == 503
+    # The catalog itself: BackendUnavailable promptly, never a hang.
+    await assert_catalog_unavailable(outage, within=catalog_within, more=catalog_more)
+    # Consumers fail static: the view keeps the instances it last had.
+    await assert_view_fails_static(outage)
+
+    await asyncio.sleep(max(0.0, stopped + down_for - time.monotonic()))
+    server.start()
+
+    # The registrar's keepalive hears "unknown lease" and registers everything again.
+    await assert_everything_recovers(http, api, outage, recover_within)
+    assert (await http.get("/v1/health")).status_code == 200

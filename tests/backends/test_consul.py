@@ -24,13 +24,9 @@ import pytest
 
 from pilotfish.registry import Instance, open_catalog
 from tests.backends.scenarios import (
-    assert_api_unavailable,
-    assert_catalog_unavailable,
-    assert_everything_recovers,
-    assert_long_poll_ends,
-    assert_view_fails_static,
+    Server,
     registered_and_viewed,
-    start_long_poll,
+    ride_out_an_outage,
 )
 from tests.fixtures.consul import ConsulDouble
 from tests.fixtures.process import StartPilotfish
@@ -288,20 +284,9 @@ async def test_outage_longer_than_a_ttl(consul_double: ConsulDouble, pilotfish: 
     api = pilotfish("registry", "--registry", url, "--api", "127.0.0.1:0")
     async with (registered_and_viewed(url, unique, ttl) as outage,
                 httpx.AsyncClient(base_url=api.api, timeout=15) as client):
-        blocked = await start_long_poll(client)
-
-        consul_double.stop(signal.SIGKILL)
-        stopped = time.monotonic()
-
-        await assert_long_poll_ends(blocked, stopped, "consul at ")
-        await assert_api_unavailable(client, outage, "consul at ", within=2.0)
-        await assert_catalog_unavailable(outage, within=1.0)
-        # Consumers fail static.
-        await assert_view_fails_static(outage)
-
-        # Down longer than the TTL; the double comes back empty, like an agent
-        # and server without persistence.
-        await asyncio.sleep(max(0.0, stopped + ttl + 1.0 - time.monotonic()))
-        consul_double.start()
-
-        await assert_everything_recovers(client, api, outage, within=10)
+        # Down longer than the TTL; the double comes back empty, like an agent and server
+        # without persistence.
+        server = Server(kill=lambda: consul_double.stop(signal.SIGKILL),
+                        start=consul_double.start, says="consul at ")
+        await ride_out_an_outage(client, api, outage, server, down_for=ttl + 1.0,
+                                 api_within=2.0, catalog_within=1.0, recover_within=10)

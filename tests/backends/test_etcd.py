@@ -25,13 +25,9 @@ import pytest
 from pilotfish.registry import Catalog, open_catalog
 from tests.backends.scenarios import (
     Churn,
-    assert_api_unavailable,
-    assert_catalog_unavailable,
-    assert_everything_recovers,
-    assert_long_poll_ends,
-    assert_view_fails_static,
+    Server,
     registered_and_viewed,
-    start_long_poll,
+    ride_out_an_outage,
 )
 from tests.fixtures.etcd import EtcdCluster, EtcdServer
 from tests.fixtures.process import StartPilotfish
@@ -100,26 +96,10 @@ async def test_outage_longer_than_a_ttl(lone_server: EtcdServer, pilotfish: Star
     api = pilotfish("registry", "--registry", url, "--api", "127.0.0.1:0")
     async with (registered_and_viewed(url, unique, ttl) as outage,
                 httpx.AsyncClient(base_url=api.api, timeout=15) as http):
-        blocked = await start_long_poll(http)
-
-        lone_server.stop_member(0, signal.SIGKILL)
-        stopped = time.monotonic()
-
-        # A blocking read waiting on the catalog ends with 503 instead of hanging.
-        await assert_long_poll_ends(blocked, stopped, "etcd")
-        # Reads and writes through the API: 503 with a clear message, promptly.
-        await assert_api_unavailable(http, outage, "etcd", within=2.0)
-        # The catalog itself: BackendUnavailable within a fraction of a second.
-        await assert_catalog_unavailable(outage, within=1.0)
-        # Consumers fail static: the view keeps the last instances it had.
-        await assert_view_fails_static(outage)
-
-        # Down for longer than the TTL, then back.
-        await asyncio.sleep(max(0.0, stopped + ttl + 2.0 - time.monotonic()))
-        lone_server.start_member(0)
-
-        # The registrar's keepalive hears "unknown lease" and registers everything again.
-        await assert_everything_recovers(http, api, outage, within=10)
+        server = Server(kill=lambda: lone_server.stop_member(0, signal.SIGKILL),
+                        start=lambda: lone_server.start_member(0), says="etcd")
+        await ride_out_an_outage(http, api, outage, server, down_for=ttl + 2.0,
+                                 api_within=2.0, catalog_within=1.0, recover_within=10)
 
 
 async def test_a_registrar_killed_during_an_outage_stays_gone(
