@@ -1,12 +1,15 @@
-"""Runs the main coroutine on uvloop when available, with a switch back to the stdlib loop."""
+"""Runs the main coroutine on uvloop when available, and ends background tasks cleanly."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def run(main: Coroutine[Any, Any, T], use_uvloop: bool = True) -> T:
@@ -19,3 +22,18 @@ def run(main: Coroutine[Any, Any, T], use_uvloop: bool = True) -> T:
         else:
             return uvloop.run(main)
     return asyncio.run(main)
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel background tasks and wait until each has ended; a task that had failed is
+    logged, not raised, so shutdown always completes."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    for task in running:
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("background task %s had failed", task.get_name())

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from pilotfish.config import ConfigError, parse_hostport
+from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import Catalog, UnknownLease
 from pilotfish.registry.model import Instance, InvalidField, ttl_seconds
 
@@ -50,11 +51,8 @@ class Registrar:
 
     async def stop(self, revoke: bool = True) -> None:
         """Stop keeping alive; revoke the lease (removing its instances) unless told not to."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if revoke and self.lease_id is not None:
             with contextlib.suppress(Exception):
                 await self.catalog.revoke(self.lease_id)

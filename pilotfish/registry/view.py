@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import Catalog, Snapshot
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,8 @@ class CatalogView:
 
     async def stop(self) -> None:
         """Stop following."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _follow(self) -> None:
         while True:

@@ -51,6 +51,7 @@ from consul.exceptions import (
     ConsulException,
 )
 
+from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
 from pilotfish.registry.expiring import ExpiringSnapshots
 from pilotfish.registry.model import (
@@ -187,12 +188,7 @@ class ConsulCatalog(Catalog):
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [*self._tasks, *self._service_tasks.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks, *self._service_tasks.values())
         self._snapshots.close()
         await self._writer.close()
         await self._watcher.close()

@@ -43,6 +43,7 @@ import grpc
 from aetcd import rpc
 
 from pilotfish.config import parse_endpoints
+from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
 from pilotfish.registry.expiring import ExpiringSnapshots
 from pilotfish.registry.model import (
@@ -444,12 +445,7 @@ class EtcdCatalog(Catalog):
         self._snapshots.close()
         if self._grace_timer is not None:
             self._grace_timer.cancel()
-        tasks = [t for t in (self._watch_task, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._watch_task, *self._tasks)
         self._watch_task = None
         for member in self._members:
             await member.close()

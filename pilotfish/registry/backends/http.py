@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
+from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import (
     BackendUnavailable,
     Catalog,
@@ -180,11 +181,8 @@ class HttpCatalog(Catalog):
         return response.status_code == 200
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        await cancel_and_wait(self._poller)
+        self._poller = None
         await self._poll_client.aclose()
         await self._client.aclose()
 

@@ -73,6 +73,7 @@ from kazoo.protocol.states import EventType, ZnodeStat
 from kazoo.retry import KazooRetry
 
 from pilotfish.config import parse_endpoints
+from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
 from pilotfish.registry.expiring import ExpiringSnapshots
 from pilotfish.registry.model import Instance, Lease, ttl_seconds
@@ -264,11 +265,7 @@ class ZooKeeperCatalog(Catalog):
         lock = self._lock
         if lock is not None:
             lock.cancel()  # wakes an acquire() waiting in the election thread
-        for task in (self._reaper_task, self._resync_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await cancel_and_wait(self._reaper_task, self._resync_task)
         self._snapshots.close()
         self._client.remove_listener(self._on_kazoo_state)
         with contextlib.suppress(Exception):
@@ -755,14 +752,19 @@ class ZooKeeperCatalog(Catalog):
         results: list[Any] = await self._call(start, on_answer)
         return _failure(results)
 
-    async def _read_lease(self, lease_id: str) -> _LeaseEntry | None:
-        path = self._lease_path(lease_id)
+    async def _read_node(self, path: str) -> tuple[bytes, Any] | None:
+        """Read a node (data and stat), updating the cache with it; None if it is absent."""
         try:
-            raw, stat = await self._call(lambda: self._client.get_async(path),
-                                         lambda result: self._apply_node(path, result))
+            node: tuple[bytes, Any] = await self._call(
+                lambda: self._client.get_async(path),
+                lambda result: self._apply_node(path, result))
         except NoNodeError:
             return None
-        return _decode_lease(raw, stat)
+        return node
+
+    async def _read_lease(self, lease_id: str) -> _LeaseEntry | None:
+        node = await self._read_node(self._lease_path(lease_id))
+        return None if node is None else _decode_lease(*node)
 
     async def _live_lease(self, lease_id: str, fresh: bool) -> _LeaseEntry:
         """The lease as cached, or as read when the cache may be behind; UnknownLease if dead."""
@@ -776,13 +778,8 @@ class ZooKeeperCatalog(Catalog):
     async def _current_instance(self, instance_id: str, fresh: bool) -> _InstanceEntry | None:
         if not fresh:
             return self._instances.get(instance_id)
-        path = self._instance_path(instance_id)
-        try:
-            raw, stat = await self._call(lambda: self._client.get_async(path),
-                                         lambda result: self._apply_node(path, result))
-        except NoNodeError:
-            return None
-        return _decode_instance(raw, stat)
+        node = await self._read_node(self._instance_path(instance_id))
+        return None if node is None else _decode_instance(*node)
 
     async def _remove_lease(self, lease_id: str, version: int) -> bool:
         """Delete a lease with its instances and markers; `version` -1 means unconditionally.
