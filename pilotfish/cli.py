@@ -5,34 +5,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Protocol
 
-from pilotfish.config import ConfigError, env, parse_hostport, read_token
+from pilotfish.config import ConfigError, env
+from pilotfish.dns import options as dns_options
 from pilotfish.loop import run
+from pilotfish.registry import hold as register_options
+from pilotfish.registry import options as registry_options
 from pilotfish.registry.backends import open_catalog
-from pilotfish.registry.catalog import Catalog
+from pilotfish.stack import Component, ComponentOptions, Stack
 
 log = logging.getLogger("pilotfish")
 
-
-class Component(Protocol):
-    """Anything `pilotfish up` starts and stops: the API, DNS, LB listeners, the sidecar."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
+COMMANDS: dict[str, tuple[str, tuple[ComponentOptions, ...]]] = {
+    "up": ("run the whole stack in one process", (registry_options, dns_options)),
+    "registry": ("run only the registry API", (registry_options,)),
+    "dns": ("run only the DNS server", (dns_options,)),
+    "register": ("hold registrations on one lease until stopped (SIGTERM deregisters)",
+                 (register_options,)),
+}
+"""Each command and the components it runs, in start order."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags for every subcommand; each falls back to a PILOTFISH_* environment variable."""
     parser = argparse.ArgumentParser(prog="pilotfish", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-
-    def common(sub: argparse.ArgumentParser) -> None:
+    for name, (help_text, parts) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--registry", default=env("registry", "memory://"),
                          help="catalog URL: memory://, etcd://, zk://, consul://, http:// "
                               "[PILOTFISH_REGISTRY]")
@@ -41,65 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-uvloop", action="store_true",
                          default=env("no_uvloop", "") not in ("", "0"),
                          help="use the stdlib event loop [PILOTFISH_NO_UVLOOP]")
-
-    def api_flags(sub: argparse.ArgumentParser, default: str | None) -> None:
-        sub.add_argument("--api", default=env("api", default),
-                         help="registry API listen address HOST:PORT [PILOTFISH_API]")
-        sub.add_argument("--token-file", default=env("token_file"),
-                         help="file holding a bearer token required for writes "
-                              "[PILOTFISH_TOKEN_FILE]")
-
-    from pilotfish.dns.options import DEFAULT_DNS, add_dns_flags
-
-    up = commands.add_parser("up", help="run the whole stack in one process")
-    common(up)
-    api_flags(up, "127.0.0.1:8500")
-    add_dns_flags(up, DEFAULT_DNS)
-
-    dns = commands.add_parser("dns", help="run only the DNS server")
-    common(dns)
-    add_dns_flags(dns, DEFAULT_DNS)
-
-    registry = commands.add_parser("registry", help="run only the registry API")
-    common(registry)
-    api_flags(registry, "127.0.0.1:8500")
-
-    register = commands.add_parser(
-        "register", help="hold registrations on one lease until stopped (SIGTERM deregisters)")
-    common(register)
-    register.add_argument("instances", nargs="+", metavar="SERVICE/ID=ADDRESS:PORT")
-    register.add_argument("--ttl", type=int, default=int(env("ttl", "10") or 10),
-                          help="lease TTL in seconds; keepalives every ttl/3 [PILOTFISH_TTL]")
-    register.add_argument("--owner", default=env("owner", f"register-{os.getpid()}"))
-    register.add_argument("--tag", action="append", default=[], help="repeatable")
-    register.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
-    register.add_argument("--weight", type=int, default=1)
+        for part in parts:
+            part.add_flags(sub)
     return parser
 
 
-async def build_components(args: argparse.Namespace, catalog: Catalog) -> list[Component]:
-    """The components a command asks for, in start order."""
+def build_components(args: argparse.Namespace, stack: Stack) -> list[Component]:
+    """The components a command asks for, in start order; the shared view comes first."""
     components: list[Component] = []
-    api_metrics = None
-    if getattr(args, "api", None):
-        from pilotfish.registry.api import RegistryApi
-        from pilotfish.registry.server import ApiServer
-
-        api = RegistryApi(catalog, token=read_token(args.token_file))
-        api_metrics = api.metrics
-        components.append(ApiServer(api.app, parse_hostport(args.api, "--api"),
-                                    before_stop=api.stop_waiting))
-    if args.command == "register":
-        from pilotfish.registry.registrar import Registrar, instance_from_spec
-
-        meta = dict(item.partition("=")[::2] for item in args.meta)
-        instances = [instance_from_spec(spec, args.tag, meta, args.weight)
-                     for spec in args.instances]
-        components.append(Registrar(catalog, args.ttl, args.owner, instances))
-    if getattr(args, "dns", "off") not in (None, "", "off"):
-        from pilotfish.dns.options import dns_components
-
-        components += dns_components(args, catalog, api_metrics)
+    for part in COMMANDS[args.command][1]:
+        components += part.build(args, stack)
+    if stack.has_view:
+        components.insert(0, stack.view())
     return components
 
 
@@ -112,7 +67,7 @@ async def serve(args: argparse.Namespace) -> int:
     catalog = await open_catalog(args.registry)
     started: list[Component] = []
     try:
-        for component in await build_components(args, catalog):
+        for component in build_components(args, Stack(catalog)):
             await component.start()
             started.append(component)
         log.info("pilotfish %s running on registry %s", args.command, args.registry)

@@ -1,28 +1,26 @@
-"""The DNS command-line flags and the component they build, kept out of the shared cli.py."""
+"""The DNS command-line flags and the components they build: `pilotfish dns` and `up`."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
-from typing import Any
 
 from pilotfish.config import ConfigError, HostPort, env, parse_hostport
 from pilotfish.dns.names import domain_name
 from pilotfish.dns.server import DnsServer
 from pilotfish.dns.zone import ZoneSettings
-from pilotfish.metrics import Metrics
-from pilotfish.registry.catalog import Catalog
+from pilotfish.http import HttpServer, StatusApp
 from pilotfish.registry.model import MIN_TTL
+from pilotfish.stack import Component, Stack
 
 DEFAULT_DNS = "127.0.0.1:8600"
 MAX_NEGATIVE_TTL = 3600
 
 
-def add_dns_flags(parser: argparse.ArgumentParser, default_listen: str) -> None:
+def add_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by `pilotfish dns` and `pilotfish up`; each has a PILOTFISH_* fallback."""
     group = parser.add_argument_group("DNS")
-    group.add_argument("--dns", default=env("dns", default_listen),
+    group.add_argument("--dns", default=env("dns", DEFAULT_DNS),
                        help=f"DNS listen address HOST:PORT, UDP and TCP (default {DEFAULT_DNS}; "
                             "'off' for none) [PILOTFISH_DNS]")
     group.add_argument("--domain", default=env("domain", "pilotfish"),
@@ -58,7 +56,7 @@ def _ns_addresses(listen: HostPort) -> tuple[str, ...]:
     return () if address.is_unspecified else (str(address),)
 
 
-def dns_server(args: argparse.Namespace, catalog: Catalog) -> DnsServer:
+def dns_server(args: argparse.Namespace, stack: Stack) -> DnsServer:
     """Validate the DNS flags and build the server they describe."""
     listen = parse_hostport(args.dns, "--dns")
     if not 0 <= args.dns_ttl <= MIN_TTL:
@@ -77,50 +75,23 @@ def dns_server(args: argparse.Namespace, catalog: Catalog) -> DnsServer:
         domain=domain_name(args.domain), ttl=args.dns_ttl, negative_ttl=args.dns_negative_ttl,
         max_answers=args.dns_max_answers, ns_addresses=_ns_addresses(listen),
         recursion=bool(forward))
-    return DnsServer(catalog, listen, settings, forward=forward, udp_size=args.dns_udp_size)
+    return DnsServer(stack.catalog, listen, settings, forward=forward,
+                     udp_size=args.dns_udp_size, view=stack.view())
 
 
-def dns_components(args: argparse.Namespace, catalog: Catalog,
-                   api_metrics: Metrics | None = None) -> list[Any]:
-    """The DNS server, plus its metrics listener when --dns-metrics is given.
+def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
+    """The DNS server on the process's shared view, plus `--dns-metrics` when given.
 
-    With the registry API in the same process, the DNS series also go to the API's /metrics.
+    The DNS series go to the process's one metrics registry, so the API's /metrics shows
+    them too in `pilotfish up`.
     """
-    server = dns_server(args, catalog)
-    components: list[Any] = [server]
-    if api_metrics is not None:
-        server.describe(api_metrics)
-    if getattr(args, "dns_metrics", None):
-        from pilotfish.registry.server import ApiServer
-
+    if args.dns in (None, "", "off"):
+        return []
+    server = dns_server(args, stack)
+    server.describe(stack.metrics)
+    components: list[Component] = [server]
+    if args.dns_metrics:
         listen = parse_hostport(args.dns_metrics, "--dns-metrics")
-        components.append(ApiServer(MetricsApp(server), listen, what="dns metrics"))
+        app = StatusApp(stack.metrics, server.health)
+        components.append(HttpServer(app, listen, what="dns metrics"))
     return components
-
-
-class MetricsApp:
-    """A tiny ASGI app for `--dns-metrics`: GET /metrics (Prometheus text) and /health."""
-
-    def __init__(self, server: DnsServer) -> None:
-        self.server = server
-        self.metrics = Metrics()
-        server.describe(self.metrics)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        path = scope.get("path", "")
-        if path == "/metrics":
-            status, kind = 200, b"text/plain; version=0.0.4"
-            body = self.metrics.render().encode()
-        elif path == "/health":
-            stale = self.server.view.stale
-            status, kind = (503 if stale else 200), b"application/json"
-            body = json.dumps({"status": "stale" if stale else "ok",
-                               "index": self.server.zone.index}).encode()
-        else:
-            status, kind, body = 404, b"text/plain", b"not found\n"
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", kind),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})

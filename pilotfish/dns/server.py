@@ -257,6 +257,11 @@ class DnsServer:
         self.stats.stale = self.view.stale
         return self.stats.samples()
 
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while the view is current; 503 "stale" while it serves the last view."""
+        stale = self.view.stale
+        return not stale, {"status": "stale" if stale else "ok", "index": self.zone.index}
+
     def describe(self, metrics: Metrics) -> None:
         """Add the DNS series to a Metrics registry (the API's /metrics in `pilotfish up`)."""
         self.stats.describe(metrics, self.samples)

@@ -99,9 +99,10 @@ def _own_owner(instance_id: str) -> str:
 class RegistryApi:
     """Route handlers bound to one catalog; `app` is the ASGI application."""
 
-    def __init__(self, catalog: Catalog, token: str | None = None) -> None:
+    def __init__(self, catalog: Catalog, token: str | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.catalog = catalog
-        self.metrics = Metrics()
+        self.metrics = metrics if metrics is not None else Metrics()
         self._encoded_catalog: tuple[int, bytes] = (-1, b"")
         self._stopping = asyncio.Event()
         self._describe_metrics()

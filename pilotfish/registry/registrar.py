@@ -8,10 +8,9 @@ import logging
 from collections.abc import Iterable
 from dataclasses import replace
 
-from pilotfish.config import ConfigError, parse_hostport
 from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import Catalog, UnknownLease
-from pilotfish.registry.model import Instance, InvalidField, ttl_seconds
+from pilotfish.registry.model import Instance, ttl_seconds
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +121,3 @@ class Registrar:
             self.lease_id = None
             await self._renew_lease()
 
-
-def instance_from_spec(spec: str, tags: Iterable[str] = (), meta: dict[str, str] | None = None,
-                       weight: int = 1) -> Instance:
-    """Parse `SERVICE/ID=ADDRESS:PORT` (IPv6 as `[::1]:80`) from the command line."""
-    service, slash, rest = spec.partition("/")
-    instance_id, equals, where = rest.partition("=")
-    if not slash or not equals:
-        raise ConfigError(f"{spec!r} is not SERVICE/ID=ADDRESS:PORT (e.g. web/web-1=10.0.0.5:80)")
-    address = parse_hostport(where, spec)
-    try:
-        return Instance(service=service, id=instance_id, address=address.host,
-                        port=address.port, lease="unset", tags=tuple(tags),
-                        meta=meta or {}, weight=weight)
-    except InvalidField as exc:
-        raise ConfigError(f"{spec!r}: {exc}") from None

@@ -1,9 +1,10 @@
-"""Serves the registry API with uvicorn inside the shared event loop."""
+"""The one small HTTP server every component uses, and the /metrics + /health app they share."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +12,14 @@ from typing import Any
 import uvicorn
 
 from pilotfish.config import HostPort
+from pilotfish.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+Health = Callable[[], tuple[bool, dict[str, Any]]]
+"""Returns (healthy, body): 200 with the body when healthy, else 503."""
+
+ASGIApp = Callable[..., Any]
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -22,8 +29,8 @@ class _EmbeddedServer(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-class ApiServer:
-    """Starts and stops one HTTP listener for an ASGI app."""
+class HttpServer:
+    """Starts and stops one HTTP listener for an ASGI app, inside the process's event loop."""
 
     def __init__(self, app: Any, listen: HostPort, what: str = "registry API",
                  before_stop: Callable[[], None] | None = None) -> None:
@@ -59,3 +66,38 @@ class ApiServer:
             self.server.should_exit = True
             await self._task
             self._task = None
+
+
+class StatusApp:
+    """ASGI app answering GET /metrics (Prometheus text) and /health; the rest goes to `app`."""
+
+    def __init__(self, metrics: Metrics, health: Health, app: ASGIApp | None = None) -> None:
+        self.metrics = metrics
+        self.health = health
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            if self.app is not None:
+                await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path == "/metrics":
+            await respond(send, 200, self.metrics.render().encode(),
+                          "text/plain; version=0.0.4")
+        elif path == "/health":
+            healthy, body = self.health()
+            await respond(send, 200 if healthy else 503, json.dumps(body).encode())
+        elif self.app is not None:
+            await self.app(scope, receive, send)
+        else:
+            await respond(send, 404, b'{"error": "not found", "code": "not_found"}')
+
+
+async def respond(send: Any, status: int, body: bytes,
+                  content_type: str = "application/json") -> None:
+    """Send a whole response through a raw ASGI `send`."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type.encode()),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,33 @@
+"""The registry API's flags and the listener it builds: `pilotfish registry` and `up`."""
+
+from __future__ import annotations
+
+import argparse
+
+from pilotfish.config import env, parse_hostport, read_token
+from pilotfish.http import HttpServer
+from pilotfish.stack import Component, Stack
+
+DEFAULT_API = "127.0.0.1:8500"
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """--api and --token-file, each with a PILOTFISH_* fallback."""
+    group = parser.add_argument_group("registry API")
+    group.add_argument("--api", default=env("api", DEFAULT_API),
+                       help=f"registry API listen address HOST:PORT (default {DEFAULT_API}; "
+                            "'off' for none) [PILOTFISH_API]")
+    group.add_argument("--token-file", default=env("token_file"),
+                       help="file holding a bearer token required for writes "
+                            "[PILOTFISH_TOKEN_FILE]")
+
+
+def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
+    """The API listener, sharing the process's metrics registry."""
+    if args.api in (None, "", "off"):
+        return []
+    from pilotfish.registry.api import RegistryApi
+
+    api = RegistryApi(stack.catalog, token=read_token(args.token_file), metrics=stack.metrics)
+    return [HttpServer(api.app, parse_hostport(args.api, "--api"),
+                       before_stop=api.stop_waiting)]

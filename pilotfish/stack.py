@@ -1,0 +1,50 @@
+"""What the components of one pilotfish process share, and the shape every component takes."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Protocol
+
+from pilotfish.metrics import Metrics
+from pilotfish.registry.catalog import Catalog
+from pilotfish.registry.view import CatalogView
+
+
+class Component(Protocol):
+    """Anything a pilotfish process starts and stops: the API, DNS, LB listeners, the sidecar."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class ComponentOptions(Protocol):
+    """A component's command-line face: its flags, and what it builds from them.
+
+    Each component package has one (a module with these two functions), so cli.py never
+    probes another component's flags.
+    """
+
+    def add_flags(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def build(self, args: argparse.Namespace, stack: Stack) -> list[Component]: ...
+
+
+class Stack:
+    """One catalog, one local view of it and one metrics registry for every component."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.metrics = Metrics()
+        self._view: CatalogView | None = None
+
+    def view(self) -> CatalogView:
+        """The process's one CatalogView (made on first use): DNS and the LB both read it."""
+        if self._view is None:
+            self._view = CatalogView(self.catalog)
+        return self._view
+
+    @property
+    def has_view(self) -> bool:
+        """Whether any component asked for the view (so it must be started first)."""
+        return self._view is not None
