@@ -325,6 +325,8 @@ class RegistryApi:
         r.add_api_route("/v1/catalog", self.get_catalog, methods=["GET"])
         r.add_api_route("/v1/health", self.health, methods=["GET"])
         r.add_api_route("/metrics", self.metrics_text, methods=["GET"], include_in_schema=False)
+        from pilotfish.registry.consul.routes import consul_router  # Consul's read API (issue 14)
+        app.include_router(consul_router(self.catalog, token, self._stopping))
 
         @app.exception_handler(ApiError)
         async def api_error(_: Request, exc: ApiError) -> Response:

@@ -1,0 +1,301 @@
+"""Consul's read endpoints on the registry API's listener (none of their paths is a pilotfish one).
+
+pilotfish's own routes are /v1/services..., /v1/leases..., /v1/catalog, /v1/health and /metrics;
+Consul's are /v1/catalog/<something>, /v1/health/service/..., /v1/agent/... and /v1/status/...:
+exact paths never collide (`/v1/catalog` and `/v1/catalog/services` are different routes), so one
+listener on Consul's port 8500 serves both. Errors are plain text with Consul's status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import socket
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from pilotfish.config import env
+from pilotfish.registry.api import BACKEND_TIMEOUT, ApiError, parse_wait
+from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot
+from pilotfish.registry.consul.blocking import Blocker
+from pilotfish.registry.consul.filter import FilterError, Predicate, compile_filter
+from pilotfish.registry.consul.shapes import (
+    Entry,
+    Model,
+    ModelBuilder,
+    agent_self_json,
+    catalog_service_json,
+    derive_node,
+    health_entry_json,
+    node_json,
+    node_meta,
+    services_json,
+)
+from pilotfish.registry.model import Instance
+
+T = TypeVar("T")
+DEFAULT_DATACENTER = "dc1"
+
+
+class ConsulError(Exception):
+    """An error answered as Consul does: a status code and a plain-text message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _example_entry() -> Entry:
+    instance = Instance(service="example", id="example-1", address="127.0.0.1", port=1,
+                        lease="example", tags=("tag",), meta={"key": "value"})
+    return Entry(instance, derive_node("owner", "127.0.0.1"), 1, 1, 1, 1)
+
+
+_EXAMPLE = _example_entry()
+_EXAMPLES: dict[str, Mapping[str, Any]] = {
+    "catalog": catalog_service_json(_EXAMPLE, DEFAULT_DATACENTER),
+    "health": health_entry_json(_EXAMPLE, DEFAULT_DATACENTER),
+    "node": node_json(_EXAMPLE, DEFAULT_DATACENTER),
+}
+"""One item of each endpoint family, so filters are checked against the shape they will meet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """The parameters every Consul read takes, parsed once."""
+
+    index: int | None
+    wait: float
+    consistency: str
+    filter_text: str
+    node_meta: tuple[tuple[str, str], ...]
+
+    def predicate(self, family: str) -> Predicate:
+        """The ?filter= expression compiled for this endpoint family's items."""
+        try:
+            return compile_filter(self.filter_text, _EXAMPLES[family])
+        except FilterError as exc:
+            raise ConsulError(400, f"Failed to create boolean expression evaluator: {exc}") \
+                from None
+
+    def node_matches(self, entry: Entry) -> bool:
+        """Whether the entry's node carries every ?node-meta=key:value pair."""
+        meta = node_meta(entry.node)
+        return all(meta.get(key) == value for key, value in self.node_meta)
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name)
+    return value is not None and value.lower() not in ("0", "false")
+
+
+def _encode(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+class ConsulApi:
+    """Consul's discovery (read) API over one catalog; `router` goes on the registry API app."""
+
+    def __init__(self, catalog: Catalog, token: str | None, stopping: asyncio.Event,
+                 datacenter: str | None = None) -> None:
+        self.catalog = catalog
+        self.datacenter = datacenter or env("consul_datacenter", DEFAULT_DATACENTER) \
+            or DEFAULT_DATACENTER
+        self.node_name = socket.gethostname()
+        self.expected_token = token.encode() if token else None
+        self.models = ModelBuilder(catalog, self.datacenter)
+        self.blocker = Blocker(catalog, stopping, self._call)
+        self.router = self._routes()
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(call, BACKEND_TIMEOUT)
+        except TimeoutError:
+            raise BackendUnavailable(f"no answer within {BACKEND_TIMEOUT:g}s") from None
+
+    # request plumbing
+
+    def _check_token(self, request: Request) -> None:
+        """X-Consul-Token, ?token= or a bearer token, read as the API's token.
+
+        Reads are open (as on the rest of the API); a token that is given must be the one
+        configured, as Consul refuses an unknown token with 403 "ACL not found".
+        """
+        given = request.headers.get("x-consul-token") or request.query_params.get("token")
+        if not given:
+            authorization = request.headers.get("authorization", "")
+            given = authorization[7:] if authorization.lower().startswith("bearer ") else ""
+        if given and self.expected_token is not None and not hmac.compare_digest(
+                given.encode(), self.expected_token):
+            raise ConsulError(403, "ACL not found")
+
+    def _query(self, request: Request) -> Query:
+        params = request.query_params
+        self._check_token(request)
+        dc = params.get("dc")
+        if dc and dc != self.datacenter:
+            raise ConsulError(500, f"No path to datacenter {dc!r}")
+        index = None
+        if params.get("index") not in (None, ""):
+            text = params["index"]
+            if not text.isdigit():
+                raise ConsulError(400, f"Invalid index: {text!r}")
+            index = int(text)
+        try:
+            wait = parse_wait(params.get("wait"))
+        except ApiError:
+            raise ConsulError(400, f"Invalid wait time: {params.get('wait')!r}") from None
+        stale, consistent = _flag(request, "stale"), _flag(request, "consistent")
+        if stale and consistent:
+            raise ConsulError(400, "Cannot specify ?stale with ?consistent, conflicting "
+                                   "semantics.")
+        pairs = []
+        for item in params.getlist("node-meta"):
+            key, colon, value = item.partition(":")
+            if not colon or not key:
+                raise ConsulError(400, f"Invalid node-meta {item!r}: want key:value")
+            pairs.append((key, value))
+        return Query(index, wait, "stale" if stale else "consistent" if consistent else "leader",
+                     params.get("filter", ""), tuple(sorted(pairs)))
+
+    async def _blocking(self, request: Request, key: Hashable,
+                        render: Callable[[Model, Query], Any]) -> Response:
+        """Answer (blocking if asked) with `render(model, query)` as JSON."""
+        try:
+            query = self._query(request)
+
+            async def encode(snapshot: Snapshot) -> bytes:
+                return _encode(render(await self.models.build(snapshot), query))
+
+            answer_key = (key, query.filter_text, query.node_meta)
+            body, index = await self.blocker.answer(answer_key, encode, query.index, query.wait)
+        except ConsulError as exc:
+            return _text(exc.status, exc.message)
+        except BackendUnavailable as exc:
+            return _text(500, f"rpc error: registry backend unavailable: {exc}")
+        return Response(body, media_type="application/json", headers={
+            "X-Consul-Index": str(index),
+            "X-Consul-KnownLeader": "true",
+            "X-Consul-LastContact": "0",
+            "X-Consul-Effective-Consistency": query.consistency,
+        })
+
+    def _static(self, request: Request, data: Any) -> Response:
+        """An answer that does not depend on the catalog: its index never moves."""
+        try:
+            self._check_token(request)
+        except ConsulError as exc:
+            return _text(exc.status, exc.message)
+        return Response(_encode(data), media_type="application/json", headers={
+            "X-Consul-Index": "1", "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0",
+        })
+
+    # endpoints
+
+    async def catalog_services(self, request: Request) -> Response:
+        """GET /v1/catalog/services: name -> tags (filter on the instances)."""
+
+        def render(model: Model, query: Query) -> Any:
+            keep = query.predicate("catalog")
+            groups = {name: [e for e in entries if query.node_matches(e)
+                             and keep(catalog_service_json(e, model.datacenter))]
+                      for name, entries in model.services.items()}
+            return services_json({name: group for name, group in groups.items() if group})
+
+        return await self._blocking(request, ("services",), render)
+
+    async def catalog_service(self, service: str, request: Request) -> Response:
+        """GET /v1/catalog/service/{service}: its instances, node fields alongside."""
+        tags = tuple(request.query_params.getlist("tag"))
+
+        def render(model: Model, query: Query) -> Any:
+            keep = query.predicate("catalog")
+            items = (catalog_service_json(e, model.datacenter)
+                     for e in self._selected(model, service, tags, query))
+            return [item for item in items if keep(item)]
+
+        return await self._blocking(request, ("service", service.lower(), tags), render)
+
+    async def health_service(self, service: str, request: Request) -> Response:
+        """GET /v1/health/service/{service}: node, service and checks of each instance."""
+        tags = tuple(request.query_params.getlist("tag"))
+        passing = _flag(request, "passing")
+
+        def render(model: Model, query: Query) -> Any:
+            keep = query.predicate("health")
+            items = (health_entry_json(e, model.datacenter)
+                     for e in self._selected(model, service, tags, query)
+                     if not passing or e.instance.health == "passing")
+            return [item for item in items if keep(item)]
+
+        return await self._blocking(request, ("health", service.lower(), tags, passing), render)
+
+    async def catalog_nodes(self, request: Request) -> Response:
+        """GET /v1/catalog/nodes: every node some instance is on."""
+
+        def render(model: Model, query: Query) -> Any:
+            keep = query.predicate("node")
+            items = (node_json(e, model.datacenter) for e in model.nodes.values()
+                     if query.node_matches(e))
+            return [item for item in items if keep(item)]
+
+        return await self._blocking(request, ("nodes",), render)
+
+    @staticmethod
+    def _selected(model: Model, service: str, tags: tuple[str, ...],
+                  query: Query) -> list[Entry]:
+        return [e for e in model.service(service)
+                if all(tag in e.instance.tags for tag in tags) and query.node_matches(e)]
+
+    async def agent_self(self, request: Request) -> Response:
+        """GET /v1/agent/self: the datacenter (what Prometheus asks it for) and this 'agent'."""
+        host = request.scope.get("server") or ("127.0.0.1", 8500)
+        return self._static(request, agent_self_json(self.datacenter, self.node_name, host[0]))
+
+    async def status_leader(self, request: Request) -> Response:
+        """GET /v1/status/leader: this listener's address, the only 'server' there is."""
+        return self._static(request, self._server_address(request))
+
+    async def status_peers(self, request: Request) -> Response:
+        """GET /v1/status/peers: this listener's address."""
+        return self._static(request, [self._server_address(request)])
+
+    async def datacenters(self, request: Request) -> Response:
+        """GET /v1/catalog/datacenters: the one datacenter this registry is."""
+        return self._static(request, [self.datacenter])
+
+    @staticmethod
+    def _server_address(request: Request) -> str:
+        host, port = request.scope.get("server") or ("127.0.0.1", 8500)
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+    def _routes(self) -> APIRouter:
+        router = APIRouter(tags=["consul-compatible (read)"])
+        routes: list[tuple[str, Callable[..., Awaitable[Response]]]] = [
+            ("/v1/catalog/services", self.catalog_services),
+            ("/v1/catalog/service/{service}", self.catalog_service),
+            ("/v1/health/service/{service}", self.health_service),
+            ("/v1/catalog/nodes", self.catalog_nodes),
+            ("/v1/catalog/datacenters", self.datacenters),
+            ("/v1/agent/self", self.agent_self),
+            ("/v1/status/leader", self.status_leader),
+            ("/v1/status/peers", self.status_peers),
+        ]
+        for path, handler in routes:
+            router.add_api_route(path, handler, methods=["GET"])
+        return router
+
+
+def _text(status: int, message: str) -> Response:
+    return Response(message, status_code=status, media_type="text/plain")
+
+
+def consul_router(catalog: Catalog, token: str | None, stopping: asyncio.Event) -> APIRouter:
+    """The Consul-compatible read routes, for the registry API app to include."""
+    return ConsulApi(catalog, token, stopping).router
