@@ -1,4 +1,4 @@
-"""py-consul (sync and asyncio) reading a real pilotfish registry, on the memory and etcd backends."""
+"""py-consul (sync and asyncio) reading a real pilotfish registry, on memory and on etcd."""
 
 from __future__ import annotations
 

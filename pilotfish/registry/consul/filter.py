@@ -70,7 +70,7 @@ def _tokens(text: str) -> list[_Token]:
 class Shape:
     """What a selector can reach in an endpoint's JSON items (learned from an example item)."""
 
-    kind: str  # struct | map | list | str | int | bool | float
+    kind: str  # struct | map | list | str | int | bool | float | null
     fields: Mapping[str, Shape] | None = None  # struct fields
     item: Shape | None = None  # map values and list items
 
@@ -84,6 +84,8 @@ class Shape:
             return cls("struct", fields={k: cls.of(v, k in MAP_FIELDS) for k, v in value.items()})
         if isinstance(value, list):
             return cls("list", item=cls.of(value[0] if value else ""))
+        if value is None:
+            return cls("null")  # an unset list, map or object: only `is empty` applies
         if isinstance(value, bool):
             return cls("bool")
         if isinstance(value, int):
@@ -306,7 +308,7 @@ def _equals(selector: _Selector, value: str, negate: bool, at: int) -> Predicate
 
 
 def _empty(selector: _Selector, negate: bool, at: int) -> Predicate:
-    if selector.shape.kind not in ("list", "map", "str"):
+    if selector.shape.kind not in ("list", "map", "str", "null"):
         raise FilterError(f"is empty needs a list, map or string; {selector.name} is a "
                           f"{selector.shape.kind} (position {at})")
     return lambda item: all(not v for v in selector.values(item)) != negate

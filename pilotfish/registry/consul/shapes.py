@@ -3,10 +3,11 @@
 Consul places every service instance on a node (an agent's host). A pilotfish instance has none,
 so one is derived from what the catalog knows, stably:
 
-- the node's **name** is `<owner>-<address>` with every character outside `A-Za-z0-9-` turned
-  into `-` (`sidecar-host-a` + `10.0.0.5` -> `sidecar-host-a-10-0-0-5`), or just the address
-  part (`10-0-0-5`) when the lease has no owner or is an instance's own lease (registered
-  through the API with a `ttl`);
+- the node's **name** is `<owner>-<address>` with every run of characters outside `A-Za-z0-9-`
+  turned into `-` (`sidecar host-a` + `10.0.0.5` -> `sidecar-host-a-10-0-0-5`; an IPv6 address
+  is written out in full, `fd00::5` -> `fd00-0000-0000-0000-0000-0000-0000-0005`), or just the
+  address part (`10-0-0-5`) when the lease has no owner or is an instance's own lease
+  (registered through the API with a `ttl`);
 - its **ID** is a UUID (version 5) of the owner and address, its **Address** the instance's
   address, its `Meta` says `pilotfish-owner`.
 
@@ -19,6 +20,7 @@ status is the instance's `health`; a lease about to lapse is still passing.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import uuid
 from collections.abc import Hashable, Iterable, Mapping
@@ -48,11 +50,20 @@ class Node:
 def derive_node(owner: str, address: str) -> Node:
     """The node for an instance of this lease owner at this address (see the module doc)."""
     holder = "" if owner.startswith(OWN_LEASE_PREFIX) else owner
-    address_part = _NOT_LABEL.sub("-", address).strip("-") or "node"
+    address_part = _address_label(address)
     owner_part = _NOT_LABEL.sub("-", holder).strip("-")[:63]
     name = f"{owner_part}-{address_part}" if owner_part else address_part
     node_id = str(uuid.uuid5(NODE_NAMESPACE, f"{holder}\n{address}"))
     return Node(name=name, id=node_id, address=address, owner=holder)
+
+
+def _address_label(address: str) -> str:
+    """10.0.0.5 -> 10-0-0-5; IPv6 written out in full (fd00::5 -> fd00-0000-...-0005)."""
+    try:
+        written = ipaddress.ip_address(address).exploded
+    except ValueError:
+        written = address
+    return _NOT_LABEL.sub("-", written).strip("-") or "node"
 
 
 class Versions:
@@ -201,6 +212,13 @@ def node_json(entry: Entry, datacenter: str) -> dict[str, Any]:
     }
 
 
+def no_proxy() -> dict[str, Any]:
+    """The proxy settings of a service that is not a Connect proxy (every pilotfish instance)."""
+    return {"DestinationServiceName": "", "DestinationServiceID": "", "LocalServiceAddress": "",
+            "LocalServicePort": 0, "Config": None, "Upstreams": None, "Mode": "",
+            "MeshGateway": {}, "Expose": {}}
+
+
 def _weights(instance: Instance) -> dict[str, int]:
     return {"Passing": instance.weight, "Warning": 1}
 
@@ -224,8 +242,8 @@ def service_json(entry: Entry) -> dict[str, Any]:
         "Port": instance.port,
         "Weights": _weights(instance),
         "EnableTagOverride": False,
-        "Proxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
-        "Connect": {},
+        "Proxy": no_proxy(),
+        "Connect": {"Native": False, "Proxy": None},
         "Kind": "",
         "CreateIndex": entry.create_index,
         "ModifyIndex": entry.modify_index,
@@ -293,8 +311,8 @@ def catalog_service_json(entry: Entry, datacenter: str) -> dict[str, Any]:
         "ServiceMeta": dict(instance.meta),
         "ServicePort": instance.port,
         "ServiceEnableTagOverride": False,
-        "ServiceProxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
-        "ServiceConnect": {},
+        "ServiceProxy": no_proxy(),
+        "ServiceConnect": {"Native": False, "Proxy": None},
         "CreateIndex": entry.create_index,
         "ModifyIndex": entry.modify_index,
     }
