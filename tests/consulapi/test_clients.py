@@ -54,6 +54,8 @@ def test_catalog_and_health_reads(registry: Registry, name: str) -> None:
     assert status[f"{name}-1"][f"service:{name}-1"] == "passing"
     assert status[f"{name}-2"][f"service:{name}-2"] == "warning"
     assert all(s["serfHealth"] == "passing" for s in status.values())
+    # Traefik pairs /v1/catalog/service and /v1/health/service items by position
+    assert [n["ServiceID"] for n in nodes] == [e["Service"]["ID"] for e in entries]
     _, db = client.health.service(f"{name}-db")
     assert [c["Status"] for c in db[0]["Checks"]] == ["passing", "critical"]
 

@@ -104,6 +104,7 @@ async def test_every_answer_has_the_documented_fields_and_types(
     assert_like(golden.AGENT_SELF, await get("/v1/agent/self"))
     assert_like(golden.STATUS_LEADER, await get("/v1/status/leader"))
     assert_like(golden.CATALOG_DATACENTERS, await get("/v1/catalog/datacenters"))
+    assert "/v1/health/service/{service}" in (await get("/v1/openapi.json"))["paths"]
 
     # values carried over from the instance
     (one,) = [s for s in service if s["ServiceID"] == "redis-1"]
