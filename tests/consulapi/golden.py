@@ -175,3 +175,41 @@ AGENT_SELF: dict[str, Any] = {
 
 STATUS_LEADER: Any = "10.1.10.12:8300"
 CATALOG_DATACENTERS: Any = ["dc1", "dc2"]
+
+CATALOG_NODE: dict[str, Any] = {
+    "Node": {
+        "ID": "40e4a748-2192-161a-0510-9bf59fe950b5",
+        "Node": "t2-node",
+        "Address": "10.1.10.12",
+        "Datacenter": "dc1",
+        "TaggedAddresses": {"lan": "10.1.10.12", "wan": "10.1.10.12"},
+        "Meta": {"instance_type": "t2.medium"},
+    },
+    "Services": {
+        "redis": {
+            "ID": "redis",
+            "Service": "redis",
+            "TaggedAddresses": {
+                "lan": {"address": "10.1.10.12", "port": 8000},
+                "wan": {"address": "198.18.1.2", "port": 80},
+            },
+            "Tags": ["v1"],
+            "Meta": {"redis_version": "4.0"},
+            "Port": 8000,
+        },
+    },
+}
+
+HEALTH_STATE: list[dict[str, Any]] = [  # also the shape of /v1/health/checks/:service items
+    {
+        "Node": "foobar",
+        "CheckID": "serfHealth",
+        "Name": "Serf Health Status",
+        "Status": "passing",
+        "Notes": "",
+        "Output": "",
+        "ServiceID": "",
+        "ServiceName": "",
+        "ServiceTags": [],
+    },
+]

@@ -63,6 +63,20 @@ def test_catalog_and_health_reads(registry: Registry, name: str) -> None:
     names = {n["Node"] for n in nodes_list}
     assert {"127-0-0-11", "sidecar-host-a-127-0-0-12", "127-0-0-13"} <= names
 
+    _, node = client.catalog.node("sidecar-host-a-127-0-0-12")
+    assert node["Node"]["Address"] == "127.0.0.12"
+    assert set(node["Services"]) == {f"{name}-2"}
+    _, missing = client.catalog.node("no-such-node")
+    assert missing is None
+    _, checks = client.health.checks(name)
+    assert {c["ServiceID"]: c["Status"] for c in checks} == \
+        {f"{name}-1": "passing", f"{name}-2": "warning"}
+    _, warning = client.health.state("warning")
+    assert f"service:{name}-2" in {c["CheckID"] for c in warning}
+    assert all(c["Status"] == "warning" for c in warning)
+    _, critical = client.health.state("critical", filter_expr=f'ServiceName == "{name}-db"')
+    assert [c["ServiceID"] for c in critical] == [f"{name}-db-1"]
+
     assert client.agent.self()["Config"]["Datacenter"] == "dc1"
     assert client.status.leader() == f"{registry.host}:{registry.port}"
     assert client.catalog.datacenters() == ["dc1"]
@@ -184,6 +198,7 @@ def test_headers_and_query_parameters(registry: Registry, name: str) -> None:
     http = registry.http
     for path in ("/v1/catalog/services", f"/v1/catalog/service/{name}",
                  f"/v1/health/service/{name}", "/v1/catalog/nodes", "/v1/catalog/datacenters",
+                 f"/v1/health/checks/{name}", "/v1/health/state/any",
                  "/v1/agent/self", "/v1/status/leader"):
         response = http.get(path, params={"stale": "", "dc": "dc1"})
         assert response.status_code == 200, (path, response.text)
@@ -199,6 +214,7 @@ def test_headers_and_query_parameters(registry: Registry, name: str) -> None:
     assert bad_index.status_code == 400 and "index" in bad_index.text
     assert http.get("/v1/catalog/services", params={"index": "1", "wait": "soon"}) \
         .status_code == 400
+    assert http.get("/v1/health/state/bogus").status_code == 400
     # pilotfish's own routes are untouched beside Consul's
     assert http.get("/v1/catalog").status_code == 200
     assert http.get("/v1/health").status_code == 200

@@ -16,7 +16,7 @@ from pilotfish.registry.model import Instance
 from tests.consulapi import golden
 
 MAP_FIELDS = {"Meta", "NodeMeta", "ServiceMeta", "TaggedAddresses", "ServiceTaggedAddresses",
-              "Tags"}
+              "Tags", "Services"}
 """Objects whose keys are data (the values' types are compared, not the keys)."""
 
 
@@ -104,6 +104,14 @@ async def test_every_answer_has_the_documented_fields_and_types(
     assert_like(golden.AGENT_SELF, await get("/v1/agent/self"))
     assert_like(golden.STATUS_LEADER, await get("/v1/status/leader"))
     assert_like(golden.CATALOG_DATACENTERS, await get("/v1/catalog/datacenters"))
+    node = await get(f"/v1/catalog/node/{nodes[0]['Node']}")
+    assert_like(golden.CATALOG_NODE, node)
+    assert len(node["Services"]) == 1
+    for path in ("/v1/health/state/any", "/v1/health/checks/redis"):
+        checks = await get(path)
+        assert len(checks) == (4 if path.endswith("any") else 2), checks
+        for check in checks:
+            assert_like(golden.HEALTH_STATE[0], check)
     assert "/v1/health/service/{service}" in (await get("/v1/openapi.json"))["paths"]
 
     # values carried over from the instance

@@ -30,16 +30,19 @@ from pilotfish.registry.consul.shapes import (
     ModelBuilder,
     agent_self_json,
     catalog_service_json,
+    checks_json,
     derive_node,
     health_entry_json,
     node_json,
     node_meta,
+    service_json,
     services_json,
 )
 from pilotfish.registry.model import Instance
 
 T = TypeVar("T")
 DEFAULT_DATACENTER = "dc1"
+CHECK_STATES = ("any", "passing", "warning", "critical")
 
 
 class ConsulError(Exception):
@@ -62,6 +65,8 @@ _EXAMPLES: dict[str, Mapping[str, Any]] = {
     "catalog": catalog_service_json(_EXAMPLE, DEFAULT_DATACENTER),
     "health": health_entry_json(_EXAMPLE, DEFAULT_DATACENTER),
     "node": node_json(_EXAMPLE, DEFAULT_DATACENTER),
+    "check": checks_json(_EXAMPLE)[1],
+    "service": service_json(_EXAMPLE),
 }
 """One item of each endpoint family, so filters are checked against the shape they will meet."""
 
@@ -247,6 +252,49 @@ class ConsulApi:
 
         return await self._blocking(request, ("nodes",), render)
 
+    async def catalog_node(self, node: str, request: Request) -> Response:
+        """GET /v1/catalog/node/{node}: the node and its services (null for an unknown node)."""
+
+        def render(model: Model, query: Query) -> Any:
+            keep = query.predicate("service")
+            entries = [e for e in model.entries if e.node.name == node]
+            if not entries:
+                return None
+            services = {e.instance.id: service_json(e) for e in entries}
+            return {"Node": node_json(entries[0], model.datacenter),
+                    "Services": {i: s for i, s in services.items() if keep(s)}}
+
+        return await self._blocking(request, ("node", node), render)
+
+    async def health_checks(self, service: str, request: Request) -> Response:
+        """GET /v1/health/checks/{service}: the service check of each of its instances."""
+
+        def render(model: Model, query: Query) -> Any:
+            keep = query.predicate("check")
+            checks = (checks_json(e)[1] for e in self._selected(model, service, (), query))
+            return [check for check in checks if keep(check)]
+
+        return await self._blocking(request, ("checks", service.lower()), render)
+
+    async def health_state(self, state: str, request: Request) -> Response:
+        """GET /v1/health/state/{state}: every check in that state (any, passing, ...)."""
+        if state not in CHECK_STATES:
+            return _text(400, f"Bad state {state!r}: want one of {', '.join(CHECK_STATES)}")
+
+        def render(model: Model, query: Query) -> Any:
+            keep = query.predicate("check")
+            checks: dict[str, dict[str, Any]] = {}
+            for entry in model.entries:
+                if not query.node_matches(entry):
+                    continue
+                node_check, service_check = checks_json(entry)
+                checks.setdefault(f"{entry.node.name}/serfHealth", node_check)
+                checks[f"{entry.node.name}/{service_check['CheckID']}"] = service_check
+            return [c for c in checks.values()
+                    if (state == "any" or c["Status"] == state) and keep(c)]
+
+        return await self._blocking(request, ("state", state), render)
+
     @staticmethod
     def _selected(model: Model, service: str, tags: tuple[str, ...],
                   query: Query) -> list[Entry]:
@@ -282,6 +330,9 @@ class ConsulApi:
             ("/v1/catalog/service/{service}", self.catalog_service),
             ("/v1/health/service/{service}", self.health_service),
             ("/v1/catalog/nodes", self.catalog_nodes),
+            ("/v1/catalog/node/{node}", self.catalog_node),
+            ("/v1/health/checks/{service}", self.health_checks),
+            ("/v1/health/state/{state}", self.health_state),
             ("/v1/catalog/datacenters", self.datacenters),
             ("/v1/agent/self", self.agent_self),
             ("/v1/status/leader", self.status_leader),
