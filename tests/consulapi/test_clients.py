@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import threading
 import time
 
 import consul
@@ -11,7 +12,7 @@ import consul.aio
 import httpx
 import pytest
 
-from tests.consulapi.conftest import Registry
+from tests.consulapi.conftest import Registry, start_registry
 
 
 def _web(registry: Registry, name: str) -> None:
@@ -218,3 +219,33 @@ def test_headers_and_query_parameters(registry: Registry, name: str) -> None:
     # pilotfish's own routes are untouched beside Consul's
     assert http.get("/v1/catalog").status_code == 200
     assert http.get("/v1/health").status_code == 200
+
+
+def test_pending_blocking_queries_end_when_the_registry_stops(name: str) -> None:
+    running = start_registry("memory://")
+    try:
+        running.register(name, f"{name}-0", "127.0.0.24", 9000)
+        client = consul.Consul(host=running.host, port=running.port)
+        index, _ = client.health.service(name)
+        answers: list[object] = []
+
+        def block() -> None:
+            try:
+                answers.append(client.health.service(name, index=index, wait="60s"))
+            except Exception as exc:  # the connection may close instead of answering
+                answers.append(exc)
+
+        waiter = threading.Thread(target=block)
+        waiter.start()
+        time.sleep(0.3)
+        assert waiter.is_alive()
+        started = time.monotonic()
+        assert running.process.stop() == 0
+        waiter.join(10)
+        assert not waiter.is_alive()
+        assert time.monotonic() - started < 5
+        assert answers and not isinstance(answers[0], Exception), answers
+    finally:
+        running.http.close()
+        running.process.stop()
+    assert not running.process.crashes(), running.process.crashes()

@@ -176,7 +176,8 @@ class ConsulApi:
             query = self._query(request)
 
             async def encode(snapshot: Snapshot) -> bytes:
-                return _encode(render(await self.models.build(snapshot), query))
+                model = await self._call(self.models.build(snapshot))  # lease reads, bounded
+                return _encode(render(model, query))
 
             answer_key = (key, query.filter_text, query.node_meta)
             body, index = await self.blocker.answer(answer_key, encode, query.index, query.wait)
