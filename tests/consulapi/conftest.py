@@ -25,10 +25,12 @@ class Registry:
 
     @property
     def host(self) -> str:
+        """The API's listen host."""
         return urlsplit(self.process.api).hostname or "127.0.0.1"
 
     @property
     def port(self) -> int:
+        """The API's listen port."""
         return urlsplit(self.process.api).port or 8500
 
     def register(self, service: str, instance_id: str, address: str, port: int,
@@ -50,6 +52,7 @@ class Registry:
         return lease_id
 
     def deregister(self, service: str, instance_id: str) -> None:
+        """DELETE one instance."""
         response = self.http.delete(f"/v1/services/{service}/instances/{instance_id}")
         assert response.status_code == 204, response.text
 

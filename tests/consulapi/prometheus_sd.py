@@ -111,9 +111,11 @@ class ConsulSD:
         return {t["__meta_consul_service_id"]: t for g in self.groups.values() for t in g}
 
     async def start(self) -> None:
+        """Begin discovering, as Prometheus's Run() does."""
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        """Cancel every watch and close the connection pool."""
         for task in [*self._services.values(), self._task]:
             if task is not None:
                 task.cancel()

@@ -249,3 +249,22 @@ def test_pending_blocking_queries_end_when_the_registry_stops(name: str) -> None
         running.http.close()
         running.process.stop()
     assert not running.process.crashes(), running.process.crashes()
+
+
+async def test_a_lapsed_lease_wakes_the_blocking_query_within_a_second(registry: Registry,
+                                                                        name: str) -> None:
+    registry.register(name, f"{name}-keep", "127.0.0.25", 9000)
+    registry.register(name, f"{name}-lapse", "127.0.0.26", 9000, ttl=2)  # no keepalives
+    client = consul.aio.Consul(host=registry.host, port=registry.port)
+    try:
+        index, entries = await client.health.service(name)
+        assert len(entries) == 2
+        registered = time.monotonic()
+        while True:  # blocking queries until the answer no longer has the lapsed instance
+            index, entries = await client.health.service(name, index=index, wait="10s")
+            if {e["Service"]["ID"] for e in entries} == {f"{name}-keep"}:
+                break
+            assert time.monotonic() - registered < 5, entries
+        assert time.monotonic() - registered < 2 + 1 + 0.5  # ttl + 1 s (DESIGN.md), + margin
+    finally:
+        await client.http.close()
