@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import socket
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,6 +44,7 @@ from pilotfish.registry.model import Instance
 T = TypeVar("T")
 DEFAULT_DATACENTER = "dc1"
 CHECK_STATES = ("any", "passing", "warning", "critical")
+MAX_CACHED_BODIES = 1024
 
 
 class ConsulError(Exception):
@@ -116,6 +118,7 @@ class ConsulApi:
         self.expected_token = token.encode() if token else None
         self.models = ModelBuilder(catalog, self.datacenter)
         self.blocker = Blocker(catalog, stopping, self._call)
+        self._bodies: OrderedDict[Hashable, tuple[int, bytes]] = OrderedDict()
         self.router = self._routes()
 
     async def _call(self, call: Awaitable[T]) -> T:
@@ -175,11 +178,20 @@ class ConsulApi:
         try:
             query = self._query(request)
 
-            async def encode(snapshot: Snapshot) -> bytes:
-                model = await self._call(self.models.build(snapshot))  # lease reads, bounded
-                return _encode(render(model, query))
-
             answer_key = (key, query.filter_text, query.node_meta)
+
+            async def encode(snapshot: Snapshot) -> bytes:
+                cached = self._bodies.get(answer_key)
+                if cached is not None and cached[0] == snapshot.index:
+                    return cached[1]  # many watchers of one answer: encoded once per change
+                model = await self._call(self.models.build(snapshot))  # lease reads, bounded
+                body = _encode(render(model, query))
+                self._bodies[answer_key] = (snapshot.index, body)
+                self._bodies.move_to_end(answer_key)
+                while len(self._bodies) > MAX_CACHED_BODIES:
+                    self._bodies.popitem(last=False)
+                return body
+
             body, index = await self.blocker.answer(answer_key, encode, query.index, query.wait)
         except ConsulError as exc:
             return _text(exc.status, exc.message)

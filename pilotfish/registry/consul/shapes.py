@@ -20,6 +20,7 @@ status is the instance's `health`; a lease about to lapse is still passing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import uuid
@@ -47,6 +48,7 @@ class Node:
     owner: str
 
 
+@functools.lru_cache(maxsize=65536)
 def derive_node(owner: str, address: str) -> Node:
     """The node for an instance of this lease owner at this address (see the module doc)."""
     holder = "" if owner.startswith(OWN_LEASE_PREFIX) else owner
