@@ -211,8 +211,9 @@ def test_headers_and_query_parameters(registry: Registry, name: str) -> None:
     assert http.get("/v1/catalog/services", params={"dc": "elsewhere"}).status_code == 500
     assert http.get("/v1/catalog/services", params={"stale": "", "consistent": ""}) \
         .status_code == 400
-    bad_index = http.get("/v1/catalog/services", params={"index": "abc"})
-    assert bad_index.status_code == 400 and "index" in bad_index.text
+    for index in ("abc", "-1", "²"):
+        bad_index = http.get("/v1/catalog/services", params={"index": index})
+        assert bad_index.status_code == 400 and "index" in bad_index.text, index
     assert http.get("/v1/catalog/services", params={"index": "1", "wait": "soon"}) \
         .status_code == 400
     assert http.get("/v1/health/state/bogus").status_code == 400

@@ -89,3 +89,31 @@ def test_unsupported_expressions_say_what_and_where(expression: str, complaint: 
 def test_long_filters_are_refused() -> None:
     with pytest.raises(FilterError, match="longer than"):
         compile_filter(" or ".join(['Service.ID == "x"'] * 500), EXAMPLE)
+
+
+def test_deep_nesting_is_refused_not_a_crash() -> None:
+    for deep in ("(" * 1000 + 'Service.ID == "x"' + ")" * 1000, "not " * 1000 + "Service.ID == x"):
+        with pytest.raises(FilterError, match="nested"):
+            compile_filter(deep, EXAMPLE)
+    keep = compile_filter("not " * 64 + 'Service.ID == "web-1"', EXAMPLE)
+    assert keep(EXAMPLE)
+
+
+@pytest.mark.parametrize("pattern", [
+    "(a+)+$", "(a|aa)*b", "((ab)*c)+", "(x+x+)+y", "(?=a)", "(a)\\1", "(?<!a)b",
+])
+def test_patterns_that_could_backtrack_forever_are_refused(pattern: str) -> None:
+    with pytest.raises(FilterError, match="matches:"):
+        compile_filter(f"Service.ID matches `{pattern}`", EXAMPLE)
+
+
+@pytest.mark.parametrize("pattern, expected", [
+    ("^web-[0-9]+$", ["web-1", "web-2"]),
+    ("(?:web)-(1|3)$", ["web-1"]),
+    ("(ab)*web-2", ["web-2"]),
+    ("[()+]*web", ["web-1", "web-2"]),
+    ("\\(?web-1", ["web-1"]),
+])
+def test_ordinary_patterns_still_match(pattern: str, expected: list[str]) -> None:
+    assert matching(f"Service.ID matches `{pattern}`") == expected
+

@@ -25,6 +25,7 @@ MAP_FIELDS = frozenset({"Meta", "NodeMeta", "ServiceMeta", "TaggedAddresses",
 """Fields whose keys are user data (any key may be selected), not a fixed structure."""
 
 MAX_FILTER = 4096
+MAX_DEPTH = 64
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
   | (?P<op>==|!=|\(|\)|\[|\]|\.)
@@ -150,6 +151,7 @@ class _Parser:
         self.tokens = _tokens(text)
         self.pos = 0
         self.root = root
+        self.depth = 0
 
     def peek(self, offset: int = 0) -> _Token:
         return self.tokens[min(self.pos + offset, len(self.tokens) - 1)]
@@ -191,13 +193,21 @@ class _Parser:
         return parts[0] if len(parts) == 1 else (lambda item: all(p(item) for p in parts))
 
     def unary(self) -> Predicate:
-        if self.accept("not"):
-            inner = self.unary()
-            return lambda item: not inner(item)
-        if self.accept("("):
-            inner = self.disjunction()
-            self.expect(")")
-            return inner
+        if self.peek().text in ("not", "(") and self.peek().kind in ("keyword", "op"):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise FilterError(f"more than {MAX_DEPTH} nested 'not' or '(' at position "
+                                  f"{self.peek().at}")
+            try:
+                if self.accept("not"):
+                    negated = self.unary()
+                    return lambda item: not negated(item)
+                self.expect("(")
+                inner = self.disjunction()
+                self.expect(")")
+                return inner
+            finally:
+                self.depth -= 1
         return self.match()
 
     def selector(self) -> _Selector:
@@ -329,10 +339,59 @@ def _contains(selector: _Selector, value: str, negate: bool, at: int) -> Predica
     return lambda item: any(holds(v) for v in selector.values(item)) != negate
 
 
+_QUANTIFIERS = frozenset("*+?{")
+_LOOKAROUND = re.compile(r"\(\?<?[=!]|\\[1-9]")
+
+
+def _linear_pattern(pattern: str, at: int) -> None:
+    """Refuse what could backtrack exponentially in Python's re (Consul's RE2 never does).
+
+    Lookarounds and backreferences are not RE2 at all; a repeated group that itself repeats or
+    alternates, like (a+)+ or (a|aa)*, is valid RE2 but could hang this process.
+    """
+    if _LOOKAROUND.search(pattern):
+        raise FilterError(f"matches: lookarounds and backreferences are not supported "
+                          f"(position {at})")
+    risky: list[bool] = []  # per open group: whether it repeats or alternates inside
+    closed_risky = False
+    n = 0
+    while n < len(pattern):
+        char = pattern[n]
+        if char == "\\":
+            n += 2
+            closed_risky = False
+            continue
+        if char == "[":  # a character class: skip to its end
+            end = n + 1
+            end += 1 if pattern[end:end + 1] in ("^", "]") else 0
+            while end < len(pattern) and pattern[end] != "]":
+                end += 2 if pattern[end] == "\\" else 1
+            n, closed_risky = end + 1, False
+            continue
+        if char in _QUANTIFIERS:
+            if closed_risky:
+                raise FilterError(f"matches: a repeated group that repeats or alternates "
+                                  f"inside, like (a+)+, is not supported (position {at})")
+            if risky:
+                risky[-1] = True
+        elif char == "|" and risky:
+            risky[-1] = True
+        closed_risky = False
+        if char == "(":
+            risky.append(False)
+            n += 1 if pattern[n + 1:n + 2] == "?" else 0  # (?:…), (?P<…>…): not a quantifier
+        elif char == ")" and risky:
+            closed_risky = risky.pop()
+            if risky and closed_risky:
+                risky[-1] = True
+        n += 1
+
+
 def _matches(selector: _Selector, value: str, negate: bool, at: int) -> Predicate:
     if selector.shape.kind != "str":
         raise FilterError(f"matches needs a string; {selector.name} is a "
                           f"{selector.shape.kind} (position {at})")
+    _linear_pattern(value, at)
     try:
         pattern = re.compile(value)
     except re.error as exc:

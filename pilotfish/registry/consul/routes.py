@@ -152,7 +152,7 @@ class ConsulApi:
         index = None
         if params.get("index") not in (None, ""):
             text = params["index"]
-            if not text.isdigit():
+            if not (text.isascii() and text.isdigit()):
                 raise ConsulError(400, f"Invalid index: {text!r}")
             index = int(text)
         try:
