@@ -238,7 +238,8 @@ LeasePath = Annotated[str, Path(pattern=ID)]
 IndexQuery = Annotated[int | None, BeforeValidator(parse_index), Query(
     ge=0, description="block until the answer moves past this X-Pilotfish-Index")]
 WaitQuery = Annotated[str | None, Query(  # parse_wait checks it: 400 naming `wait`
-    json_schema_extra={"pattern": _anchored(WAIT_PATTERN)}, description="at most this long: 30s, 500ms, 5m (cap 10m)")]
+    json_schema_extra={"pattern": _anchored(WAIT_PATTERN)},
+    description="at most this long: 30s, 500ms, 5m (cap 10m)")]
 
 
 Docs = dict[int | str, dict[str, Any]]
