@@ -588,7 +588,10 @@ class RegistryApi:
         @app.exception_handler(RequestValidationError)
         async def bad_request(_: Request, exc: RequestValidationError) -> Response:
             first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-            field = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path"))
+            parts = [str(p) for p in first["loc"] if p not in ("body", "query", "path")]
+            if "[key]" in parts:  # a bad key names its object, not itself
+                parts = parts[:parts.index("[key]") - 1]
+            field = ".".join(parts)
             return _error(422, "invalid", f"{field or 'body'}: {first['msg']}", field or None)
 
         return RequestCounter(BearerToken(app, token), self.metrics)  # type: ignore[return-value]

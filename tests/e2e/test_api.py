@@ -245,7 +245,7 @@ def test_sigterm_answers_pending_long_polls_and_exits_promptly(
         for path in ("/v1/services/web", "/v1/catalog")]
     for poll in polls:
         poll.start()
-    time.sleep(0.3)
+    time.sleep(1.0)  # both polls reach the server, even on a loaded machine
     started = time.monotonic()
     assert running.stop() == 0
     for poll in polls:
@@ -272,3 +272,33 @@ def test_deleting_a_ttl_only_instance_revokes_its_own_lease(
     assert _leases(api) == start
     assert api.delete(f"/v1/services/{name}/instances/rider").status_code == 204
     assert api.get(f"/v1/leases/{shared}").status_code == 200  # not the API's to revoke
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "body", "field"),
+    [
+        ("/v1/services/{name}/instances/p1", {}, {"meta": {"priority": "\u00b2"}}, "meta.priority"),
+        ("/v1/services/{name}/instances/p1", {}, {"meta": {"priority": "65536"}}, "meta.priority"),
+        ("/v1/services/{name}/instances/p1", {}, {"tags": ["a\n"]}, "tags.0"),
+        ("/v1/services/{name}/instances/p1", {}, {"meta": {"a\n": "v"}}, "meta"),
+        ("/v1/services/{name}%0A/instances/p1", {}, {}, "service"),
+        ("/v1/services/\u212a{name}/instances/p1", {}, {}, "service"),
+        ("/v1/services/{name}/instances/p1%0A", {}, {}, "instance_id"),
+        ("/v1/services/{name}", {"index": "1", "wait": "\u0663s"}, None, "wait"),
+        ("/v1/services/{name}", {"index": "1", "wait": "3s\n"}, None, "wait"),
+        ("/v1/services/{name}", {"index": "\uff13"}, None, "index"),
+        ("/v1/services/{name}", {"index": "3\n"}, None, "index"),
+    ],
+)
+def test_hostile_characters_are_refused_naming_the_field(
+    api: httpx.Client, name: str, path: str, params: dict[str, str],
+    body: dict[str, object] | None, field: str,
+) -> None:
+    url = path.format(name=name)
+    if body is None:
+        response = api.get(url, params=params)
+    else:
+        response = api.put(url, json={"address": "127.0.0.1", "port": 80, "ttl": 30, **body})
+    assert response.status_code in (400, 422), response.text
+    assert response.json()["field"] == field, response.json()
+    assert ids(api, name) == []
