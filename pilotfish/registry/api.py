@@ -24,6 +24,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    WithJsonSchema,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -85,7 +86,15 @@ def _no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
+def _whole(value: object) -> object:
+    """JSON Schema counts 80.0 as an integer; so do we."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 ID = _anchored(ID_PATTERN)
+Whole = Annotated[StrictInt, BeforeValidator(_whole)]
 Ttl = Annotated[StrictFloat, Field(ge=MIN_TTL, le=MAX_TTL, multiple_of=1,
                                    description="seconds, a whole number")]
 
@@ -105,15 +114,16 @@ class InstanceBody(BaseModel):
         "oneOf": [{"required": ["lease"]}, {"required": ["ttl"]}]})
     address: StrictStr = Field(json_schema_extra={
         "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
-    port: StrictInt = Field(ge=1, le=65535)
+    port: Whole = Field(ge=1, le=65535)
     tags: list[Annotated[StrictStr, Field(pattern=_anchored(TAG_PATTERN))]] = Field(
         default_factory=list, max_length=MAX_TAGS)
     meta: dict[Annotated[StrictStr, Field(pattern=_anchored(META_KEY_PATTERN))],
                Annotated[StrictStr, Field(max_length=MAX_META_VALUE)]] = Field(
-        default_factory=dict, max_length=MAX_META, json_schema_extra={"properties": {
+        default_factory=dict, max_length=MAX_META, json_schema_extra={
+            "additionalProperties": False, "properties": {
             PRIORITY_KEY: {"type": "string", "pattern": _anchored(PRIORITY_PATTERN),
                            "description": "SRV priority in DNS (default 1)"}}})
-    weight: StrictInt = Field(default=1, ge=1, le=65535)
+    weight: Whole = Field(default=1, ge=1, le=65535)
     health: Literal["passing", "warning", "critical"] = "passing"
     lease: StrictStr = Field(default="", pattern=ID, json_schema_extra=_no_default)
     ttl: Ttl = Field(default=0.0, json_schema_extra=_no_default)
@@ -235,10 +245,11 @@ ServicePath = Annotated[str, Path(pattern=_anchored(SERVICE_PATTERN),
                                   description="a DNS label, matched case-insensitively")]
 InstancePath = Annotated[str, Path(pattern=ID)]
 LeasePath = Annotated[str, Path(pattern=ID)]
-IndexQuery = Annotated[int | None, BeforeValidator(parse_index), Query(
-    ge=0, description="block until the answer moves past this X-Pilotfish-Index")]
-WaitQuery = Annotated[str | None, Query(  # parse_wait checks it: 400 naming `wait`
-    json_schema_extra={"pattern": _anchored(WAIT_PATTERN)},
+IndexQuery = Annotated[int | None, BeforeValidator(parse_index), WithJsonSchema(
+    {"type": "integer", "minimum": 0, "maximum": 10**19 - 1}), Query(
+    description="block until the answer moves past this X-Pilotfish-Index")]
+WaitQuery = Annotated[str | None, WithJsonSchema(  # parse_wait checks it: 400 naming `wait`
+    {"type": "string", "pattern": _anchored(WAIT_PATTERN)}), Query(
     description="at most this long: 30s, 500ms, 5m (cap 10m)")]
 
 
@@ -259,8 +270,9 @@ _INDEX_HEADER = {"X-Pilotfish-Index": {"description": "catalog index of this ans
                                        "schema": {"type": "integer"}}}
 
 
-def _ok(model: type[BaseModel], status: int = 200, headers: bool = False) -> Docs:
-    doc: dict[str, Any] = {"model": model, "description": "OK"}
+def _ok(model: type[BaseModel], status: int = 200, headers: bool = False,
+        description: str = "OK") -> Docs:
+    doc: dict[str, Any] = {"model": model, "description": description}
     if headers:
         doc["headers"] = _INDEX_HEADER
     return {status: doc}
@@ -514,7 +526,8 @@ class RegistryApi:
         lease = _ok(LeaseOut)
         r.add_api_route("/v1/leases", self.create_lease, methods=["POST"], status_code=201,
                         openapi_extra=_body_schema(LeaseBody),
-                        responses={**_ok(LeaseOut, 201), **_INVALID, **_WRITE, **_UNAVAILABLE})
+                        responses={**_ok(LeaseOut, 201, description="granted"), **_INVALID,
+                                   **_WRITE, **_UNAVAILABLE})
         r.add_api_route("/v1/leases/{lease_id}", self.get_lease, methods=["GET"],
                         responses={**lease, **lost_lease, **_INVALID, **_UNAVAILABLE})
         r.add_api_route("/v1/leases/{lease_id}/keepalive", self.keepalive_lease, methods=["PUT"],
@@ -531,7 +544,8 @@ class RegistryApi:
         instance_path = "/v1/services/{service}/instances/{instance_id}"
         r.add_api_route(instance_path, self.put_instance, methods=["PUT"],
                         openapi_extra=_body_schema(InstanceBody),
-                        responses={**_ok(InstanceOut), **_ok(InstanceOut, 201), **lost_lease,
+                        responses={**_ok(InstanceOut, description="updated"),
+                                   **_ok(InstanceOut, 201, description="registered"), **lost_lease,
                                    **_INVALID, **_WRITE, **_UNAVAILABLE})
         r.add_api_route(instance_path, self.delete_instance, methods=["DELETE"], status_code=204,
                         responses={204: {"description": "deregistered"}, **lost_instance,
