@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
@@ -302,3 +303,33 @@ def test_hostile_characters_are_refused_naming_the_field(
     assert response.status_code in (400, 422), response.text
     assert response.json()["field"] == field, response.json()
     assert ids(api, name) == []
+
+
+def test_a_body_over_the_limit_is_refused_and_the_flag_sets_it(
+    api: httpx.Client, name: str, pilotfish: StartPilotfish
+) -> None:
+    padded = {"address": "127.0.0.1", "port": 80, "ttl": 30, "meta": {"pad": "x" * 500}}
+    big = api.put(f"/v1/services/{name}/instances/b1", content=b" " * (65 * 1024) + json_bytes(
+        padded))
+    assert big.status_code == 413 and big.json()["field"] == "body"
+    assert register(api, name, "b1", ttl=30).status_code == 201  # the default fits the rest
+    small = pilotfish("registry", "--api", "127.0.0.1:0", "--max-body", "512")
+    with httpx.Client(base_url=small.api, timeout=5) as client:
+        assert client.put("/v1/services/web/instances/w1", content=json_bytes(
+            padded)).status_code == 413
+        assert register(client, "web", "w1", ttl=30).status_code == 201
+
+
+def json_bytes(body: object) -> bytes:
+    return json.dumps(body).encode()
+
+
+def test_a_wrong_method_gets_405_naming_every_allowed_one(api: httpx.Client, name: str) -> None:
+    for method in ("OPTIONS", "POST", "PATCH"):
+        response = api.request(method, f"/v1/services/{name}/instances/x")
+        assert response.status_code == 405, response.text
+        assert response.headers["Allow"] == "DELETE, PUT"
+        assert response.json()["code"] == "method_not_allowed"
+    assert api.request("OPTIONS", "/v1/leases/abc").headers["Allow"] == "DELETE, GET"
+    unknown = api.get("/v1/nowhere")
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
