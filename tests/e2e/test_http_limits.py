@@ -149,6 +149,7 @@ async def test_new_clients_displace_idle_ones_and_busy_ones_are_not_dropped() ->
         status, _ = await api.get("/v1/services")  # the cap is reached: the oldest idle goes
         assert status == 200
         assert idle[0][0].at_eof() or await closed_by_server(idle[0][0], 1) == b""
+        assert api.server.listener.evicted == 1
         for _, writer in idle:
             writer.close()
         await wait_for(lambda: not api.server.listener.connections, 2, "connections not gone")
@@ -164,6 +165,7 @@ async def test_new_clients_displace_idle_ones_and_busy_ones_are_not_dropped() ->
                        "polls did not start")
         status, body = await api.get("/v1/services")
         assert status == 503, body
+        assert api.server.listener.refused == 1
         assert not any(reader.at_eof() for reader, _ in polls)
         for _, writer in polls:
             writer.close()
