@@ -14,14 +14,16 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = 25  # per operation and phase; with a fixed seed the run is the same every time
 
 
-def test_schemathesis_finds_nothing_with_every_check(pilotfish: StartPilotfish) -> None:
+def test_schemathesis_finds_nothing_with_every_check(
+    pilotfish: StartPilotfish, tmp_path: Path
+) -> None:
     running = pilotfish("registry", "--api", "127.0.0.1:0")
     started = time.monotonic()
     run = subprocess.run(
         [str(Path(sys.executable).with_name("schemathesis")), "run",
          f"{running.api}/v1/openapi.json", "--checks", "all", "--max-examples", str(EXAMPLES),
          "--seed", "20261126", "--request-timeout", "10", "--workers", "1", "--no-color"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,  # its caches stay there
         env={**os.environ, "PYTHONPATH": str(ROOT),
              "SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks"},
     )
