@@ -22,6 +22,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help="file holding a bearer token required for writes "
                             "[PILOTFISH_TOKEN_FILE]")
     group.add_argument("--max-body", type=_size, default=env("max_body", str(DEFAULT_MAX_BODY)),
+                       metavar="BYTES",
                        help=f"largest request body the API reads, in bytes (default "
                             f"{DEFAULT_MAX_BODY}; 413 beyond) [PILOTFISH_MAX_BODY]")
 
