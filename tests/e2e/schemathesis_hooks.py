@@ -6,23 +6,23 @@ from typing import Any
 
 import schemathesis
 
-from pilotfish.registry.api import WAIT_PATTERN, parse_wait
+from pilotfish.registry.api import ApiError, parse_wait
 
-MAX_WAIT = 0.2  # seconds: a valid long-poll still blocks, but never holds the run for minutes
+SHORT_WAIT = "200ms"  # a valid long-poll still blocks, but never holds the run for minutes
 
 
 @schemathesis.hook
 def map_query(context: Any, query: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Shorten valid `wait` durations; leave invalid ones for the server to refuse."""
-    wait = (query or {}).get("wait")
-    if isinstance(wait, str) and query is not None:
+    """Shorten valid long-polls (an `index` alone waits 5 minutes); leave invalid `wait`s be."""
+    if query is None or ("index" not in query and "wait" not in query):
+        return query
+    wait = query.get("wait")
+    if wait is None:
+        query["wait"] = SHORT_WAIT
+    elif isinstance(wait, str):
         try:
-            too_long = parse_wait(wait) > MAX_WAIT
-        except Exception:  # not a duration: a negative case, sent as generated
-            too_long = False
-        if too_long:
-            query["wait"] = f"{int(MAX_WAIT * 1000)}ms"
+            if parse_wait(wait) > parse_wait(SHORT_WAIT):
+                query["wait"] = SHORT_WAIT
+        except ApiError:
+            pass  # not a duration: a negative case, sent as generated
     return query
-
-
-__all__ = ["WAIT_PATTERN", "map_query"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.fixtures.process import StartPilotfish
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = 25  # per operation and phase; with a fixed seed the run is the same every time
+EXAMPLES = 50  # per operation and phase; with a fixed seed the run is the same every time
 
 
 def test_schemathesis_finds_nothing_with_every_check(
