@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from pilotfish.config import HostPort
+from pilotfish.http_limits import HttpLimits, protocol_for
 from pilotfish.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,13 @@ class HttpServer:
     """Starts and stops one HTTP listener for an ASGI app, inside the process's event loop."""
 
     def __init__(self, app: Any, listen: HostPort, what: str = "registry API",
-                 before_stop: Callable[[], None] | None = None) -> None:
+                 before_stop: Callable[[], None] | None = None,
+                 limits: HttpLimits | None = None) -> None:
+        self.limits = limits if limits is not None else HttpLimits()
+        protocol, self.listener = protocol_for(self.limits)
         config = uvicorn.Config(
             app, host=listen.host, port=listen.port, log_level="warning", access_log=False,
-            lifespan="off", loop="none", http="httptools", timeout_keep_alive=75,
+            lifespan="off", loop="none", http=protocol, timeout_keep_alive=self.limits.keep_alive,
             timeout_graceful_shutdown=2,  # long-polls (?wait=) must not hold up SIGTERM
         )
         self.server = _EmbeddedServer(config)

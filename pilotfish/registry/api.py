@@ -9,17 +9,49 @@ import json
 import re
 import time
 from collections.abc import Awaitable
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from fastapi.routing import APIRoute
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    WithJsonSchema,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pilotfish.metrics import Metrics
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
-from pilotfish.registry.model import Instance, InvalidField, identifier, service_name, ttl_seconds
+from pilotfish.registry.model import (
+    ID_PATTERN,
+    MAX_META,
+    MAX_META_VALUE,
+    MAX_TAGS,
+    MAX_TTL,
+    META_KEY_PATTERN,
+    MIN_TTL,
+    OWNER_PATTERN,
+    PRIORITY_KEY,
+    PRIORITY_PATTERN,
+    SERVICE_PATTERN,
+    TAG_PATTERN,
+    Instance,
+    InvalidField,
+    identifier,
+    service_name,
+    ttl_seconds,
+)
 
 T = TypeVar("T")
 B = TypeVar("B", bound=BaseModel)
@@ -28,7 +60,11 @@ MAX_WAIT = 600.0
 DEFAULT_WAIT = 300.0
 BACKEND_TIMEOUT = 5.0
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
+DEFAULT_MAX_BODY = 64 * 1024
+CLIENT_GONE = 499  # nginx's "client closed request": counted, never sent
+WAIT_PATTERN = r"([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m)?"
+_DURATION = re.compile(WAIT_PATTERN)
+_INDEX = re.compile(r"[0-9]{1,19}")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
 
 
@@ -40,26 +76,109 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
+def _anchored(pattern: str) -> str:
+    """A JSON-Schema pattern (searched, ECMA `$`) that matches only the whole value."""
+    return f"^{pattern}$"
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """Drop a placeholder default from the published schema: absent means absent."""
+    schema.pop("default", None)
+
+
+def _whole(value: object) -> object:
+    """JSON Schema counts 80.0 as an integer; so do we."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+ID = _anchored(ID_PATTERN)
+Whole = Annotated[StrictInt, BeforeValidator(_whole)]
+Ttl = Annotated[StrictFloat, Field(ge=MIN_TTL, le=MAX_TTL, multiple_of=1,
+                                   description="seconds, a whole number")]
+
+
 class LeaseBody(BaseModel):
     """POST /v1/leases."""
 
     model_config = ConfigDict(extra="forbid")
-    ttl: StrictInt | float
-    owner: StrictStr = ""
+    ttl: Ttl
+    owner: StrictStr = Field(default="", pattern=_anchored(OWNER_PATTERN))
 
 
 class InstanceBody(BaseModel):
     """PUT /v1/services/{service}/instances/{id}: the lease, or a ttl for a lease of its own."""
 
-    model_config = ConfigDict(extra="forbid")
-    address: StrictStr
-    port: StrictInt
-    tags: list[StrictStr] = Field(default_factory=list)
-    meta: dict[str, StrictStr] = Field(default_factory=dict)
-    weight: StrictInt = 1
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["lease"]}, {"required": ["ttl"]}]})
+    address: StrictStr = Field(json_schema_extra={
+        "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
+    port: Whole = Field(ge=1, le=65535)
+    tags: list[Annotated[StrictStr, Field(pattern=_anchored(TAG_PATTERN))]] = Field(
+        default_factory=list, max_length=MAX_TAGS)
+    meta: dict[Annotated[StrictStr, Field(pattern=_anchored(META_KEY_PATTERN))],
+               Annotated[StrictStr, Field(max_length=MAX_META_VALUE)]] = Field(
+        default_factory=dict, max_length=MAX_META, json_schema_extra={
+            "additionalProperties": False, "properties": {
+            PRIORITY_KEY: {"type": "string", "pattern": _anchored(PRIORITY_PATTERN),
+                           "description": "SRV priority in DNS (default 1)"}}})
+    weight: Whole = Field(default=1, ge=1, le=65535)
     health: Literal["passing", "warning", "critical"] = "passing"
-    lease: StrictStr | None = None
-    ttl: StrictInt | float | None = None
+    lease: StrictStr = Field(default="", pattern=ID, json_schema_extra=_no_default)
+    ttl: Ttl = Field(default=0.0, json_schema_extra=_no_default)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer."""
+
+    error: str
+    code: str
+    field: str | None = Field(default=None, json_schema_extra=_no_default)
+
+
+class LeaseOut(BaseModel):
+    """A lease as the API shows it."""
+
+    id: str
+    ttl: int
+    owner: str
+    expires_at: float
+
+
+class InstanceOut(BaseModel):
+    """An instance as the API shows it."""
+
+    service: str
+    id: str
+    address: str
+    port: int
+    tags: list[str]
+    meta: dict[str, str]
+    weight: int
+    health: Literal["passing", "warning", "critical"]
+    lease: str
+
+
+class InstancesOut(BaseModel):
+    """GET /v1/services/{service} and /v1/catalog."""
+
+    index: int
+    instances: list[InstanceOut]
+
+
+class ServicesOut(BaseModel):
+    """GET /v1/services."""
+
+    index: int
+    services: dict[str, int]
+
+
+class HealthOut(BaseModel):
+    """GET /v1/health."""
+
+    status: Literal["ok", "unavailable"]
+    backend_healthy: bool
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -68,9 +187,22 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-async def parse_body(request: Request, model: type[B]) -> B:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 once it passes `limit` bytes (before reading it all)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"body: over the limit of {limit} bytes", "body")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "too_large", f"body: over the limit of {limit} bytes", "body")
+    return bytes(body)
+
+
+async def parse_body(request: Request, model: type[B], limit: int = DEFAULT_MAX_BODY) -> B:
     """Parse a JSON body whatever its Content-Type (curl -d sends form encoding)."""
-    raw = await request.body()
+    raw = await read_body(request, limit)
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
@@ -86,23 +218,74 @@ def parse_wait(value: str | None) -> float:
     """Parse a Consul-style duration ("30s", "500ms", "5m", "10"), capped at 10 minutes."""
     if value is None:
         return DEFAULT_WAIT
-    match = _DURATION.match(value.strip())
+    match = _DURATION.fullmatch(value)
     if not match:
         raise ApiError(400, "invalid", f"wait: {value!r} is not a duration like 30s", "wait")
     return min(float(match.group(1)) * _UNITS[match.group(2)], MAX_WAIT)
+
+
+def parse_index(value: object) -> object:
+    """A catalog index in plain ASCII digits; anything else is left for the int check to refuse."""
+    if isinstance(value, str) and not _INDEX.fullmatch(value):
+        raise ValueError("must be a whole number in ASCII digits")
+    return value
+
+
+async def until_disconnected(request: Request) -> None:
+    """Return once the client has gone away (its request body, if any, already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _own_owner(instance_id: str) -> str:
     return f"instance:{instance_id}"
 
 
+ServicePath = Annotated[str, Path(pattern=_anchored(SERVICE_PATTERN),
+                                  description="a DNS label, matched case-insensitively")]
+InstancePath = Annotated[str, Path(pattern=ID)]
+LeasePath = Annotated[str, Path(pattern=ID)]
+IndexQuery = Annotated[int | None, BeforeValidator(parse_index), WithJsonSchema(
+    {"type": "integer", "minimum": 0, "maximum": 10**19 - 1}), Query(
+    description="block until the answer moves past this X-Pilotfish-Index")]
+WaitQuery = Annotated[str | None, WithJsonSchema(  # parse_wait checks it: 400 naming `wait`
+    {"type": "string", "pattern": _anchored(WAIT_PATTERN)}), Query(
+    description="at most this long: 30s, 500ms, 5m (cap 10m)")]
+
+
+Docs = dict[int | str, dict[str, Any]]
+
+
+def _error_doc(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+_INVALID: Docs = {400: _error_doc("a field is invalid (`field` names it)"),
+            422: _error_doc("a field is malformed or missing (`field` names it)")}
+_UNAVAILABLE: Docs = {503: _error_doc("the catalog backend does not answer")}
+_WRITE: Docs = {401: _error_doc("writes need `Authorization: Bearer <token>` when the registry has "
+                          "a token"),
+          413: _error_doc("the body is over the size limit")}
+_INDEX_HEADER = {"X-Pilotfish-Index": {"description": "catalog index of this answer",
+                                       "schema": {"type": "integer"}}}
+
+
+def _ok(model: type[BaseModel], status: int = 200, headers: bool = False,
+        description: str = "OK") -> Docs:
+    doc: dict[str, Any] = {"model": model, "description": description}
+    if headers:
+        doc["headers"] = _INDEX_HEADER
+    return {status: doc}
+
+
 class RegistryApi:
     """Route handlers bound to one catalog; `app` is the ASGI application."""
 
     def __init__(self, catalog: Catalog, token: str | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, max_body: int = DEFAULT_MAX_BODY) -> None:
         self.catalog = catalog
         self.metrics = metrics if metrics is not None else Metrics()
+        self.max_body = max_body
         self._encoded_catalog: tuple[int, bytes] = (-1, b"")
         self._stopping = asyncio.Event()
         self._describe_metrics()
@@ -118,37 +301,39 @@ class RegistryApi:
     # leases
 
     async def create_lease(self, request: Request) -> Response:
-        body = await parse_body(request, LeaseBody)
+        body = await parse_body(request, LeaseBody, self.max_body)
         lease = await self._call(self.catalog.create_lease(ttl_seconds(body.ttl), body.owner))
         return json_response(lease.to_dict(), 201)
 
-    async def get_lease(self, lease_id: str) -> Response:
+    async def get_lease(self, lease_id: LeasePath) -> Response:
         lease = await self._call(self.catalog.lease(lease_id))
         if lease is None:
             raise ApiError(404, "unknown_lease", f"lease {lease_id!r} is unknown or has lapsed")
         return json_response(lease.to_dict())
 
-    async def keepalive_lease(self, lease_id: str) -> Response:
+    async def keepalive_lease(self, lease_id: LeasePath) -> Response:
         lease = await self._call(self.catalog.keepalive(lease_id))
         return json_response(lease.to_dict())
 
-    async def revoke_lease(self, lease_id: str) -> Response:
+    async def revoke_lease(self, lease_id: LeasePath) -> Response:
         if not await self._call(self.catalog.revoke(lease_id)):
             raise ApiError(404, "unknown_lease", f"lease {lease_id!r} is unknown or has lapsed")
         return Response(status_code=204)
 
     # instances
 
-    async def put_instance(self, service: str, instance_id: str, request: Request) -> Response:
-        body = await parse_body(request, InstanceBody)
+    async def put_instance(self, service: ServicePath, instance_id: InstancePath,
+                           request: Request) -> Response:
+        body = await parse_body(request, InstanceBody, self.max_body)
         service = service_name(service)
         identifier(instance_id, "id")
-        if (body.lease is None) == (body.ttl is None):
+        given = body.model_fields_set
+        if ("lease" in given) == ("ttl" in given):
             raise ApiError(
                 400, "invalid", "give exactly one of lease or ttl: every registration expires "
-                "unless kept alive", "ttl" if body.lease is None else "lease")
+                "unless kept alive", "lease" if "lease" in given else "ttl")
         fields = body.model_dump(exclude={"lease", "ttl"})
-        if body.lease is not None:
+        if "lease" in given:
             instance = Instance(service=service, id=instance_id, lease=body.lease, **fields)
             created = await self._call(self.catalog.register(instance))
         else:
@@ -179,25 +364,35 @@ class RegistryApi:
                 await self.catalog.revoke(lease.id)  # nothing half-written: no orphan lease
             raise
         if current is not None and current.lease != lease.id:
-            previous = await self._call(self.catalog.lease(current.lease))
-            if previous is not None and previous.owner == owner:
-                await self._call(self.catalog.revoke(previous.id))
+            await self._revoke_own_lease(instance_id, current.lease)
         return instance, created
 
-    async def keepalive_instance(self, service: str, instance_id: str) -> Response:
+    async def _revoke_own_lease(self, instance_id: str, lease_id: str) -> None:
+        """Revoke the lease the API made for this instance alone, once nothing rides on it."""
+        lease = await self._call(self.catalog.lease(lease_id))
+        if lease is None or lease.owner != _own_owner(instance_id):
+            return
+        snapshot = await self._call(self.catalog.snapshot())
+        if not any(i.lease == lease_id for i in snapshot.instances.values()):
+            await self._call(self.catalog.revoke(lease_id))
+
+    async def keepalive_instance(self, service: ServicePath,
+                                 instance_id: InstancePath) -> Response:
         instance = await self._find(service, instance_id)
         lease = await self._call(self.catalog.keepalive(instance.lease))
         return json_response(lease.to_dict())
 
-    async def delete_instance(self, service: str, instance_id: str) -> Response:
+    async def delete_instance(self, service: ServicePath, instance_id: InstancePath) -> Response:
         await self._find(service, instance_id)
-        if await self._call(self.catalog.deregister(instance_id)) is None:
+        removed = await self._call(self.catalog.deregister(instance_id))
+        if removed is None:
             raise self._not_found(service, instance_id)
+        await self._revoke_own_lease(instance_id, removed.lease)
         return Response(status_code=204)
 
     async def _find(self, service: str, instance_id: str) -> Instance:
         instance = (await self._call(self.catalog.snapshot())).get(instance_id)
-        if instance is None or instance.service != service.lower():
+        if instance is None or instance.service != service_name(service):
             raise self._not_found(service, instance_id)
         return instance
 
@@ -216,26 +411,31 @@ class RegistryApi:
         )
 
     async def get_service(
-        self, service: str, tag: str | None = None, index: int | None = None,
-        wait: str | None = None,
+        self, service: ServicePath, request: Request, tag: str | None = None,
+        index: IndexQuery = None, wait: WaitQuery = None,
     ) -> Response:
         service = service_name(service)
         wait_seconds = parse_wait(wait)
-        snapshot = await self._call(self.catalog.snapshot())
-        if index is not None and index == snapshot.index:
-            snapshot = await self._block(snapshot, service, tag, wait_seconds)
+        snapshot: Snapshot | None = await self._call(self.catalog.snapshot())
+        if snapshot is not None and index is not None and index == snapshot.index:
+            snapshot = await self._block(request, snapshot, service, tag, wait_seconds)
+        if snapshot is None:
+            return Response(status_code=CLIENT_GONE)
         instances = [i.to_dict() for i in snapshot.service(service, tag)]
         return json_response(
             {"index": snapshot.index, "instances": instances},
             headers={"X-Pilotfish-Index": str(snapshot.index)},
         )
 
-    async def get_catalog(self, index: int | None = None, wait: str | None = None) -> Response:
+    async def get_catalog(self, request: Request, index: IndexQuery = None,
+                          wait: WaitQuery = None) -> Response:
         """Every live instance; with `index`, blocks until the catalog moves past it."""
         wait_seconds = parse_wait(wait)
-        snapshot = await self._call(self.catalog.snapshot())
-        if index is not None and index == snapshot.index:
-            snapshot = await self._watch(index, wait_seconds)
+        snapshot: Snapshot | None = await self._call(self.catalog.snapshot())
+        if snapshot is not None and index is not None and index == snapshot.index:
+            snapshot = await self._watch(request, index, wait_seconds)
+        if snapshot is None:
+            return Response(status_code=CLIENT_GONE)
         return Response(self._catalog_body(snapshot), media_type="application/json",
                         headers={"X-Pilotfish-Index": str(snapshot.index)})
 
@@ -248,29 +448,40 @@ class RegistryApi:
             self._encoded_catalog = (snapshot.index, body)
         return self._encoded_catalog[1]
 
-    async def _block(self, seen: Snapshot, service: str, tag: str | None, wait: float) -> Snapshot:
-        """Wait until this service's answer changes or `wait` elapses (a Consul-style long-poll)."""
+    async def _block(self, request: Request, seen: Snapshot, service: str, tag: str | None,
+                     wait: float) -> Snapshot | None:
+        """Wait until this service's answer changes or `wait` elapses (a Consul-style long-poll).
+
+        None when the client went away first.
+        """
         before = seen.service(service, tag)
         deadline = time.monotonic() + wait
-        snapshot = seen
+        snapshot: Snapshot | None = seen
         while (remaining := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
-            snapshot = await self._watch(snapshot.index, remaining)
-            if snapshot.service(service, tag) != before:
+            assert snapshot is not None
+            snapshot = await self._watch(request, snapshot.index, remaining)
+            if snapshot is None or snapshot.service(service, tag) != before:
                 break
         return snapshot
 
-    async def _watch(self, index: int, wait: float) -> Snapshot:
-        """catalog.watch for a long-poll, cut short when the server is stopping."""
+    async def _watch(self, request: Request, index: int, wait: float) -> Snapshot | None:
+        """catalog.watch for a long-poll, cut short when the server stops or the client leaves."""
         watch = asyncio.ensure_future(self.catalog.watch(index, wait))
         stopping = asyncio.ensure_future(self._stopping.wait())
+        gone = asyncio.ensure_future(until_disconnected(request))
         try:
-            await asyncio.wait({watch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({watch, stopping, gone},
+                                         return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
-        if not watch.done():
-            watch.cancel()
-            return await self._call(self.catalog.snapshot())
-        return watch.result()
+            gone.cancel()
+            if not watch.done():
+                watch.cancel()
+        if watch in done:
+            return watch.result()
+        if gone in done:
+            return None
+        return await self._call(self.catalog.snapshot())
 
     def stop_waiting(self) -> None:
         """Answer every pending long-poll now: the server is shutting down."""
@@ -299,7 +510,8 @@ class RegistryApi:
 
     def _describe_metrics(self) -> None:
         m = self.metrics
-        m.describe("pilotfish_http_requests_total", "counter", "API requests by status code.")
+        m.describe("pilotfish_http_requests_total", "counter",
+                   "API requests by status code (499: the client left before the answer).")
         m.describe("pilotfish_registrations", "gauge", "Live instances in the catalog.")
         m.describe("pilotfish_leases", "gauge", "Live leases (where the backend can count them).")
         m.describe("pilotfish_lease_expirations_total", "counter", "Leases that lapsed.")
@@ -309,28 +521,56 @@ class RegistryApi:
         app = FastAPI(title="pilotfish registry", version="1", docs_url="/v1/docs",
                       openapi_url="/v1/openapi.json", redoc_url=None)
         r = app.router
+        lost_lease: Docs = {404: _error_doc("the lease is unknown or has lapsed")}
+        lost_instance: Docs = {404: _error_doc("no such instance in that service")}
+        lease = _ok(LeaseOut)
         r.add_api_route("/v1/leases", self.create_lease, methods=["POST"], status_code=201,
-                        openapi_extra=_body_schema(LeaseBody))
-        r.add_api_route("/v1/leases/{lease_id}", self.get_lease, methods=["GET"])
-        r.add_api_route("/v1/leases/{lease_id}/keepalive", self.keepalive_lease, methods=["PUT"])
+                        openapi_extra=_body_schema(LeaseBody),
+                        responses={**_ok(LeaseOut, 201, description="granted"), **_INVALID,
+                                   **_WRITE, **_UNAVAILABLE})
+        r.add_api_route("/v1/leases/{lease_id}", self.get_lease, methods=["GET"],
+                        responses={**lease, **lost_lease, **_INVALID, **_UNAVAILABLE})
+        r.add_api_route("/v1/leases/{lease_id}/keepalive", self.keepalive_lease, methods=["PUT"],
+                        responses={**lease, **lost_lease, **_INVALID, **_WRITE, **_UNAVAILABLE})
         r.add_api_route("/v1/leases/{lease_id}", self.revoke_lease, methods=["DELETE"],
-                        status_code=204)
-        r.add_api_route("/v1/services", self.list_services, methods=["GET"])
-        r.add_api_route("/v1/services/{service}", self.get_service, methods=["GET"])
+                        status_code=204,
+                        responses={204: {"description": "revoked, with every instance on it"},
+                                   **lost_lease, **_INVALID, **_WRITE, **_UNAVAILABLE})
+        r.add_api_route("/v1/services", self.list_services, methods=["GET"],
+                        responses={**_ok(ServicesOut, headers=True), **_UNAVAILABLE})
+        r.add_api_route("/v1/services/{service}", self.get_service, methods=["GET"],
+                        responses={**_ok(InstancesOut, headers=True), **_INVALID,
+                                   **_UNAVAILABLE})
         instance_path = "/v1/services/{service}/instances/{instance_id}"
         r.add_api_route(instance_path, self.put_instance, methods=["PUT"],
-                        openapi_extra=_body_schema(InstanceBody))
-        r.add_api_route(instance_path, self.delete_instance, methods=["DELETE"], status_code=204)
-        r.add_api_route(instance_path + "/keepalive", self.keepalive_instance, methods=["PUT"])
-        r.add_api_route("/v1/catalog", self.get_catalog, methods=["GET"])
-        r.add_api_route("/v1/health", self.health, methods=["GET"])
+                        openapi_extra=_body_schema(InstanceBody),
+                        responses={**_ok(InstanceOut, description="updated"),
+                                   **_ok(InstanceOut, 201, description="registered"), **lost_lease,
+                                   **_INVALID, **_WRITE, **_UNAVAILABLE})
+        r.add_api_route(instance_path, self.delete_instance, methods=["DELETE"], status_code=204,
+                        responses={204: {"description": "deregistered"}, **lost_instance,
+                                   **_INVALID, **_WRITE, **_UNAVAILABLE})
+        r.add_api_route(instance_path + "/keepalive", self.keepalive_instance, methods=["PUT"],
+                        responses={**lease, 404: _error_doc("no such instance, or its lease "
+                                                            "lapsed"),
+                                   **_INVALID, **_WRITE, **_UNAVAILABLE})
+        r.add_api_route("/v1/catalog", self.get_catalog, methods=["GET"],
+                        responses={**_ok(InstancesOut, headers=True), **_INVALID,
+                                   **_UNAVAILABLE})
+        r.add_api_route("/v1/health", self.health, methods=["GET"],
+                        responses={**_ok(HealthOut),
+                                   503: {"model": HealthOut,
+                                         "description": "the backend does not answer"}})
         r.add_api_route("/metrics", self.metrics_text, methods=["GET"], include_in_schema=False)
         from pilotfish.registry.consul.routes import consul_router  # Consul's read API (issue 14)
         app.include_router(consul_router(self.catalog, token, self._stopping))
 
         @app.exception_handler(ApiError)
         async def api_error(_: Request, exc: ApiError) -> Response:
-            return _error(exc.status, exc.code, exc.message, exc.field)
+            response = _error(exc.status, exc.code, exc.message, exc.field)
+            if exc.status == 413:
+                response.headers["Connection"] = "close"  # do not read the rest of it
+            return response
 
         @app.exception_handler(InvalidField)
         async def invalid_field(_: Request, exc: InvalidField) -> Response:
@@ -344,13 +584,43 @@ class RegistryApi:
         async def unavailable(_: Request, exc: BackendUnavailable) -> Response:
             return _error(503, "unavailable", f"registry backend unavailable: {exc}")
 
+        @app.exception_handler(ClientDisconnect)
+        async def client_gone(_: Request, __: ClientDisconnect) -> Response:
+            return Response(status_code=CLIENT_GONE)  # nobody to send it to; only counted
+
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+            if exc.status_code == 405:
+                allowed = _allowed_methods(app, request.scope)
+                response = _error(405, "method_not_allowed",
+                                  f"{request.method} is not allowed here; use "
+                                  f"{', '.join(allowed)}")
+                response.headers["Allow"] = ", ".join(allowed)
+                return response
+            if exc.status_code == 404:
+                return _error(404, "not_found", f"no such path: {request.url.path}")
+            return _error(exc.status_code, "invalid", str(exc.detail))
+
         @app.exception_handler(RequestValidationError)
         async def bad_request(_: Request, exc: RequestValidationError) -> Response:
             first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-            field = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path"))
+            parts = [str(p) for p in first["loc"] if p not in ("body", "query", "path")]
+            if "[key]" in parts:  # a bad key names its object, not itself
+                parts = parts[:parts.index("[key]") - 1]
+            field = ".".join(parts)
             return _error(422, "invalid", f"{field or 'body'}: {first['msg']}", field or None)
 
         return RequestCounter(BearerToken(app, token), self.metrics)  # type: ignore[return-value]
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route takes on this path (Starlette alone names only the first's)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": ""})
+        if match != Match.NONE and isinstance(route, APIRoute):
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 def _error(status: int, code: str, message: str, field: str | None = None) -> Response:

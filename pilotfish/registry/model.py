@@ -21,9 +21,24 @@ MAX_META_KEY = 128
 MAX_META_VALUE = 512
 MAX_OWNER = 256
 
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# Patterns are matched whole (fullmatch) and on ASCII only: `$` would let "web\n" through, and
+# lower-casing first would fold a Kelvin sign into "k". The OpenAPI schema publishes these.
+SERVICE_PATTERN = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+META_KEY_PATTERN = r"[A-Za-z0-9_-]{1,128}"
+TAG_PATTERN = r"[!-~]{1,255}"
+OWNER_PATTERN = r"[ -~]{0,256}"
+# SRV priority (RFC 2782: 0-65535) as DNS reads it from meta, in plain ASCII digits.
+PRIORITY_PATTERN = (r"0*(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+                    r"|655[0-2][0-9]|6553[0-5])")
+PRIORITY_KEY = "priority"
+
+_LABEL = re.compile(SERVICE_PATTERN)
+_ID = re.compile(ID_PATTERN)
+_META_KEY = re.compile(META_KEY_PATTERN)
+_TAG = re.compile(TAG_PATTERN)
+_PRIORITY = re.compile(PRIORITY_PATTERN)
+_OWNER = re.compile(OWNER_PATTERN)
 
 
 class InvalidField(ValueError):
@@ -39,19 +54,18 @@ def service_name(value: object, field: str = "service") -> str:
     """Return the canonical (lower-case) service name, or raise InvalidField."""
     if not isinstance(value, str):
         raise InvalidField(field, "must be a string")
-    name = value.lower()
-    if not _LABEL.match(name):
+    if not _LABEL.fullmatch(value):
         raise InvalidField(
             field,
             f"{value!r} is not a DNS label: 1-63 characters of a-z, 0-9 and '-', "
             "not starting or ending with '-'",
         )
-    return name
+    return value.lower()
 
 
 def identifier(value: object, field: str) -> str:
     """Return value if it is a safe id for keys, paths and URLs, or raise InvalidField."""
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise InvalidField(
             field,
             f"{value!r} is not a valid id: 1-128 characters of A-Z, a-z, 0-9, '_', '.', '-', "
@@ -96,10 +110,9 @@ def _tags(value: object) -> tuple[str, ...]:
     if len(tags) > MAX_TAGS:
         raise InvalidField("tags", f"at most {MAX_TAGS} tags")
     for tag in tags:
-        if not isinstance(tag, str) or not 0 < len(tag) <= MAX_TAG_LENGTH:
-            raise InvalidField("tags", f"each tag must be 1-{MAX_TAG_LENGTH} characters")
-        if any(c.isspace() or not c.isprintable() for c in tag):
-            raise InvalidField("tags", f"tag {tag!r} contains whitespace or control characters")
+        if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+            raise InvalidField("tags", f"each tag must be 1-{MAX_TAG_LENGTH} printable ASCII "
+                                       f"characters without spaces; {tag!r} is not")
     return tuple(dict.fromkeys(tags))
 
 
@@ -109,10 +122,14 @@ def _meta(value: object) -> dict[str, str]:
     if len(value) > MAX_META:
         raise InvalidField("meta", f"at most {MAX_META} keys")
     for key, item in value.items():
-        if not isinstance(key, str) or not _META_KEY.match(key):
+        if not isinstance(key, str) or not _META_KEY.fullmatch(key):
             raise InvalidField("meta", f"key {key!r} must be 1-{MAX_META_KEY} of A-Z a-z 0-9 _ -")
         if not isinstance(item, str) or len(item) > MAX_META_VALUE:
             raise InvalidField("meta", f"value of {key!r} must be a string of at most 512 chars")
+    priority = value.get(PRIORITY_KEY)
+    if priority is not None and not _PRIORITY.fullmatch(priority):
+        raise InvalidField(f"meta.{PRIORITY_KEY}", f"{priority!r} is not an SRV priority: "
+                                                   "an integer 0-65535 in ASCII digits")
     return dict(value)
 
 
@@ -190,8 +207,8 @@ class Lease:
     def __post_init__(self) -> None:
         identifier(self.id, "lease")
         ttl_seconds(self.ttl)
-        if not isinstance(self.owner, str) or len(self.owner) > MAX_OWNER:
-            raise InvalidField("owner", f"must be a string of at most {MAX_OWNER} characters")
+        if not isinstance(self.owner, str) or not _OWNER.fullmatch(self.owner):
+            raise InvalidField("owner", f"must be at most {MAX_OWNER} printable ASCII characters")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form used by the API."""

@@ -9,10 +9,11 @@ from pilotfish.http import HttpServer
 from pilotfish.stack import Component, Stack
 
 DEFAULT_API = "127.0.0.1:8500"
+DEFAULT_MAX_BODY = 64 * 1024
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """--api and --token-file, each with a PILOTFISH_* fallback."""
+    """--api, --token-file and --max-body, each with a PILOTFISH_* fallback."""
     group = parser.add_argument_group("registry API")
     group.add_argument("--api", default=env("api", DEFAULT_API),
                        help=f"registry API listen address HOST:PORT (default {DEFAULT_API}; "
@@ -20,6 +21,17 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--token-file", default=env("token_file"),
                        help="file holding a bearer token required for writes "
                             "[PILOTFISH_TOKEN_FILE]")
+    group.add_argument("--max-body", type=_size, default=env("max_body", str(DEFAULT_MAX_BODY)),
+                       metavar="BYTES",
+                       help=f"largest request body the API reads, in bytes (default "
+                            f"{DEFAULT_MAX_BODY}; 413 beyond) [PILOTFISH_MAX_BODY]")
+
+
+def _size(value: str) -> int:
+    """A byte count for --max-body: 1 byte to 64 MiB."""
+    if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= 64 * 1024 * 1024:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a byte count from 1 to 67108864")
+    return int(value)
 
 
 def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
@@ -28,6 +40,7 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
         return []
     from pilotfish.registry.api import RegistryApi
 
-    api = RegistryApi(stack.catalog, token=read_token(args.token_file), metrics=stack.metrics)
+    api = RegistryApi(stack.catalog, token=read_token(args.token_file), metrics=stack.metrics,
+                      max_body=args.max_body)
     return [HttpServer(api.app, parse_hostport(args.api, "--api"),
                        before_stop=api.stop_waiting)]

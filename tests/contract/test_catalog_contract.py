@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 
+import httpx
 import pytest
 
 from pilotfish.registry import Catalog, Instance, InvalidField, UnknownLease
@@ -242,3 +244,41 @@ async def test_random_operations_while_leases_lapse_keep_the_catalog_consistent(
     await asyncio.sleep(GRACE + 0.2)
     served = {(i.id, i.lease) for i in (await catalog.snapshot()).service(f"rnd-{unique}")}
     assert not orphans & served, orphans
+
+
+async def _lease_count(catalog: Catalog, backend_url: str) -> int:
+    """Live leases as the backend counts them (an http:// catalog asks its API's /metrics)."""
+    if catalog.lease_count is not None:
+        return catalog.lease_count
+    async with httpx.AsyncClient(base_url=backend_url, timeout=5) as client:
+        text = (await client.get("/metrics")).text
+    return int(next(line.split()[1] for line in text.splitlines()
+                    if line.startswith("pilotfish_leases ")))
+
+
+async def _wait_for_count(catalog: Catalog, backend_url: str, done: Callable[[int], bool],
+                          timeout: float = 5.0) -> int:
+    deadline = time.monotonic() + timeout
+    while not done(count := await _lease_count(catalog, backend_url)):
+        assert time.monotonic() < deadline, f"lease count stuck at {count}"
+        await asyncio.sleep(0.05)
+    return count
+
+
+async def test_lease_count_returns_to_where_it_started_after_cycles(
+    catalog: Catalog, backend_url: str, unique: str
+) -> None:
+    # Consul and http:// share one server for the session: other tests' leases may lapse
+    # meanwhile, so there the count must come back to at most where it started.
+    shared = backend_url.startswith(("consul", "http"))
+    start = await _lease_count(catalog, backend_url)
+    held = [await catalog.create_lease(30) for _ in range(3)]
+    await _wait_for_count(catalog, backend_url, lambda n: n >= 3 if shared else n == start + 3)
+    for n in range(30):
+        lease = await catalog.create_lease(30, owner=f"cycle-{unique}")
+        await catalog.register(make(f"lc-{unique}", f"c{n}-{unique}", lease.id))
+        assert await catalog.deregister(f"c{n}-{unique}") is not None
+        assert await catalog.revoke(lease.id)
+    for lease in held:
+        assert await catalog.revoke(lease.id)
+    await _wait_for_count(catalog, backend_url, lambda n: n <= start if shared else n == start)

@@ -238,7 +238,7 @@ def test_badvers_and_forward_marker() -> None:
 
 def test_priority_from_meta_and_ttl() -> None:
     _, responder, _ = build(inst("p", "p1", "10.0.0.1", meta={"priority": "7"}, weight=3),
-                            inst("p", "p2", "10.0.0.2", meta={"priority": "nope"}), ttl=2)
+                            inst("p", "p2", "10.0.0.2"), ttl=2)  # no priority: 1
     srv = ask(responder, f"p.service.{D}", "SRV")
     assert rrs(srv) == [f"1 1 80 0a000002.addr.{D}.", f"7 3 80 0a000001.addr.{D}."]
     assert srv.answer[0].ttl == 2 and srv.additional[0].ttl == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
@@ -245,7 +246,7 @@ def test_sigterm_answers_pending_long_polls_and_exits_promptly(
         for path in ("/v1/services/web", "/v1/catalog")]
     for poll in polls:
         poll.start()
-    time.sleep(0.3)
+    time.sleep(1.0)  # both polls reach the server, even on a loaded machine
     started = time.monotonic()
     assert running.stop() == 0
     for poll in polls:
@@ -253,3 +254,82 @@ def test_sigterm_answers_pending_long_polls_and_exits_promptly(
     assert time.monotonic() - started < 2.0
     assert {path: r.status_code for path, r in result.items()} == {
         "/v1/services/web": 200, "/v1/catalog": 200}
+
+
+def _leases(api: httpx.Client) -> int:
+    return int(next(line.split()[1] for line in api.get("/metrics").text.splitlines()
+                    if line.startswith("pilotfish_leases ")))
+
+
+def test_deleting_a_ttl_only_instance_revokes_its_own_lease(
+    api: httpx.Client, name: str
+) -> None:
+    shared = api.post("/v1/leases", json={"ttl": 30}).json()["id"]
+    assert register(api, name, "rider", lease=shared).status_code == 201
+    start = _leases(api)
+    for n in range(200):
+        assert register(api, name, f"d{n}", ttl=30).status_code == 201
+        assert api.delete(f"/v1/services/{name}/instances/d{n}").status_code == 204
+    assert _leases(api) == start
+    assert api.delete(f"/v1/services/{name}/instances/rider").status_code == 204
+    assert api.get(f"/v1/leases/{shared}").status_code == 200  # not the API's to revoke
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "body", "field"),
+    [
+        ("/v1/services/{name}/instances/p1", {}, {"meta": {"priority": "\u00b2"}}, "meta.priority"),
+        ("/v1/services/{name}/instances/p1", {}, {"meta": {"priority": "65536"}}, "meta.priority"),
+        ("/v1/services/{name}/instances/p1", {}, {"tags": ["a\n"]}, "tags.0"),
+        ("/v1/services/{name}/instances/p1", {}, {"meta": {"a\n": "v"}}, "meta"),
+        ("/v1/services/{name}%0A/instances/p1", {}, {}, "service"),
+        ("/v1/services/\u212a{name}/instances/p1", {}, {}, "service"),
+        ("/v1/services/{name}/instances/p1%0A", {}, {}, "instance_id"),
+        ("/v1/services/{name}", {"index": "1", "wait": "\u0663s"}, None, "wait"),
+        ("/v1/services/{name}", {"index": "1", "wait": "3s\n"}, None, "wait"),
+        ("/v1/services/{name}", {"index": "\uff13"}, None, "index"),
+        ("/v1/services/{name}", {"index": "3\n"}, None, "index"),
+    ],
+)
+def test_hostile_characters_are_refused_naming_the_field(
+    api: httpx.Client, name: str, path: str, params: dict[str, str],
+    body: dict[str, object] | None, field: str,
+) -> None:
+    url = path.format(name=name)
+    if body is None:
+        response = api.get(url, params=params)
+    else:
+        response = api.put(url, json={"address": "127.0.0.1", "port": 80, "ttl": 30, **body})
+    assert response.status_code in (400, 422), response.text
+    assert response.json()["field"] == field, response.json()
+    assert ids(api, name) == []
+
+
+def test_a_body_over_the_limit_is_refused_and_the_flag_sets_it(
+    api: httpx.Client, name: str, pilotfish: StartPilotfish
+) -> None:
+    padded = {"address": "127.0.0.1", "port": 80, "ttl": 30, "meta": {"pad": "x" * 500}}
+    big = api.put(f"/v1/services/{name}/instances/b1", content=b" " * (65 * 1024) + json_bytes(
+        padded))
+    assert big.status_code == 413 and big.json()["field"] == "body"
+    assert register(api, name, "b1", ttl=30).status_code == 201  # the default fits the rest
+    small = pilotfish("registry", "--api", "127.0.0.1:0", "--max-body", "512")
+    with httpx.Client(base_url=small.api, timeout=5) as client:
+        assert client.put("/v1/services/web/instances/w1", content=json_bytes(
+            padded)).status_code == 413
+        assert register(client, "web", "w1", ttl=30).status_code == 201
+
+
+def json_bytes(body: object) -> bytes:
+    return json.dumps(body).encode()
+
+
+def test_a_wrong_method_gets_405_naming_every_allowed_one(api: httpx.Client, name: str) -> None:
+    for method in ("OPTIONS", "POST", "PATCH"):
+        response = api.request(method, f"/v1/services/{name}/instances/x")
+        assert response.status_code == 405, response.text
+        assert response.headers["Allow"] == "DELETE, PUT"
+        assert response.json()["code"] == "method_not_allowed"
+    assert api.request("OPTIONS", "/v1/leases/abc").headers["Allow"] == "DELETE, GET"
+    unknown = api.get("/v1/nowhere")
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"

@@ -28,6 +28,7 @@ class MemoryCatalog(Catalog):
         self._leases: dict[str, _LeaseState] = {}
         self._instances: dict[str, Instance] = {}
         self._expiry: list[tuple[float, str]] = []
+        self._stale = 0  # heap entries of revoked leases, dropped when they outnumber the live
         self._index = 1
         self._snapshot: Snapshot | None = None
         self._timer: asyncio.Handle | None = None
@@ -66,6 +67,11 @@ class MemoryCatalog(Catalog):
         if state is None:
             return False
         self._drop_lease(lease_id, state)
+        self._stale += 1
+        if self._stale > 64 and self._stale * 2 > len(self._expiry):
+            self._expiry = [entry for entry in self._expiry if entry[1] in self._leases]
+            heapq.heapify(self._expiry)
+            self._stale = 0
         return True
 
     async def register(self, instance: Instance) -> bool:
@@ -138,6 +144,7 @@ class MemoryCatalog(Catalog):
             _, lease_id = heapq.heappop(self._expiry)
             state = self._leases.get(lease_id)
             if state is None:
+                self._stale = max(0, self._stale - 1)
                 continue
             if state.deadline > now:  # renewed since it was queued
                 heapq.heappush(self._expiry, (state.deadline, lease_id))
