@@ -15,9 +15,9 @@ import socket
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from pilotfish.config import env
@@ -289,7 +289,10 @@ class ConsulApi:
 
         return await self._blocking(request, ("checks", service.lower()), render)
 
-    async def health_state(self, state: str, request: Request) -> Response:
+    async def health_state(
+        self, state: Annotated[str, Path(json_schema_extra={"enum": list(CHECK_STATES)})],
+        request: Request,
+    ) -> Response:
         """GET /v1/health/state/{state}: every check in that state (any, passing, ...)."""
         if state not in CHECK_STATES:
             return _text(400, f"Bad state {state!r}: want one of {', '.join(CHECK_STATES)}")
@@ -352,8 +355,16 @@ class ConsulApi:
             ("/v1/status/peers", self.status_peers),
         ]
         for path, handler in routes:
-            router.add_api_route(path, handler, methods=["GET"])
+            router.add_api_route(path, handler, methods=["GET"], responses=_ERRORS)
         return router
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": {"text/plain": {}}}
+    for status, description in ((400, "a bad parameter, ?filter= or ?wait= (plain text)"),
+                                (403, "ACL not found: the token is wrong"),
+                                (500, "the backend did not answer (plain text, as Consul)"))
+}
 
 
 def _text(status: int, message: str) -> Response:
