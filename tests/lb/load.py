@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from tests.fixtures.servers import HOST
 
 
+class ShortReply(ConnectionError):
+    """The reply ended early or differed: the connection was cut mid-way."""
+
+
 @dataclass
 class Outcome:
     """What a load run saw: completed exchanges by backend name, and failures by kind."""
@@ -30,7 +34,8 @@ async def exchange(port: int, payload: bytes, half_close: bool, timeout: float =
                    source: str | None = None, host: str = HOST) -> str:
     """One connection: send, (half-close), read to EOF; returns the backend's name.
 
-    Raises ConnectionError for a refused/reset connection, AssertionError for a wrong reply.
+    Raises ConnectionError for a refused, reset or cut connection (ShortReply: a wrong or
+    short echo).
     """
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -59,20 +64,23 @@ async def exchange(port: int, payload: bytes, half_close: bool, timeout: float =
     name, _, echoed = bytes(data).partition(b"\n")
     if not name and not echoed:
         raise ConnectionResetError("closed without a reply")
-    assert echoed == payload, f"echo mismatch from {name!r}: {len(echoed)} of {len(payload)}"
+    if echoed != payload:
+        raise ShortReply(f"{name!r} echoed {len(echoed)} of {len(payload)} bytes")
     return name.decode()
 
 
 async def run_load(port: int, count: int, concurrency: int, payload: bytes = b"x" * 64,
-                   deadline: float = 120.0) -> Outcome:
-    """`count` connections, `concurrency` at a time, every other one half-closing."""
+                   deadline: float = 120.0, stop: asyncio.Event | None = None) -> Outcome:
+    """`count` connections, `concurrency` at a time, every other one half-closing; ends
+    early at the deadline (seconds) or when `stop` is set."""
     outcome = Outcome()
     next_index = 0
     stop_at = time.monotonic() + deadline
 
     async def worker() -> None:
         nonlocal next_index
-        while next_index < count and time.monotonic() < stop_at:
+        while next_index < count and time.monotonic() < stop_at and not (
+                stop is not None and stop.is_set()):
             index = next_index
             next_index += 1
             try:
