@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -128,3 +130,62 @@ def start_lb(*routes: str, extra: tuple[str, ...] = (), env: dict[str, str] | No
 def open_fds(pid: int) -> int:
     """How many file descriptors the process holds."""
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+class RawBackend:
+    """A listening socket in the test's own loop, for backends that must misbehave on cue."""
+
+    def __init__(self, backlog: int = 16) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((HOST, 0))
+        self.sock.listen(backlog)
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+
+    async def accept(self, timeout: float = 5.0) -> socket.socket:
+        """The next connection, non-blocking."""
+        async with asyncio.timeout(timeout):
+            conn, _ = await asyncio.get_running_loop().sock_accept(self.sock)
+        conn.setblocking(False)
+        return conn
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.sock.close()
+
+
+async def read_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Read until EOF."""
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    async with asyncio.timeout(timeout):
+        while chunk := await loop.sock_recv(sock, 1 << 16):
+            data += chunk
+    return bytes(data)
+
+
+async def read_exactly(sock: socket.socket, size: int, timeout: float = 10.0) -> bytes:
+    """Read exactly `size` bytes (fewer only at EOF)."""
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    async with asyncio.timeout(timeout):
+        while len(data) < size:
+            chunk = await loop.sock_recv(sock, size - len(data))
+            if not chunk:
+                break
+            data += chunk
+    return bytes(data)
+
+
+async def connect(port: int, host: str = HOST, source: str | None = None) -> socket.socket:
+    """A non-blocking client socket connected to host:port."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setblocking(False)
+    if source is not None:
+        sock.bind((source, 0))
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
