@@ -27,9 +27,10 @@ _CONNECT_ERRORS = (OSError, TimeoutError)
 class RouteStats:
     """Per-route counters (per-instance ones live on each Backend)."""
 
-    __slots__ = ("accepted", "refused", "retries", "failed")
+    __slots__ = ("accepted", "refused", "retries", "failed", "resets")
 
     def __init__(self) -> None:
+        self.resets = [0, 0]  # connections reset by the client, by the backend
         self.accepted = 0
         self.refused: dict[str, int] = {}
         self.retries = 0

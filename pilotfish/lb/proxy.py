@@ -168,6 +168,9 @@ class Connection:
     def lost(self, side: Side, exc: Exception | None) -> None:
         """One socket closed: close the other (reset it too if this one was reset)."""
         peer = side.peer
+        if exc is not None:
+            resets = self.listener.stats.resets
+            resets[side.upstream] += 1
         if peer is not None and peer.transport is not None and not peer.transport.is_closing():
             if exc is not None:
                 peer.transport.abort()

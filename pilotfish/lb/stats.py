@@ -17,6 +17,8 @@ SERIES = {
     "pilotfish_lb_connections_refused_total": (
         "counter", "clients turned away: limit, no_instance, connect_failed, stopping"),
     "pilotfish_lb_retries_total": ("counter", "connects retried on another instance"),
+    "pilotfish_lb_resets_total": ("counter", "connections that ended in an error (a reset), "
+                                  "by the side it came from"),
     "pilotfish_lb_panic": ("gauge", "1 while too few instances are healthy and all are used"),
     "pilotfish_lb_instance_connections_active": ("gauge", "open connections per instance"),
     "pilotfish_lb_instance_connections_total": ("counter", "connections made per instance"),
@@ -51,6 +53,8 @@ def samples(listeners: Iterable[RouteListener], active: int) -> Iterable[Sample]
             ("pilotfish_lb_connections_total", route, float(stats.accepted)),
             ("pilotfish_lb_retries_total", route, float(stats.retries)),
             ("pilotfish_lb_panic", route, float(listener.pool.panic)),
+            ("pilotfish_lb_resets_total", (("by", "client"), *route), float(stats.resets[0])),
+            ("pilotfish_lb_resets_total", (("by", "backend"), *route), float(stats.resets[1])),
         ]
         out += [("pilotfish_lb_connections_refused_total", (("reason", reason), *route),
                  float(count)) for reason, count in stats.refused.items()]
