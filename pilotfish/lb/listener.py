@@ -116,8 +116,7 @@ class RouteListener:
                 break
             if attempt:
                 self.stats.retries += 1
-            server = Side(connection, backend)
-            server.peer = connection.client  # the backend may speak first
+            server = Side(connection, connection.client)  # the backend may speak first
             backend.active += 1
             try:
                 async with asyncio.timeout(settings.connect_timeout):
@@ -164,6 +163,8 @@ class RouteListener:
         backend = connection.backend
         if backend is not None:
             backend.active -= 1
+            backend.bytes_in += connection.client.received
+            backend.bytes_out += connection.server.received  # type: ignore[union-attr]
             backend.connections.discard(connection)
             if backend.draining and not backend.connections:
                 self.pool.forget(backend)

@@ -59,6 +59,9 @@ def samples(listeners: Iterable[RouteListener], active: int) -> Iterable[Sample]
         out += [("pilotfish_lb_connections_refused_total", (("reason", reason), *route),
                  float(count)) for reason, count in stats.refused.items()]
         for backend in list(listener.pool.backends.values()):
+            live = list(backend.connections)
+            bytes_in = backend.bytes_in + sum(c.client.received for c in live)
+            bytes_out = backend.bytes_out + sum(c.server.received for c in live if c.server)
             labels: Labels = (("instance", backend.name), ("id", backend.instance.id), *route)
             labels = tuple(sorted(labels))
             out += [
@@ -66,8 +69,8 @@ def samples(listeners: Iterable[RouteListener], active: int) -> Iterable[Sample]
                 ("pilotfish_lb_instance_connections_total", labels, float(backend.total)),
                 ("pilotfish_lb_instance_connections_failed_total", labels,
                  float(backend.failed)),
-                ("pilotfish_lb_instance_bytes_in_total", labels, float(backend.bytes_in)),
-                ("pilotfish_lb_instance_bytes_out_total", labels, float(backend.bytes_out)),
+                ("pilotfish_lb_instance_bytes_in_total", labels, float(bytes_in)),
+                ("pilotfish_lb_instance_bytes_out_total", labels, float(bytes_out)),
                 ("pilotfish_lb_instance_healthy", labels, float(backend.healthy)),
                 ("pilotfish_lb_instance_ejected", labels, float(backend.ejected(now))),
                 ("pilotfish_lb_instance_ejections_total", labels, float(backend.ejections)),
