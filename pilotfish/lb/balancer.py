@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -80,6 +81,7 @@ class LoadBalancer:
         if self.routes_file:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
             self._sighup = True
+        gc.freeze()  # what start-up made lives forever: full collections skip it (no stalls)
 
     def _pools(self) -> list[Pool]:
         return [listener.pool for listener in self.listeners.values()]

@@ -81,14 +81,15 @@ class Side(asyncio.Protocol):
         transport = self.transport
         if self.shut or transport is None or transport.is_closing():
             return
+        if self.eof:  # this socket had ended its direction already: both are done now
+            self.shut = True
+            self.connection.close()  # a close sends what is queued, then the FIN
+            return
         if transport.get_write_buffer_size():
             asyncio.get_running_loop().call_later(EOF_RETRY, self.shutdown)
             return
         self.shut = True
         shutdown_write(transport)
-        peer = self.peer
-        if peer is not None and peer.shut:
-            self.connection.close()  # both directions have ended
 
     def pause_writing(self) -> None:
         peer = self.peer
