@@ -13,7 +13,7 @@ class LbSettings:
     idle_timeout: float = 300.0
     drain_timeout: float = 30.0
     stop_timeout: float = 10.0
-    max_connections: int = 10_000
+    max_connections: int = 8_000
     retries: int = 2
     check_interval: float = 2.0
     check_timeout: float = 1.0
