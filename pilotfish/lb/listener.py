@@ -108,7 +108,14 @@ class RouteListener:
 
     async def _connect(self, connection: Connection) -> None:
         settings = self.settings
-        client = connection.peername[0] if connection.peername else ""
+        route = self.route
+        client = ""
+        if route.balance == "hash" or route.proxy_protocol:
+            transport = connection.client.transport
+            if transport is not None:
+                connection.peername = transport.get_extra_info("peername")
+                connection.sockname = transport.get_extra_info("sockname")
+                client = connection.peername[0] if connection.peername else ""
         tried: list[Backend] = []
         for attempt in range(settings.retries + 1):
             backend = self.picker.pick(self.pool.candidates(), client, tried)

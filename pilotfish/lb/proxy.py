@@ -117,7 +117,7 @@ class Connection:
         self.server: Side | None = None
         self.backend: Backend | None = None
         self.closed = False
-        self.peername: Any = None
+        self.peername: Any = None  # read only when needed (hashing, PROXY header)
         self.sockname: Any = None
         self.task: asyncio.Task[None] | None = None
         self.idle = 0  # idle sweeps in a row without data
@@ -127,8 +127,6 @@ class Connection:
     def accepted(self, transport: asyncio.Transport) -> None:
         """A client connected: hold its bytes until a backend is connected, or refuse it."""
         transport.pause_reading()
-        self.peername = transport.get_extra_info("peername")
-        self.sockname = transport.get_extra_info("sockname")
         if not self.listener.admit(self):
             self.closed = True
             refuse_now(transport)
