@@ -114,7 +114,6 @@ def haproxy(workdir: Path, port: int, backends: list[int]) -> Iterator[int]:
     conf = workdir / "haproxy.cfg"
     conf.write_text(f"""global
   nbthread 1
-  cpu-map 1/1 1
   maxconn 8000
 defaults
   mode tcp
@@ -128,7 +127,7 @@ backend b
   balance roundrobin
 {servers}
 """)
-    process = subprocess.Popen(["haproxy", "-f", str(conf)])
+    process = subprocess.Popen(["taskset", "-c", "1", "haproxy", "-f", str(conf)])
     try:
         wait_port(port)
         yield process.pid
