@@ -69,7 +69,11 @@ class LoadBalancer:
                 self._from_file.add(route.key)
         try:
             for route in routes.values():
-                await self.put_route(route)
+                try:
+                    await self.put_route(route)
+                except OSError as exc:
+                    raise ConfigError(f"--route {route}: cannot listen on {route.key}: "
+                                      f"{exc.strerror or exc}") from exc
         except BaseException:
             await self._close_all()
             raise
