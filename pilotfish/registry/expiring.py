@@ -20,7 +20,8 @@ from pilotfish.registry.model import Instance
 ExpiryOf = Callable[[str], "float | None"]
 
 FRESH_BOUND = 1.0  # expiry runs only while the cache was proven current this recently
-RECOVERY_GRACE = 1.5  # after a stale spell, leases that ran out meanwhile get this long
+RECOVERY_GRACE = 1.5  # after a stale spell, leases that ran out meanwhile get this long...
+LATEST_SERVED = 0.9  # ...but never more than this past their expiry (DESIGN.md guarantee 1)
 
 
 class Freshness:
@@ -28,9 +29,11 @@ class Freshness:
 
     While the last proof is at most `bound` seconds old, `clock()` is the wall clock.
     Older, the clock stops at proof + bound: nothing expires that the reader cannot see
-    being renewed. When proof returns after such a stale spell, every lease that ran out
-    during it stays served until `grace` seconds after the proof, so registrars that
-    could not write meanwhile have time to renew; then expiry is exact again.
+    being renewed. When proof returns after such a stale spell, expiry catches up at
+    once, except that a lease that ran out during the spell stays served until `grace`
+    after the proof or LATEST_SERVED after its expiry, whichever is first: a registrar
+    whose renewal was held up by the same fault gets that much time, and an instance is
+    still never served later than its expiry + 1 s once the reader sees the backend.
 
     The bound must stay below the smallest TTL minus the keepalive interval (2/3 of a
     TTL of 2 s is 1.33 s): a live lease's expiry, as last seen, is then always later
@@ -91,10 +94,10 @@ class Freshness:
 
     def expiry(self, expires_at: float) -> float:
         """A lease's effective expiry: one that ran out during the last stale spell gets
-        until `grace` after the proof that ended it."""
+        until `grace` after the proof that ended it, at most LATEST_SERVED past its own."""
         window = self._window
         if window is not None and window[0] <= expires_at < window[1] + self.grace:
-            return window[1] + self.grace
+            return max(expires_at, min(window[1] + self.grace, expires_at + LATEST_SERVED))
         return expires_at
 
     def alive(self, expires_at: float) -> bool:

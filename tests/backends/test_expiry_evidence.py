@@ -60,7 +60,7 @@ async def test_expiry_freezes_without_proof_and_catches_up_when_it_returns() -> 
     freshness = Freshness(bound=0.2, grace=0.3)
     signal = ChangeSignal()
     snapshots = ExpiringSnapshots(signal.notify, freshness)
-    expiry = {"a": time.time() + 0.4, "b": time.time() + 0.1}
+    expiry = {"a": time.time() + 0.55, "b": time.time() + 0.1}
     cache = [instance("web", "live", 80, lease="a"), instance("web", "dead", 81, lease="b")]
     freshness.proved()
     assert set(snapshots.build(cache, expiry.get).instances) == {"live", "dead"}
@@ -68,11 +68,15 @@ async def test_expiry_freezes_without_proof_and_catches_up_when_it_returns() -> 
     await asyncio.sleep(0.15)  # b lapses while the proof is fresh: dropped
     assert set(snapshots.build(cache, expiry.get).instances) == {"live"}
 
-    await asyncio.sleep(0.45)  # no proof since; a's expiry passes: frozen, still served
+    await asyncio.sleep(0.45)  # no proof since: frozen, a still served ...
+    assert freshness.stale
+    assert set(snapshots.build(cache, expiry.get).instances) == {"live"}
+    await asyncio.sleep(0.1)  # ... also once its expiry has passed
     assert freshness.stale
     assert set(snapshots.build(cache, expiry.get).instances) == {"live"}
 
-    # Proof returns: a lapsed during the stale spell, so it gets the grace to be renewed ...
+    # Proof returns: a lapsed during the stale spell, so it gets the grace to be renewed
+    # (here 0.3 s, below the cap of expiry + 0.9 s) ...
     generation = signal.generation
     freshness.proved()
     assert signal.generation > generation, "watchers are woken to catch up"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -591,20 +592,29 @@ class EtcdCatalog(Catalog):
         self._came_up()
 
     async def _watch(self, member: _Member) -> None:
-        """Follow the prefix on one member, asking for progress every PROGRESS_EVERY.
+        """Follow the prefix on one member, checking every PROGRESS_EVERY that it is current.
 
-        A member that leaves a request unanswered for `stall_after` is frozen, overloaded or
-        cut off: the watch ends (the next member is tried) instead of trusting a silent
-        stream. Each answer proves the cache current as of when its request was sent.
+        Each tick sends a progress request on the watch stream and a linearizable read (a
+        count of one key, answered only with the leader's consent) to the same member. The
+        read at time T returns the cluster's revision L; once the watch has delivered up to
+        L, the cache is proven current as of T. A member that leaves a request unanswered
+        for `stall_after` (frozen, overloaded, or without a leader) ends the watch, and the
+        next member is tried; meanwhile expiry is frozen (see Freshness).
         """
         stub = await member.watches()
+        kv = await member.kv()
         create = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
             key=self._root, range_end=_prefix_end(self._root),
             start_revision=self._revision + 1, progress_notify=True))
         progress = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+        current = rpc.RangeRequest(key=self._root, count_only=True)
         call = stub.Watch(metadata=WATCH_METADATA)
-        sent: deque[float] = deque()  # when each unanswered request went out
-        reader = asyncio.create_task(self._read_watch(call, sent), name="etcd-watch-read")
+        sent: deque[float] = deque()  # when each unanswered watch request went out
+        checks: deque[tuple[float, int]] = deque()  # (asked at, cluster revision then)
+        reader = asyncio.create_task(self._read_watch(call, sent, checks),
+                                     name="etcd-watch-read")
+        check: asyncio.Task[Any] | None = None
+        check_at = 0.0
         try:
             sent.append(time.monotonic())
             await asyncio.wait_for(call.write(create), self._stall_after)
@@ -617,6 +627,16 @@ class EtcdCatalog(Catalog):
                 if sent and now - sent[0] > self._stall_after:
                     raise _WatchEnded(f"no answer on the watch for {now - sent[0]:.1f}s "
                                       "(member frozen, overloaded or cut off)")
+                if check is not None and check.done():
+                    check.result()  # an error ends the watch: try another member
+                    check = None
+                if check is not None and now - check_at > self._stall_after:
+                    raise _WatchEnded(f"no linearizable read answered for {now - check_at:.1f}s "
+                                      "(member frozen, overloaded or without a leader)")
+                if check is None:
+                    check_at = now
+                    check = asyncio.ensure_future(kv.Range(current, timeout=self._stall_after * 2))
+                    check.add_done_callback(functools.partial(self._checked, checks, now))
                 if len(sent) < 16:
                     sent.append(now)
                     await asyncio.wait_for(call.write(progress), self._stall_after)
@@ -624,10 +644,17 @@ class EtcdCatalog(Catalog):
             raise _WatchEnded("watch requests not accepted (member frozen?)") from None
         finally:
             call.cancel()
-            await cancel_and_wait(reader)
+            for task in (reader, check):
+                if task is None:
+                    continue
+                task.cancel()
+                await asyncio.wait({task})
+                if not task.cancelled():
+                    task.exception()  # the same failure, raised above or reported by the next
 
-    async def _read_watch(self, call: Any, sent: deque[float]) -> None:
-        """Fold the watch's answers into the cache; progress answers prove it current."""
+    async def _read_watch(self, call: Any, sent: deque[float],
+                          checks: deque[tuple[float, int]]) -> None:
+        """Fold the watch's answers into the cache; any answer pops one request from `sent`."""
         async for response in call:
             if response.compact_revision:
                 log.info("etcd revision %d compacted; listing again", self._revision)
@@ -648,8 +675,19 @@ class EtcdCatalog(Catalog):
                     sent.popleft()
                 self._came_up()
             elif response.watch_id == -1 and not response.events and sent:
-                # A progress answer: every event up to its revision was sent before it.
-                self.freshness.proved(sent.popleft())
+                sent.popleft()  # a progress answer: every event up to its revision was sent
+            self._prove(checks)
+
+    def _checked(self, checks: deque[tuple[float, int]], asked: float,
+                 done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            checks.append((asked, done.result().header.revision))
+            self._prove(checks)
+
+    def _prove(self, checks: deque[tuple[float, int]]) -> None:
+        """Linearizable reads whose revision the watch has reached prove the cache current."""
+        while checks and checks[0][1] <= self._revision:
+            self.freshness.proved(checks.popleft()[0])
 
     def _apply(self, key: bytes, value: bytes | None, instances: dict[str, Instance],
                leases: dict[str, _LeaseInfo], expiry: dict[str, float]) -> bool:
