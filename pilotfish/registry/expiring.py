@@ -31,18 +31,23 @@ class Freshness:
     Older, the clock stops at proof + bound: nothing expires that the reader cannot see
     being renewed. When proof returns after such a stale spell, expiry catches up at
     once, except that a lease that ran out during the spell stays served until `grace`
-    after the proof or LATEST_SERVED after its expiry, whichever is first: a registrar
-    whose renewal was held up by the same fault gets that much time, and an instance is
-    still never served later than its expiry + 1 s once the reader sees the backend.
+    after the proof or `latest_served` after its expiry, whichever is first: a registrar
+    whose renewal was held up by the same fault gets that much time. With the default
+    cap an instance is never served later than its expiry + 1 s once the reader sees the
+    backend (etcd, whose server keeps leases through a leader change anyway); a backend
+    whose leases cannot be renewed at all while it takes no writes (ZooKeeper) lifts the
+    cap, so a write outage longer than a TTL does not empty the catalog when it ends.
 
     The bound must stay below the smallest TTL minus the keepalive interval (2/3 of a
     TTL of 2 s is 1.33 s): a live lease's expiry, as last seen, is then always later
     than the frozen clock.
     """
 
-    def __init__(self, bound: float = FRESH_BOUND, grace: float = RECOVERY_GRACE) -> None:
+    def __init__(self, bound: float = FRESH_BOUND, grace: float = RECOVERY_GRACE,
+                 latest_served: float = LATEST_SERVED) -> None:
         self.bound = bound
         self.grace = grace
+        self.latest_served = latest_served
         self._proof_mono: float | None = None
         self._proof_wall = 0.0
         self._window: tuple[float, float] | None = None  # last stale spell (wall clock)
@@ -97,7 +102,7 @@ class Freshness:
         until `grace` after the proof that ended it, at most LATEST_SERVED past its own."""
         window = self._window
         if window is not None and window[0] <= expires_at < window[1] + self.grace:
-            return max(expires_at, min(window[1] + self.grace, expires_at + LATEST_SERVED))
+            return max(expires_at, min(window[1] + self.grace, expires_at + self.latest_served))
         return expires_at
 
     def alive(self, expires_at: float) -> bool:

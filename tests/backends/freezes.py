@@ -198,6 +198,8 @@ class Run:
     base: set[int]
     registrars: list[Registrar]
     leases_before: list[str | None]
+    leases_after_followers: list[str | None]  # after a and b were frozen (not the leader)
+    reregistered_after_followers: int
     write_probes: list[tuple[float, bool]]
 
     def table(self) -> str:
@@ -217,7 +219,8 @@ class Run:
                     f"{phase.caught_up.get(name, float('nan')):.1f}s after thaw"
                     + (f" | writes back {phase.writes_back_at - phase.frozen_at:.1f}s"
                        if phase.writes_back_at is not None else ""))
-        lines.append("re-registrations: " + ", ".join(
+        lines.append(f"re-registrations after the followers' freezes: "
+                     f"{self.reregistered_after_followers}; at the end: " + ", ".join(
             f"{r.owner} {r.reregistrations}" for r in self.registrars))
         return "\n".join(lines)
 
@@ -322,6 +325,9 @@ async def ride_out_freezes(cluster: FrozenCluster, pilotfish: StartPilotfish, un
                 phase.caught_up = {name: t - phase.thawed_at for name, t in done.items()
                                    if t is not None}
                 phase.writes_back_at = _writes_back(write_probes, phase.frozen_at)
+                if n == 1:
+                    leases_after = [r.lease_id for r in registrars[:2]]
+                    reregistered = sum(r.reregistrations for r in registrars)
         finally:
             for task in tasks:
                 task.cancel()
@@ -332,7 +338,8 @@ async def ride_out_freezes(cluster: FrozenCluster, pilotfish: StartPilotfish, un
                 await registrar.stop(revoke=False)
             for catalog in catalogs:
                 await catalog.close()
-    return Run(readers, phases, base, registrars, leases_before, write_probes)
+    return Run(readers, phases, base, registrars, leases_before, leases_after,
+               reregistered, write_probes)
 
 
 async def _wait_current(reader: Reader, http: httpx.AsyncClient, service: str,

@@ -205,7 +205,7 @@ class ZooKeeperCatalog(Catalog):
         self._client = KazooClient(
             hosts=",".join(hosts), timeout=session_timeout,
             connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=1.5, max_jitter=0.1,
-                                        max_delay=1.0),
+                                        max_delay=0.5),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=0.5, deadline=2.0),
         )
         self._loop = asyncio.get_running_loop()
@@ -217,7 +217,9 @@ class ZooKeeperCatalog(Catalog):
         self._watched: set[str] = set()  # nodes with a data watch set (or a read on its way)
         self._orphan_since: dict[str, float] = {}
         # Expiry runs only while a recent sync through the leader proves the cache current.
-        self.freshness = Freshness()
+        # No keepalive can be written while ZooKeeper has no leader, so a lease that ran out
+        # during such a spell is served until RECOVERY_GRACE after it ends (uncapped).
+        self.freshness = Freshness(latest_served=math.inf)
         self._snapshots = ExpiringSnapshots(self.changes.notify, self.freshness)
         self._probe_task: asyncio.Task[None] | None = None
         self._stale_reported = False
@@ -797,10 +799,12 @@ class ZooKeeperCatalog(Catalog):
 
     async def _live_lease(self, lease_id: str, fresh: bool) -> _LeaseEntry:
         """The lease as cached, or as read when the cache may be behind; UnknownLease if dead."""
+        # By the wall clock, not the reader's paused one: a lease that ran out during an
+        # outage is not renewed but replaced (the registrar registers again at once).
         entry = None if fresh else self._leases.get(lease_id)
-        if entry is None or not self._alive(entry):
+        if entry is None or entry.expires_at <= time.time():
             entry = await self._read_lease(lease_id)
-        if entry is None or not self._alive(entry):
+        if entry is None or entry.expires_at <= time.time():
             raise UnknownLease(lease_id)
         return entry
 
