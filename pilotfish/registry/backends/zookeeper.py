@@ -205,7 +205,7 @@ class ZooKeeperCatalog(Catalog):
         self._client = KazooClient(
             hosts=",".join(hosts), timeout=session_timeout,
             connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=1.5, max_jitter=0.1,
-                                        max_delay=0.5),
+                                        max_delay=0.25),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=0.5, deadline=2.0),
         )
         self._loop = asyncio.get_running_loop()
