@@ -787,6 +787,8 @@ class EtcdCatalog(Catalog):
         self._held.pop(lease_id, None)
         if lease_id in self._lapsed:
             return
+        log.info("lease %s ran out (by this process's clock) while etcd could not be reached "
+                 "or took no writes; revoking what etcd kept", lease_id)
         self._lapsed.add(lease_id)
         self._snapshots.changed()
         number = _lease_number(lease_id)
