@@ -30,7 +30,9 @@ from tests.fixtures.etcd import EtcdCluster
 from tests.fixtures.process import StartPilotfish
 from tests.fixtures.zookeeper import ZooKeeperEnsemble
 
-pytestmark = pytest.mark.slow
+# About 45 s each when the machine is quiet; pytest-timeout's 120 s default is too tight
+# for three phases, a cluster start and three reader processes on a loaded one.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 MISS = 1.0  # the longest a live instance may be missing (issue 16)
 SAMPLING = 0.25  # one sample period, plus a loaded machine's jitter
