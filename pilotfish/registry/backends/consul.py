@@ -201,7 +201,7 @@ class ConsulCatalog(Catalog):
             leader = await self._call(self._writer.status.leader())
         except BackendUnavailable:
             return False
-        return bool(leader) and not self._failing and not self.freshness.stale
+        return bool(leader) and not self._failing and self.freshness.age() <= 2.0
 
     @property
     def lease_count(self) -> int:

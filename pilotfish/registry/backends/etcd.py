@@ -171,6 +171,14 @@ def _prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
+def _transient(exc: grpc.aio.AioRpcError) -> bool:
+    """Worth another attempt on another member: unreachable, timed out, or a stream that
+    broke in gRPC's core (INTERNAL "Internal error from Core", seen when a deadline hits
+    while a request is being sent)."""
+    return exc.code() in _TRANSIENT or (
+        exc.code() == grpc.StatusCode.INTERNAL and "from Core" in (exc.details() or ""))
+
+
 def _server_answered(exc: grpc.aio.AioRpcError) -> bool:
     """Whether etcd itself answered (no leader, leader changed, timeout) vs no connection."""
     return (exc.details() or "").startswith("etcdserver:")
@@ -216,6 +224,7 @@ class EtcdCatalog(Catalog):
         self._lapsed: set[str] = set()
         self._outages: deque[tuple[float, float]] = deque(maxlen=OUTAGE_MEMORY)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stragglers: set[asyncio.Future[Any]] = set()  # cancelled, not yet ended
         self._watch_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
 
@@ -494,7 +503,7 @@ class EtcdCatalog(Catalog):
             try:
                 return await op(member, max(0.05, min(per_call, remaining)))
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _TRANSIENT:
+                if not _transient(exc):
                     raise
                 detail = f"{member.endpoint}: {exc.code().name.lower()}: {exc.details()}"
                 if _server_answered(exc) or exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -621,13 +630,21 @@ class EtcdCatalog(Catalog):
         check_at = 0.0
         try:
             sent.append(time.monotonic())
-            await asyncio.wait_for(call.write(create), self._stall_after)
+            await self._send(call, create)
+            tick = time.monotonic()
             while True:
                 done, _ = await asyncio.wait({reader}, timeout=PROGRESS_EVERY)
                 if done:
                     reader.result()
                     raise _WatchEnded("watch stream closed")
                 now = time.monotonic()
+                # Time this process itself was not running (an overloaded host) is not the
+                # member's silence: move the pending requests' clocks past it.
+                lag = now - tick - PROGRESS_EVERY
+                if lag > PROGRESS_EVERY:
+                    for n in range(len(sent)):
+                        sent[n] += lag
+                    check_at += lag
                 if sent and now - sent[0] > self._stall_after:
                     raise _WatchEnded(f"no answer on the watch for {now - sent[0]:.1f}s "
                                       "(member frozen, overloaded or cut off)")
@@ -643,18 +660,49 @@ class EtcdCatalog(Catalog):
                     check.add_done_callback(functools.partial(self._checked, checks, now))
                 if len(sent) < 16:
                     sent.append(now)
-                    await asyncio.wait_for(call.write(progress), self._stall_after)
+                    await self._send(call, progress)
+                tick = time.monotonic()  # a write held up by the member is its silence
         except TimeoutError:
             raise _WatchEnded("watch requests not accepted (member frozen?)") from None
         finally:
             call.cancel()
             for task in (reader, check):
-                if task is None:
-                    continue
-                task.cancel()
-                await asyncio.wait({task})
-                if not task.cancelled():
-                    task.exception()  # the same failure, raised above or reported by the next
+                if task is not None:
+                    await self._drop(task)
+
+    async def _send(self, call: Any, request: Any) -> None:
+        """Write one request on the watch stream; TimeoutError if the member does not take it
+        within `stall_after`. Never waits on a cancelled gRPC write (see _drop)."""
+        write = asyncio.ensure_future(call.write(request))
+        try:
+            done, _ = await asyncio.wait({write}, timeout=self._stall_after)
+        except asyncio.CancelledError:
+            self._abandon(write)
+            raise
+        if not done:
+            self._abandon(write)
+            raise TimeoutError
+        write.result()
+
+    def _abandon(self, task: asyncio.Future[Any]) -> None:
+        """Cancel without waiting, keeping a reference until it ends."""
+        task.cancel()
+        if not task.done():
+            self._stragglers.add(task)
+            task.add_done_callback(self._stragglers.discard)
+
+    async def _drop(self, task: asyncio.Task[Any]) -> None:
+        """Cancel a helper of the watch and wait briefly: a gRPC stream cancelled early can
+        leave its reader waiting for a status that never comes, and close() must not hang
+        on it (the channel's close ends it)."""
+        task.cancel()
+        try:
+            await asyncio.wait({task}, timeout=0.5)
+        finally:
+            if not task.done():
+                self._abandon(task)
+        if not task.cancelled():
+            task.exception()  # the same failure, raised above or reported by the next
 
     async def _read_watch(self, call: Any, sent: deque[float],
                           checks: deque[tuple[float, int]]) -> None:
