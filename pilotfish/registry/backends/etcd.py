@@ -701,7 +701,7 @@ class EtcdCatalog(Catalog):
         finally:
             if not task.done():
                 self._abandon(task)
-        if not task.cancelled():
+        if task.done() and not task.cancelled():
             task.exception()  # the same failure, raised above or reported by the next
 
     async def _read_watch(self, call: Any, sent: deque[float],
