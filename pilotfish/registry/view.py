@@ -51,7 +51,12 @@ class CatalogView:
         while True:
             generation = self.catalog.changes.generation
             try:
-                snapshot = await self.catalog.watch(self.snapshot.index, self._wait)
+                if self.stale and self.ready.is_set():
+                    # One read proves the backend answers again, even when nothing changed
+                    # meanwhile (a watch would then block for its whole wait).
+                    snapshot = await self.catalog.snapshot()
+                else:
+                    snapshot = await self.catalog.watch(self.snapshot.index, self._wait)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any backend failure: fail static, retry

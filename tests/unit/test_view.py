@@ -1,0 +1,54 @@
+"""CatalogView: fail static while the backend is away, and current again as soon as it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from pilotfish.registry.backends.memory import MemoryCatalog
+from pilotfish.registry.catalog import BackendUnavailable, Snapshot
+from pilotfish.registry.model import Instance
+from pilotfish.registry.view import CatalogView
+
+
+class FlakyCatalog(MemoryCatalog):
+    """The embedded catalog, made to fail every read while `down` is set."""
+
+    down = False
+
+    async def snapshot(self) -> Snapshot:
+        if self.down:
+            raise BackendUnavailable("cut off (test)")
+        return await super().snapshot()
+
+
+async def test_view_keeps_its_last_snapshot_and_is_current_again_right_after_the_outage() -> None:
+    catalog = FlakyCatalog()
+    lease = await catalog.create_lease(30)
+    await catalog.register(Instance(service="web", id="web-1", address="10.0.0.1", port=80,
+                                    lease=lease.id))
+    view = CatalogView(catalog, wait=30.0, retry=0.2)
+    await view.start()
+    try:
+        assert not view.stale and set(view.snapshot.instances) == {"web-1"}
+        catalog.down = True
+        catalog.changes.notify()  # wake the pending watch so it reads (and fails) now
+        for _ in range(200):
+            if view.stale:
+                break
+            await asyncio.sleep(0.01)
+        assert view.stale, "a view whose backend fails must say so"
+        assert set(view.snapshot.instances) == {"web-1"}, "a stale view must keep what it had"
+
+        catalog.down = False  # back, and nothing changed: no watch would return for 30 s
+        back = time.monotonic()
+        for _ in range(200):
+            if not view.stale:
+                break
+            await asyncio.sleep(0.01)
+        print(f"current again {time.monotonic() - back:.2f} s after the backend returned")
+        assert not view.stale, "view still stale ~2 s after the backend returned"
+        assert set(view.snapshot.instances) == {"web-1"}
+    finally:
+        await view.stop()
+        await catalog.close()
