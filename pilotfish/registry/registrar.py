@@ -77,7 +77,7 @@ class Registrar:
     @property
     def in_sync(self) -> bool:
         """Whether the catalog holds exactly the desired set, on the current lease."""
-        if self.lease_id is None and self._desired:
+        if self.lease_id is None:
             return False
         if self._held.keys() != self._desired.keys():
             return False
@@ -214,7 +214,7 @@ class Registrar:
         for key in [key for key in self._held if key not in self._desired]:
             await self.catalog.deregister(key)
             self._held.pop(key, None)
-        if not self._desired or not self._vouching():
+        if not self._vouching():
             return
         try:
             await self._register_missing()
