@@ -173,9 +173,11 @@ class ContainerFollower:
     def _forget(self, container_id: str) -> None:
         if container_id in self._busy:
             self._again.add(container_id)  # an inspect in flight may predate the death
-        self._details.pop(container_id, None)
+        details = self._details.pop(container_id, None)
         if self.decisions.pop(container_id, None) is not None:
             self._changed()
+        if details is not None:
+            self._touch_joiners(container_id, details)
 
     async def _refresh(self, container_id: str) -> None:
         try:
@@ -202,9 +204,15 @@ class ContainerFollower:
         self.decisions[container_id] = decision
         if decision != previous:
             self._changed()
+        self._touch_joiners(container_id, details)
+
+    def _touch_joiners(self, container_id: str, details: Details) -> None:
+        """Containers sharing this one's network take its endpoints: decide them again."""
         name = str(details.get("Name", "")).lstrip("/")
-        for other, joined in list(self.decisions.items()):
-            if other != container_id and joined.joins in (container_id, name):
+        for other, decision in list(self.decisions.items()):
+            joins = decision.joins
+            if other != container_id and joins and (
+                    joins == name or container_id.startswith(joins)):
                 self.touch(other)
 
     def _decide(self, details: Details, previous: Decision | None) -> Decision:
