@@ -16,14 +16,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
+from typing import TypeVar
 
 from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import Catalog, UnknownLease
 from pilotfish.registry.model import Instance, ttl_seconds
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WRITES = 16
+"""Backend calls one converge pass keeps in flight (a burst of containers is written in
+parallel, not one round trip after another)."""
 
 Vouch = Callable[[], bool]
 """Whether the registrar may renew its lease and register now (a sidecar that lost sight of
@@ -225,12 +231,12 @@ class Registrar:
 
     async def _converge(self) -> None:
         """One pass: withdraw what is held and not wanted, register what is wanted and not
-        held as wanted. Raises on the first failure; the next pass continues from there."""
+        held as wanted (up to WRITES calls at a time). Raises what failed once every call of
+        the pass has ended; the next pass continues from there."""
         if not self._claimed:
             await self._claim()
-        for key in [key for key in self._held if key not in self._desired]:
-            await self.catalog.deregister(key)
-            self._held.pop(key, None)
+        await self._each([key for key in self._held if key not in self._desired],
+                         self._withdraw)
         if not self._vouching():
             return
         try:
@@ -239,17 +245,43 @@ class Registrar:
             self._lost_lease()
             await self._register_missing()
 
+    async def _withdraw(self, key: str) -> None:
+        await self.catalog.deregister(key)
+        self._held.pop(key, None)
+
     async def _register_missing(self) -> None:
         if self.lease_id is None:
             lease = await self.catalog.create_lease(self.ttl, self.owner)
             self.lease_id, self.renewed_at = lease.id, time.monotonic()
-        for key, want in list(self._desired.items()):
-            wanted = replace(want, lease=self.lease_id)
-            if self._held.get(key) != wanted:
-                await self.catalog.register(wanted)
-                # What was written is what the catalog holds, even if the wish changed
-                # meanwhile; the next pass compares it with the new wish.
-                self._held[key] = wanted
+        lease_id = self.lease_id
+        missing = [wanted for want in self._desired.values()
+                   if self._held.get(want.id) != (wanted := replace(want, lease=lease_id))]
+        await self._each(missing, self._register)
+
+    async def _register(self, wanted: Instance) -> None:
+        await self.catalog.register(wanted)
+        # What was written is what the catalog holds, even if the wish changed meanwhile;
+        # the next pass compares it with the new wish.
+        self._held[wanted.id] = wanted
+
+    async def _each(self, items: list[T], write: Callable[[T], Awaitable[None]]) -> None:
+        """Run `write` on every item, WRITES at a time; then raise the first failure (an
+        UnknownLease before any other, so the caller can take a new lease)."""
+        if not items:
+            return
+        limit = asyncio.Semaphore(WRITES)
+
+        async def bounded(item: T) -> None:
+            async with limit:
+                await write(item)
+
+        results = await asyncio.gather(*(bounded(i) for i in items), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures:
+            if isinstance(failure, UnknownLease):
+                raise failure
+        if failures:
+            raise failures[0]
 
     async def _claim(self) -> None:
         assert self._claims is not None
