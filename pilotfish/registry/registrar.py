@@ -87,9 +87,13 @@ class Registrar:
             return False
         if self._held.keys() != self._desired.keys():
             return False
-        return all(self._held[key] == replace(want, lease=self._held[key].lease)
-                   and self._held[key].lease == self.lease_id
-                   for key, want in self._desired.items())
+        return all(self._holds(want) for want in self._desired.values())
+
+    def _holds(self, want: Instance) -> bool:
+        """Whether the catalog holds `want` as it is, on the current lease."""
+        held = self._held.get(want.id)
+        return held is not None and held.lease == self.lease_id and _fields(held) == _fields(
+            want)
 
     @property
     def held(self) -> int:
@@ -254,8 +258,8 @@ class Registrar:
             lease = await self.catalog.create_lease(self.ttl, self.owner)
             self.lease_id, self.renewed_at = lease.id, time.monotonic()
         lease_id = self.lease_id
-        missing = [wanted for want in self._desired.values()
-                   if self._held.get(want.id) != (wanted := replace(want, lease=lease_id))]
+        missing = [replace(want, lease=lease_id) for want in self._desired.values()
+                   if not self._holds(want)]
         await self._each(missing, self._register)
 
     async def _register(self, wanted: Instance) -> None:
@@ -290,3 +294,9 @@ class Registrar:
             if self._claims(instance) and instance.id not in self._held:
                 self._held[instance.id] = instance
         self._claimed = True
+
+
+def _fields(instance: Instance) -> tuple[object, ...]:
+    """Everything about an instance but its lease (cheaper than building a copy to compare)."""
+    return (instance.service, instance.address, instance.port, instance.tags,
+            instance.meta, instance.weight, instance.health)
