@@ -114,6 +114,8 @@ class ContainerFollower:
                 log.warning("sidecar: the Docker event stream ended; reconnecting")
             except DockerUnavailable as exc:
                 log.warning("sidecar: %s; reconnecting in %.1fs", exc, delay)
+            except Exception:  # whatever it was, following must go on
+                log.exception("sidecar: following Docker failed; reconnecting in %.1fs", delay)
             finally:
                 self.connected = self.reconciled = False
             self.stats.reconnects += 1
