@@ -29,6 +29,7 @@ from tests.sidecar.harness import (
     dns_timed,
     metric,
     serving,
+    sidecar_http,
     start_registry,
     start_sidecar,
     timed,
@@ -249,6 +250,9 @@ async def test_dockerd_restarted_and_killed_while_the_sidecar_runs(
     assert took <= TTL + TTL / 3 + 1.0
     await asyncio.sleep(max(0.0, killed + TTL + 1.5 - time.monotonic()))
     assert not (await reader.snapshot()).service(service)
+    health = await asyncio.to_thread(httpx.get, sidecar_http(sidecar) + "/health")
+    assert health.status_code == 503 and health.json()["docker"] == "down"
+    assert metric(sidecar, "pilotfish_sidecar_docker_up") == 0
     docker.start()
     await matches_docker(20)
     await eventually(lambda: metric(sidecar, "pilotfish_sidecar_in_sync") == 1, 10, "in sync")
