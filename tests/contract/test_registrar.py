@@ -119,6 +119,29 @@ async def test_a_restarted_registrar_claims_what_its_predecessor_left(
         await catalog.revoke(first.lease_id)
 
 
+async def test_a_registrar_that_cannot_vouch_lets_its_lease_lapse(
+    catalog: Catalog, unique: str
+) -> None:
+    """No keepalive while vouch() says no (a sidecar blind to Docker): the instances lapse
+    with the lease; once it vouches again, a new lease carries them back."""
+    service = f"vo-{unique}"
+    vouching = [True]
+    registrar = Registrar(catalog, ttl=2, owner=f"vouch-{unique}",
+                          instances=[instance(service, f"v-{unique}", 9000)],
+                          vouch=lambda: vouching[0])
+    await registrar.start()
+    try:
+        await wait_until(catalog, lambda s: len(s.service(service)) == 1, 5)
+        first = registrar.lease_id
+        vouching[0] = False
+        await wait_until(catalog, lambda s: not s.service(service), 2 + 2)
+        vouching[0] = True
+        snapshot = await wait_until(catalog, lambda s: len(s.service(service)) == 1, 4)
+        assert snapshot.service(service)[0].lease == registrar.lease_id != first
+    finally:
+        await registrar.stop()
+
+
 @dataclass
 class Droppable:
     """A backend server of the test's own: its URL, and how to kill and restart it."""
