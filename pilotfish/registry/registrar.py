@@ -40,8 +40,9 @@ class Registrar:
     """One lease, a desired set of instances, one keepalive per interval (ttl / 3).
 
     `claims` names instances already in the catalog that belong to this registrar although
-    it did not register them in this life (a restarted sidecar's stable ids): they are read
-    once at start and withdrawn or moved onto the new lease like the rest.
+    it did not register them in this life (a restarted sidecar's stable ids): those on a
+    lease with the same owner are read once at start and withdrawn or moved onto the new
+    lease like the rest.
     """
 
     def __init__(
@@ -288,10 +289,18 @@ class Registrar:
             raise failures[0]
 
     async def _claim(self) -> None:
+        """Take over what an earlier life of this registrar left: instances `claims` names,
+        on a live lease of the same owner (never another owner's, whatever their ids)."""
         assert self._claims is not None
         snapshot = await self.catalog.snapshot()
+        owners: dict[str, str | None] = {}
         for instance in snapshot.instances.values():
-            if self._claims(instance) and instance.id not in self._held:
+            if not self._claims(instance) or instance.id in self._held:
+                continue
+            if instance.lease not in owners:
+                lease = await self.catalog.lease(instance.lease)
+                owners[instance.lease] = lease.owner if lease is not None else None
+            if owners[instance.lease] == self.owner:
                 self._held[instance.id] = instance
         self._claimed = True
 
