@@ -26,6 +26,7 @@ from tests.fixtures.process import StartPilotfish, start_pilotfish
 from tests.fixtures.servers import free_port
 from tests.sidecar.harness import (
     ADVERTISE,
+    STARTUP,
     Registry,
     dns_timed,
     metric,
@@ -302,7 +303,7 @@ async def test_up_with_docker_serves_containers_in_dns(
     """`pilotfish up --docker`: API, DNS and sidecar in one process."""
     up = pilotfish("up", "--api", "127.0.0.1:0", "--dns", "127.0.0.1:0", "--docker", docker.host,
                    "--advertise-ip", ADVERTISE, "--sidecar-id", f"s{unique}",
-                   expect=("registry API", "dns"))
+                   expect=("registry API", "dns"), timeout=STARTUP)
     registry = Registry(up)
     run_sleeper(docker, f"u-{unique}", f"up-{unique}", free_port())
     await dns_timed(registry, f"up-{unique}", [ADVERTISE], 5)
@@ -365,5 +366,5 @@ def test_bad_flags_are_refused_naming_the_flag(args: tuple[str, ...], says: str)
 
 
 def test_up_without_docker_runs_no_sidecar() -> None:
-    with start_pilotfish("up", "--api", "127.0.0.1:0", "--dns", "off") as up:
+    with start_pilotfish("up", "--api", "127.0.0.1:0", "--dns", "off", timeout=STARTUP) as up:
         assert "sidecar" not in "".join(up.lines)
