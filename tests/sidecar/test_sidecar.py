@@ -120,7 +120,11 @@ async def test_run_is_served_within_a_second_and_stop_and_rm_withdraw_it(
     assert not snapshot.service(f"none-{unique}")
     assert metric(sidecar, 'pilotfish_sidecar_skipped{reason="network-none"}') == 1
 
-    docker.remove(f"w2-{unique}")
+    # A rename moves the registration to the new stable id.
+    docker.docker("rename", f"w2-{unique}", f"w3-{unique}")
+    await wait_until(reader, lambda s: ids(s, service) == {f"{sidecar_id}:w3-{unique}:{port}"}, 5)
+
+    docker.remove(f"w3-{unique}")
     removed = time.monotonic()
     took, _ = await timed(reader, lambda s: not s.service(service)
                           and not s.service(f"joined-{unique}"), 5)
