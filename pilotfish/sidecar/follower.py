@@ -39,7 +39,7 @@ GONE = frozenset({"die", "stop", "destroy", "oom"})
 CHANGED = frozenset({"start", "restart", "pause", "unpause", "health_status", "rename",
                      "update"})
 STATIC_MODES = ("host", "none", "container:")
-INSPECT_CONCURRENCY = 16
+INSPECT_CONCURRENCY = 32
 
 
 class ContainerFollower:
