@@ -185,7 +185,7 @@ class Registrar:
 
     async def _run(self) -> None:
         next_keepalive = time.monotonic() + self.interval
-        retry_at: float | None = None
+        retry_at = None if self.in_sync else time.monotonic() + self.retry
         while True:
             wake_at = next_keepalive if retry_at is None else min(next_keepalive, retry_at)
             with contextlib.suppress(TimeoutError):
