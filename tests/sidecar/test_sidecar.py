@@ -304,13 +304,20 @@ async def test_registry_down_while_containers_change(
 async def test_up_with_docker_serves_containers_in_dns(
     docker: DockerEngine, pilotfish: StartPilotfish, unique: str,
 ) -> None:
-    """`pilotfish up --docker`: API, DNS and sidecar in one process."""
+    """`pilotfish up --docker`: API, DNS and sidecar in one process; with --explicit, a
+    container without SERVICE_NAME is left out (it would be named after its image)."""
     up = pilotfish("up", "--api", "127.0.0.1:0", "--dns", "127.0.0.1:0", "--docker", docker.host,
-                   "--advertise-ip", ADVERTISE, "--sidecar-id", f"s{unique}",
+                   "--advertise-ip", ADVERTISE, "--sidecar-id", f"s{unique}", "--explicit",
                    expect=("registry API", "dns"), timeout=STARTUP)
     registry = Registry(up)
+    docker.run("--network", "host", "--name", f"anon-{unique}", "--expose", str(free_port()))
     run_sleeper(docker, f"u-{unique}", f"up-{unique}", free_port())
     await dns_timed(registry, f"up-{unique}", [ADVERTISE], 5)
+    catalog = await open_catalog(registry.url)
+    try:
+        assert not (await catalog.snapshot()).service("pf-busybox")
+    finally:
+        await catalog.close()
 
 
 async def test_route_balances_to_the_containers_the_sidecar_registered(
