@@ -264,6 +264,29 @@ async def test_dockerd_restarted_and_killed_while_the_sidecar_runs(
     await eventually(lambda: metric(sidecar, "pilotfish_sidecar_in_sync") == 1, 10, "in sync")
 
 
+async def test_a_frozen_dockerd_is_not_vouched_for(
+    docker: DockerEngine, registry: Registry, reader: Catalog, pilotfish: StartPilotfish,
+    unique: str,
+) -> None:
+    """dockerd stopped with SIGSTOP: the event stream stays open but Docker answers nothing,
+    so the sidecar stops renewing and the lease lapses; after SIGCONT it renews and
+    registers again."""
+    sidecar_id, service = f"s{unique}", f"f-{unique}"
+    sidecar = start_sidecar(pilotfish, registry.url, docker, sidecar_id, ttl=TTL)
+    run_sleeper(docker, f"f-{unique}", service, free_port())
+    await wait_until(reader, lambda s: len(s.service(service)) == 1, 5)
+    assert docker.process is not None
+    docker.process.send_signal(signal.SIGSTOP)
+    try:
+        took, _ = await timed(reader, lambda s: not s.service(service), TTL * 2 + 2)
+        print(f"dockerd frozen -> withdrawn after {took:.2f}s (ttl {TTL}s)")
+        assert took <= TTL + TTL / 3 + 1.0
+    finally:
+        docker.process.send_signal(signal.SIGCONT)
+    await wait_until(reader, lambda s: len(s.service(service)) == 1, 10)
+    assert metric(sidecar, "pilotfish_sidecar_lease_reregistrations_total") >= 1
+
+
 async def test_registry_down_while_containers_change(
     docker: DockerEngine, pilotfish: StartPilotfish, unique: str,
 ) -> None:
