@@ -16,6 +16,11 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _number(value: float) -> str:
+    """Exact for counters (byte totals pass a million; %g would round them to 6 digits)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 class Metrics:
     """Counters and gauges with labels, plus collectors read at scrape time."""
 
@@ -61,5 +66,5 @@ class Metrics:
             for labels, value in sorted(values[name].items()):
                 rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
                 series = f"{name}{{{rendered}}}" if rendered else name
-                lines.append(f"{series} {value:g}")
+                lines.append(f"{series} {_number(value)}")
         return "\n".join(lines) + "\n"

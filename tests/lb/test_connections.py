@@ -86,7 +86,14 @@ async def _backend_half_close(lb: Lb, service: str, route: str) -> None:
 
 
 async def test_half_close_from_the_client_one_mib(lb: Lb) -> None:
+    route = f"{HOST}:{lb.routes['web']}"
+    before_in = lb.metric("pilotfish_lb_instance_bytes_in_total", route=route)
+    before_out = lb.metric("pilotfish_lb_instance_bytes_out_total", route=route)
     await _client_half_close(lb.routes["web"])
+    await asyncio.sleep(0.1)
+    assert lb.metric("pilotfish_lb_instance_bytes_in_total", route=route) - before_in == MIB
+    assert lb.metric("pilotfish_lb_instance_bytes_out_total", route=route) - before_out == \
+        MIB + 3  # the echo and the greeting "e0\n"
 
 
 async def test_half_close_from_the_backend_one_mib(lb: Lb) -> None:
