@@ -24,7 +24,8 @@ MAX_OWNER = 256
 # Patterns are matched whole (fullmatch) and on ASCII only: `$` would let "web\n" through, and
 # lower-casing first would fold a Kelvin sign into "k". The OpenAPI schema publishes these.
 SERVICE_PATTERN = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+# ':' for Registrator-style ids (host:container:port), which sidecar users already have.
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
 META_KEY_PATTERN = r"[A-Za-z0-9_-]{1,128}"
 TAG_PATTERN = r"[!-~]{1,255}"
 OWNER_PATTERN = r"[ -~]{0,256}"
@@ -68,7 +69,7 @@ def identifier(value: object, field: str) -> str:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise InvalidField(
             field,
-            f"{value!r} is not a valid id: 1-128 characters of A-Z, a-z, 0-9, '_', '.', '-', "
+            f"{value!r} is not a valid id: 1-128 characters of A-Z, a-z, 0-9, '_', '.', ':', '-', "
             "starting with a letter or digit",
         )
     return value
