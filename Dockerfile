@@ -42,9 +42,10 @@ ENV PATH=/opt/pilotfish/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PILOTFISH_API=0.0.0.0:8500 \
     PILOTFISH_DNS=0.0.0.0:8600 \
+    PILOTFISH_LB_API=0.0.0.0:8700 \
     PILOTFISH_HEALTH_URL=http://127.0.0.1:8500/v1/health
 USER pilotfish:pilotfish
-EXPOSE 8500/tcp 8600/udp 8600/tcp
+EXPOSE 8500/tcp 8600/udp 8600/tcp 8700/tcp
 HEALTHCHECK --interval=5s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['PILOTFISH_HEALTH_URL'], timeout=2)"]
 STOPSIGNAL SIGTERM
