@@ -6,7 +6,8 @@
 # Configuration comes from PILOTFISH_* environment variables (every flag has one) or flags.
 ARG BASE=python:3.11-slim-bookworm
 
-# Stage 1: every wheel pilotfish needs (from ./.wheels when present, else from the index),
+# Stage 1: the pilotfish wheel built from the source, and the wheels it depends on (from
+# ./.wheels when scripts/build-image made it: OFFLINE=1 then allows no index at all),
 # installed into a virtual environment that the final stage copies.
 FROM ${BASE} AS wheels
 ARG OFFLINE=
@@ -16,8 +17,7 @@ RUN python3 -m venv /opt/pilotfish \
  && /opt/pilotfish/bin/pip wheel -q ${OFFLINE:+--no-index} --find-links /src/.wheels \
         -w /wheels /src \
  && /opt/pilotfish/bin/pip install -q --no-index --find-links /wheels pilotfish \
- && /opt/pilotfish/bin/pip uninstall -q -y pip setuptools \
- && find /opt/pilotfish -name __pycache__ -prune -exec rm -rf {} +
+ && /opt/pilotfish/bin/pip uninstall -q -y pip setuptools
 
 # Stage 2: the base, an unprivileged user and the environment; no compilers, no pip, no wheels.
 FROM ${BASE}

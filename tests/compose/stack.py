@@ -37,6 +37,11 @@ def images_named(path: Path) -> set[str]:
     return {service["image"] for service in services.values()}
 
 
+def named_volumes(stack: str) -> set[str]:
+    """The named volumes compose/<stack>.yml declares."""
+    return set(yaml.safe_load((COMPOSE_DIR / f"{stack}.yml").read_text()).get("volumes") or {})
+
+
 def compose_setting(stack: str, service: str, flag: str) -> str:
     """The value of `--flag=VALUE` in a service's command in compose/<stack>.yml."""
     command = yaml.safe_load((COMPOSE_DIR / f"{stack}.yml").read_text())["services"][service][

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from tests.compose.probes import dig_srv, dns_addresses, lb_pool, poll, through_lb
-from tests.compose.stack import ComposeStack, compose_setting, docker_time
+from tests.compose.stack import ComposeStack, compose_setting, docker_time, named_volumes
 from tests.fixtures.docker import DockerEngine
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(600)]
@@ -23,6 +23,7 @@ SERVICE = "demo"
 DEMO_PORT = 8080
 GONE_WITHIN = 1.0  # a dead replica, after its container died
 SERVED_WITHIN = 1.0  # a new replica, after its container started
+SCALE = 5  # replicas after `up -d --scale demo=5`, as in the README
 STARTUP = 90.0  # stack start to three replicas in DNS, on a loaded 2-core machine
 
 
@@ -91,6 +92,7 @@ def walk_through(stack: ComposeStack) -> None:
     stack.compose("kill", "sidecar")
     sidecar = stack.containers("sidecar", all_states=True)[0]
     killed = docker_time(sidecar["State"]["FinishedAt"])
+    assert walk.served() == (alive, alive)  # a SIGKILLed sidecar withdraws nothing itself
     _, lapsed_at = poll(walk.served, lambda seen: seen == (set(), set()), ttl + 10.0, 0.05)
     print(f"{stack.name}: SIGKILLed sidecar's registrations gone after {lapsed_at - killed:.3f} s"
           f" (TTL {ttl} s)")
@@ -103,10 +105,10 @@ def walk_through(stack: ComposeStack) -> None:
 
     # Scale up: every replica that starts is served within 1 s of starting.
     seen_at: dict[str, float] = {}
-    scaling = stack.start("up", "-d", "--scale", f"{SERVICE}=4")
+    scaling = stack.start("up", "-d", "--scale", f"{SERVICE}={SCALE}")
     try:
         deadline = time.monotonic() + 120.0
-        while scaling.poll() is None or len(seen_at) < 4:
+        while scaling.poll() is None or len(seen_at) < SCALE:
             assert time.monotonic() < deadline, f"scaling: served {seen_at}"
             in_dns, in_lb = walk.served()
             now = time.time()
@@ -117,7 +119,7 @@ def walk_through(stack: ComposeStack) -> None:
         output = scaling.communicate(timeout=60)[0]
     assert scaling.returncode == 0, output
     replicas = walk.replicas()
-    assert len(replicas) == 4 and set(seen_at) == set(replicas)
+    assert len(replicas) == SCALE and set(seen_at) == set(replicas)
     for container in stack.containers(SERVICE):
         started = docker_time(container["State"]["StartedAt"])
         address = stack.address(container)
@@ -125,5 +127,10 @@ def walk_through(stack: ComposeStack) -> None:
             print(f"{stack.name}: replica {address} served {seen_at[address] - started:.3f} s "
                   "after it started")
             assert seen_at[address] - started <= SERVED_WITHIN
-    answers = Counter(through_lb(walk.lb_port, 8))
+    answers = Counter(through_lb(walk.lb_port, 2 * SCALE))
     assert set(answers) == set(replicas.values()), answers
+
+    # What `down` must remove is there now: the leftover check sees a running stack.
+    running = {entry.split()[0] for entry in stack.leftovers()}
+    expected = {"container", "network", "process", "address"}
+    assert running >= expected | ({"volume"} if named_volumes(stack.name) else set()), running
