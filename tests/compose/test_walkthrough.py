@@ -17,7 +17,7 @@ from tests.compose.probes import dig_srv, dns_addresses, lb_pool, poll, through_
 from tests.compose.stack import ComposeStack, compose_setting, docker_time, named_volumes
 from tests.fixtures.docker import DockerEngine
 
-pytestmark = [pytest.mark.compose, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
 SERVICE = "demo"
 DEMO_PORT = 8080
