@@ -13,6 +13,7 @@ import json
 import random
 import re
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,20 @@ class ComposeStack:
             return []
         found: list[dict[str, Any]] = json.loads(self.engine.docker("inspect", *ids))
         return sorted(found, key=lambda c: str(c["Name"]))
+
+    def died_at(self, container_id: str, timeout: float = 30.0) -> float:
+        """When the container's process ended (waiting until the engine says it has)."""
+        deadline = time.monotonic() + timeout
+        while (state := self.engine.inspect(container_id)["State"])["Running"]:
+            assert time.monotonic() < deadline, f"{container_id} still runs"
+            time.sleep(0.02)
+        return docker_time(state["FinishedAt"])
+
+    def logs(self) -> str:
+        """The end of every service's log, for failure messages."""
+        result = subprocess.run(self.command("logs", "--no-color", "--tail=30"), cwd=COMPOSE_DIR,
+                                capture_output=True, text=True, env=self.env, timeout=60)
+        return result.stdout + result.stderr
 
     def address(self, container: dict[str, Any]) -> str:
         """The container's address on the stack's network."""

@@ -58,6 +58,9 @@ def test_walkthrough(stack_name: str, compose_engine: DockerEngine) -> None:
     try:
         stack.compose("up", "-d")
         walk_through(stack)
+    except BaseException:
+        print(stack.logs())
+        raise
     finally:
         stack.down()
     assert stack.leftovers() == []
@@ -80,7 +83,7 @@ def walk_through(stack: ComposeStack) -> None:
     # Kill one replica: gone from DNS and the LB within 1 s of its death.
     victim = stack.containers(SERVICE)[0]
     stack.engine.docker("kill", victim["Id"])
-    died = docker_time(stack.engine.inspect(victim["Id"])["State"]["FinishedAt"])
+    died = stack.died_at(victim["Id"])
     alive = set(replicas) - {stack.address(victim)}
     gone_at = walk.wait_served(alive, 10.0)
     print(f"{stack.name}: killed replica gone after {gone_at - died:.3f} s")
@@ -90,8 +93,7 @@ def walk_through(stack: ComposeStack) -> None:
     # SIGKILL the sidecar: its registrations lapse within the TTL + 1 s, not at once.
     ttl = int(compose_setting(stack.name, "sidecar", "ttl"))
     stack.compose("kill", "sidecar")
-    sidecar = stack.containers("sidecar", all_states=True)[0]
-    killed = docker_time(sidecar["State"]["FinishedAt"])
+    killed = stack.died_at(stack.containers("sidecar", all_states=True)[0]["Id"])
     assert walk.served() == (alive, alive)  # a SIGKILLed sidecar withdraws nothing itself
     _, lapsed_at = poll(walk.served, lambda seen: seen == (set(), set()), ttl + 10.0, 0.05)
     print(f"{stack.name}: SIGKILLed sidecar's registrations gone after {lapsed_at - killed:.3f} s"
