@@ -170,10 +170,12 @@ class LoadBalancer:
             await asyncio.sleep(tick)
             for listener in [*self.listeners.values(), *self.draining]:
                 for connection in list(listener.connections):
-                    if connection.server is None:
+                    server = connection.server
+                    if server is None:
                         continue
-                    if connection.active:
-                        connection.active = False
+                    moved = connection.client.received + server.received
+                    if moved != connection.seen:
+                        connection.seen = moved
                         connection.idle = 0
                     else:
                         connection.idle += 1

@@ -27,9 +27,10 @@ _CONNECT_ERRORS = (OSError, TimeoutError)
 class RouteStats:
     """Per-route counters (per-instance ones live on each Backend)."""
 
-    __slots__ = ("accepted", "refused", "retries", "failed")
+    __slots__ = ("accepted", "refused", "retries", "failed", "resets")
 
     def __init__(self) -> None:
+        self.resets = [0, 0]  # connections reset by the client, by the backend
         self.accepted = 0
         self.refused: dict[str, int] = {}
         self.retries = 0
@@ -115,8 +116,7 @@ class RouteListener:
                 break
             if attempt:
                 self.stats.retries += 1
-            server = Side(connection, backend)
-            server.peer = connection.client  # the backend may speak first
+            server = Side(connection, connection.client)  # the backend may speak first
             backend.active += 1
             try:
                 async with asyncio.timeout(settings.connect_timeout):
@@ -163,6 +163,8 @@ class RouteListener:
         backend = connection.backend
         if backend is not None:
             backend.active -= 1
+            backend.bytes_in += connection.client.received
+            backend.bytes_out += connection.server.received  # type: ignore[union-attr]
             backend.connections.discard(connection)
             if backend.draining and not backend.connections:
                 self.pool.forget(backend)

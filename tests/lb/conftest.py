@@ -74,7 +74,7 @@ class Lb:
     def register(self, service: str, instance_id: str, port: int, **fields: Any) -> None:
         """PUT an instance on 127.0.0.1 with a lease of its own."""
         response = self.api.put(f"/v1/services/{service}/instances/{instance_id}",
-                                json={"address": HOST, "port": port, "ttl": 60, **fields})
+                                json={"address": HOST, "port": port, "ttl": 3600, **fields})
         assert response.status_code in (200, 201), response.text
 
     def deregister(self, service: str, instance_id: str) -> None:
@@ -92,6 +92,11 @@ class Lb:
             if all(f'{k}="{v}"' in series for k, v in labels.items()):
                 total += float(value)
         return total
+
+    def metrics_text(self) -> str:
+        """The LB's counters (not bytes), to show when an assertion fails."""
+        return "\n".join(line for line in self.lb_api.get("/metrics").text.splitlines()
+                         if line.startswith("pilotfish_lb") and "bytes" not in line)
 
     def wait_instances(self, route_port: int, count: int, timeout: float = 5.0) -> None:
         """Wait until the route's pool serves `count` instances (per the metrics)."""

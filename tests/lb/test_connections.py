@@ -232,8 +232,10 @@ async def test_ipv6_listener(echo: Backend) -> None:
     try:
         import httpx
 
-        httpx.put(f"{process.api}/v1/services/web/instances/e0",
-                  json={"address": HOST, "port": echo.port, "ttl": 30}).raise_for_status()
+        async with httpx.AsyncClient() as client:
+            response = await client.put(f"{process.api}/v1/services/web/instances/e0",
+                                        json={"address": HOST, "port": echo.port, "ttl": 60})
+            response.raise_for_status()
         port = int(process.listening["lb route to web"].rpartition(":")[2])
         deadline = time.monotonic() + 5
         while True:

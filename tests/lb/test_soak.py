@@ -9,6 +9,7 @@ import pytest
 
 from tests.lb.conftest import Backend, open_fds, start_lb
 from tests.lb.load import run_load
+from tests.watching import eventually
 
 COUNT = int(os.environ.get("PILOTFISH_SOAK_CONNECTIONS", "200000"))
 CONCURRENCY = 48
@@ -36,13 +37,11 @@ async def test_soak_short_connections_half_of_them_half_closing(
         assert outcome.completed + sum(outcome.failed.values()) == COUNT
         refused = lb.metric("pilotfish_lb_connections_refused_total", reason="limit")
         # every failure the client saw is a connection the LB refused at its limit
-        assert sum(outcome.failed.values()) == refused, (outcome.failed, refused)
+        assert sum(outcome.failed.values()) == refused, (outcome.failed, lb.metrics_text())
         assert set(outcome.failed) <= {"ECONNRESET", "EPIPE", "ENOTCONN"}  # how a reset shows
         assert outcome.completed > COUNT * 0.5
-        deadline = time.monotonic() + 5
-        while lb.metric("pilotfish_lb_connections") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert lb.metric("pilotfish_lb_connections") == 0
+        await eventually(lambda: lb.metric("pilotfish_lb_connections") == 0, 5,
+                         "every connection closed")
         assert open_fds(lb.process.process.pid) <= fds_before + 2  # the metrics scrape's own
     finally:
         lb.close()

@@ -11,6 +11,7 @@ import pytest
 
 from pilotfish.config import ConfigError, HostPort
 from pilotfish.lb.balancers import RoundRobin
+from pilotfish.lb.health import record
 from pilotfish.lb.pool import Pool
 from pilotfish.lb.proxy_protocol import V2_SIGNATURE, header
 from pilotfish.lb.routes import Route, parse_route, parse_routes_file, route_from_json
@@ -129,7 +130,9 @@ def test_ejection_grows_is_capped_and_panic_uses_all() -> None:
     now = time.monotonic()
     assert two.ejected(now) and not three.ejected(now) and three.failed == 3
     assert pool.candidates() == [three, four] and not pool.panic
-    three.healthy = False  # active checks: 1 of 4 healthy, below half: panic, use all
+    assert not record(three, False, pool.settings)  # active checks: fall=2 ...
+    assert record(three, False, pool.settings)  # ... then down: 1 of 4 healthy, panic
+    pool.version += 1  # what check_forever does when a verdict flips
     assert pool.candidates() == [one, two, three, four] and pool.panic
     pool.connect_succeeded(one)
     assert one.failures == 0 and one.eject_backoff == 0
