@@ -21,6 +21,7 @@ RUN python3 -m venv /opt/pilotfish \
 
 # Stage 2: the base, an unprivileged user and the environment; no compilers, no pip, no wheels.
 FROM ${BASE}
+ARG BASE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -30,8 +31,7 @@ LABEL org.opencontainers.image.title="pilotfish" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://github.com/pilotfish/pilotfish" \
-      org.opencontainers.image.documentation="https://github.com/pilotfish/pilotfish#readme"
+      org.opencontainers.image.base.name="${BASE}"
 RUN useradd --system --uid 10001 --user-group --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin pilotfish
 COPY --from=wheels /opt/pilotfish /opt/pilotfish

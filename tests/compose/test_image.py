@@ -29,9 +29,10 @@ def test_image_config(compose_engine: DockerEngine) -> None:
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["PILOTFISH_API"] == "0.0.0.0:8500" and env["PILOTFISH_DNS"] == "0.0.0.0:8600"
     labels = config["Labels"]
-    for key in ("title", "version", "revision", "created", "licenses", "source"):
-        assert labels[f"org.opencontainers.image.{key}"], key
+    for key in ("title", "description", "version", "revision", "created", "licenses"):
+        assert labels[f"org.opencontainers.image.{key}"] not in ("", "unknown"), key
     assert labels["org.opencontainers.image.version"] == "0.1.0"
+    assert labels["org.opencontainers.image.base.name"].startswith("pilotfish-base:bookworm-")
 
 
 def test_image_runs_every_subcommand_unprivileged(compose_engine: DockerEngine) -> None:
