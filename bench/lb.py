@@ -114,7 +114,6 @@ def haproxy(workdir: Path, port: int, backends: list[int]) -> Iterator[int]:
     conf = workdir / "haproxy.cfg"
     conf.write_text(f"""global
   nbthread 1
-  cpu-map 1/1 1
   maxconn 8000
 defaults
   mode tcp
@@ -128,7 +127,7 @@ backend b
   balance roundrobin
 {servers}
 """)
-    process = subprocess.Popen(["haproxy", "-f", str(conf)])
+    process = subprocess.Popen(["taskset", "-c", "1", "haproxy", "-f", str(conf)])
     try:
         wait_port(port)
         yield process.pid
@@ -199,6 +198,12 @@ def measure(pid: int, port: int, load: str, seconds: int) -> Result:
     return result
 
 
+def cost(result: Result, seconds: int) -> float:
+    """CPU microseconds the balancer spent per request (per MiB for bulk)."""
+    units = result.rate * seconds
+    return result.cpu * 1e6 / units if units else float("nan")
+
+
 def main() -> int:
     """Run the rounds and print the table."""
     parser = argparse.ArgumentParser(description=__doc__,
@@ -244,10 +249,13 @@ def main() -> int:
     print(f"\nmedians over {args.rounds} rounds of {args.seconds}s "
           f"({'stdlib loop' if args.no_uvloop else 'uvloop'}):")
     print(f"{'load':10} {'haproxy':>12} {'pilotfish':>12} {'ratio':>6} {'floor':>6} "
-          f"{'p99 ha':>8} {'p99 pf':>8} {'cpu ha':>7} {'cpu pf':>7}")
+          f"{'p99 ha':>8} {'p99 pf':>8} {'cpu ha':>7} {'cpu pf':>7} {'cpu/unit ha':>11} "
+          f"{'cpu/unit pf':>11} {'cpu ratio':>9}")
     for load in loads:
         ha_runs, pf_runs = results[load]["haproxy"], results[load]["pilotfish"]
         ratios = [p.rate / h.rate for h, p in zip(ha_runs, pf_runs, strict=True) if h.rate]
+        cost_ratios = [cost(h, args.seconds) / cost(p, args.seconds)
+                       for h, p in zip(ha_runs, pf_runs, strict=True)]
         ha_rate = statistics.median(r.rate for r in ha_runs)
         pf_rate = statistics.median(r.rate for r in pf_runs)
         print(f"{load:10} {ha_rate:12.0f} {pf_rate:12.0f} "
@@ -255,8 +263,13 @@ def main() -> int:
               f"{statistics.median(r.p99_ms for r in ha_runs):8.2f} "
               f"{statistics.median(r.p99_ms for r in pf_runs):8.2f} "
               f"{statistics.median(r.cpu for r in ha_runs):7.2f} "
-              f"{statistics.median(r.cpu for r in pf_runs):7.2f}")
-    print("(rates: req/s, bulk MiB/s; p99 in ms; cpu: balancer CPU seconds per run)")
+              f"{statistics.median(r.cpu for r in pf_runs):7.2f} "
+              f"{statistics.median(cost(r, args.seconds) for r in ha_runs):11.1f} "
+              f"{statistics.median(cost(r, args.seconds) for r in pf_runs):11.1f} "
+              f"{statistics.median(cost_ratios):9.2f}")
+    print("(rates: req/s, bulk MiB/s; p99 in ms; cpu: balancer CPU seconds per run;\n"
+          " cpu/unit: CPU microseconds per request, or per MiB for bulk; cpu ratio: HAProxy's\n"
+          " cost over pilotfish's, the throughput ratio to expect when both are CPU-bound)")
     return 0
 
 

@@ -55,7 +55,7 @@ def start_sidecar(api: str, engine: DockerEngine, sidecar_id: str) -> PilotfishP
     return start_pilotfish("sidecar", "--registry", api, "--docker", engine.host,
                            "--advertise-ip", "127.0.0.1", "--ttl", "10",
                            "--sidecar-id", sidecar_id, "--sidecar-http", "127.0.0.1:0",
-                           "--log-level", "info", expect=("sidecar http",))
+                           "--log-level", "info", expect=("sidecar http",), timeout=60)
 
 
 async def follow_catalog(catalog: Catalog, service: str, seen: dict[str, float],

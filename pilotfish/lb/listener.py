@@ -27,14 +27,13 @@ _CONNECT_ERRORS = (OSError, TimeoutError)
 class RouteStats:
     """Per-route counters (per-instance ones live on each Backend)."""
 
-    __slots__ = ("accepted", "refused", "retries", "failed", "resets")
+    __slots__ = ("accepted", "refused", "retries", "resets")
 
     def __init__(self) -> None:
         self.resets = [0, 0]  # connections reset by the client, by the backend
         self.accepted = 0
         self.refused: dict[str, int] = {}
         self.retries = 0
-        self.failed = 0  # clients given up on: no instance could be reached
 
 
 class RouteListener:
@@ -108,7 +107,14 @@ class RouteListener:
 
     async def _connect(self, connection: Connection) -> None:
         settings = self.settings
-        client = connection.peername[0] if connection.peername else ""
+        route = self.route
+        client = ""
+        if route.balance == "hash" or route.proxy_protocol:
+            transport = connection.client.transport
+            if transport is not None:
+                connection.peername = transport.get_extra_info("peername")
+                connection.sockname = transport.get_extra_info("sockname")
+                client = connection.peername[0] if connection.peername else ""
         tried: list[Backend] = []
         for attempt in range(settings.retries + 1):
             backend = self.picker.pick(self.pool.candidates(), client, tried)
@@ -145,7 +151,6 @@ class RouteListener:
                                               connection.peername, connection.sockname))
             connection.attach(server, backend)
             return
-        self.stats.failed += 1
         self.refuse("no_instance" if not tried else "connect_failed")
         if connection.client.transport is not None:
             refuse_now(connection.client.transport)

@@ -81,14 +81,15 @@ class Side(asyncio.Protocol):
         transport = self.transport
         if self.shut or transport is None or transport.is_closing():
             return
+        if self.eof:  # this socket had ended its direction already: both are done now
+            self.shut = True
+            self.connection.close()  # a close sends what is queued, then the FIN
+            return
         if transport.get_write_buffer_size():
             asyncio.get_running_loop().call_later(EOF_RETRY, self.shutdown)
             return
         self.shut = True
         shutdown_write(transport)
-        peer = self.peer
-        if peer is not None and peer.shut:
-            self.connection.close()  # both directions have ended
 
     def pause_writing(self) -> None:
         peer = self.peer
@@ -116,7 +117,7 @@ class Connection:
         self.server: Side | None = None
         self.backend: Backend | None = None
         self.closed = False
-        self.peername: Any = None
+        self.peername: Any = None  # read only when needed (hashing, PROXY header)
         self.sockname: Any = None
         self.task: asyncio.Task[None] | None = None
         self.idle = 0  # idle sweeps in a row without data
@@ -126,8 +127,6 @@ class Connection:
     def accepted(self, transport: asyncio.Transport) -> None:
         """A client connected: hold its bytes until a backend is connected, or refuse it."""
         transport.pause_reading()
-        self.peername = transport.get_extra_info("peername")
-        self.sockname = transport.get_extra_info("sockname")
         if not self.listener.admit(self):
             self.closed = True
             refuse_now(transport)

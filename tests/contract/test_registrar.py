@@ -177,11 +177,11 @@ def droppable(request: pytest.FixtureRequest, unique: str) -> Iterator[Droppable
         # The API is what goes away; the catalog behind it (etcd) keeps what it had.
         with EtcdServer() as etcd:
             args = ("registry", "--registry", etcd.url(f"d-{unique}"), "--api")
-            api = [start_pilotfish(*args, "127.0.0.1:0")]
+            api = [start_pilotfish(*args, "127.0.0.1:0", timeout=60)]
             address = api[0].listening["registry API"]
 
             def restart() -> None:
-                api.append(start_pilotfish(*args, address))
+                api.append(start_pilotfish(*args, address, timeout=60))
 
             try:
                 yield Droppable(api[0].api, lambda: api[-1].stop(signal.SIGKILL), restart)

@@ -22,7 +22,7 @@ class Outcome:
 
     served: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
-    failures_at: list[float] = field(default_factory=list)  # monotonic times of failures
+    failures_at: list[float] = field(default_factory=list)  # when each failed one started
 
     @property
     def completed(self) -> int:
@@ -83,13 +83,14 @@ async def run_load(port: int, count: int, concurrency: int, payload: bytes = b"x
                 stop is not None and stop.is_set()):
             index = next_index
             next_index += 1
+            started = time.monotonic()
             try:
                 name = await exchange(port, payload, half_close=index % 2 == 0)
             except (ConnectionError, TimeoutError, OSError) as exc:
                 code = getattr(exc, "errno", None)
                 outcome.failed[errno.errorcode.get(code, type(exc).__name__)
                                if code else type(exc).__name__] += 1
-                outcome.failures_at.append(time.monotonic())
+                outcome.failures_at.append(started)
             else:
                 outcome.served[name] += 1
 

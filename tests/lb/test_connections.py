@@ -25,7 +25,7 @@ from tests.lb.load import exchange
 MIB = 1 << 20
 ROUTES = ("web", "web?max_connections=2", "raw?proxy_protocol=v1", "raw2?proxy_protocol=v2",
           "hole")
-SETTINGS = ("--lb-idle-timeout", "1", "--lb-connect-timeout", "0.5", "--lb-max-connections",
+SETTINGS = ("--lb-idle-timeout", "1.5", "--lb-connect-timeout", "0.5", "--lb-max-connections",
             "6", "--lb-retries", "1", "--lb-check-interval", "0")
 
 
@@ -179,8 +179,8 @@ async def test_idle_timeout_closes_only_silent_connections(lb: Lb) -> None:
         while time.monotonic() - started < 3:
             await loop.sock_sendall(busy, b"tick")
             assert await read_exactly(busy, 4) == b"tick"
-            await asyncio.sleep(0.3)
-        assert await read_all(silent, timeout=1) == b""  # closed by the idle timeout
+            await asyncio.sleep(0.2)
+        assert await read_all(silent, timeout=2) == b""  # closed by the idle timeout
     finally:
         silent.close()
         busy.close()
@@ -203,7 +203,7 @@ async def test_connect_timeout_then_the_client_is_refused(lb: Lb) -> None:
         started = time.monotonic()
         assert await _refused(lb.routes["hole"])
         elapsed = time.monotonic() - started
-        assert 0.45 <= elapsed < 2.0, elapsed  # one attempt: no other instance to retry on
+        assert 0.45 <= elapsed < 4.0, elapsed  # one attempt: no other instance to retry on
         assert lb.metric("pilotfish_lb_instance_connections_failed_total", id="hole") == 1
         assert lb.metric("pilotfish_lb_connections_refused_total", reason="connect_failed",
                          route=f"{HOST}:{lb.routes['hole']}") == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -139,3 +140,12 @@ def test_lb_command_alone_and_bad_routes_exit_with_a_message() -> None:
     result = subprocess.run([sys.executable, "-m", "pilotfish", "lb", "--route", "web"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "--route: 'web' is not HOST:PORT=SERVICE" in result.stderr
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "pilotfish", "lb", "--lb-api", "off",
+                                 "--route", f"{HOST}:{port}=web"],
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and f"cannot listen on {HOST}:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

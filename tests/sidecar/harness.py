@@ -21,6 +21,7 @@ from tests.watching import wait_until
 
 DOMAIN = "pilotfish"
 ADVERTISE = "127.0.0.1"
+STARTUP = 60.0  # importing pilotfish took ~20 s once on this 2-core machine under full load
 
 
 @dataclass
@@ -54,7 +55,7 @@ def start_registry() -> Registry:
     """A registry API with DNS on ephemeral loopback ports."""
     return Registry(start_pilotfish("up", "--registry", "memory://", "--api", "127.0.0.1:0",
                                     "--dns", "127.0.0.1:0", "--domain", DOMAIN,
-                                    expect=("registry API", "dns")))
+                                    expect=("registry API", "dns"), timeout=STARTUP))
 
 
 def start_sidecar(pilotfish: StartPilotfish, registry_url: str, docker: DockerEngine,
@@ -64,7 +65,8 @@ def start_sidecar(pilotfish: StartPilotfish, registry_url: str, docker: DockerEn
     process = pilotfish("sidecar", "--registry", registry_url, "--advertise-ip", ADVERTISE,
                         "--ttl", str(ttl), "--sidecar-id", sidecar_id,
                         "--sidecar-http", "127.0.0.1:0", *args,
-                        env={"DOCKER_HOST": docker.host}, expect=("sidecar http",))
+                        env={"DOCKER_HOST": docker.host}, expect=("sidecar http",),
+                        timeout=STARTUP)
     wait_healthy(process)
     return process
 
@@ -74,7 +76,7 @@ def sidecar_http(process: PilotfishProcess) -> str:
     return "http://" + process.listening["sidecar http"]
 
 
-def wait_healthy(process: PilotfishProcess, timeout: float = 20.0) -> None:
+def wait_healthy(process: PilotfishProcess, timeout: float = 30.0) -> None:
     """Poll the sidecar's /health until it answers 200."""
     deadline = time.monotonic() + timeout
     while True:

@@ -9,6 +9,7 @@ containers run with `--network host`, so their ports are real listeners on loopb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from tests.fixtures.process import StartPilotfish, start_pilotfish
 from tests.fixtures.servers import free_port
 from tests.sidecar.harness import (
     ADVERTISE,
+    STARTUP,
     Registry,
     dns_timed,
     metric,
@@ -118,7 +120,11 @@ async def test_run_is_served_within_a_second_and_stop_and_rm_withdraw_it(
     assert not snapshot.service(f"none-{unique}")
     assert metric(sidecar, 'pilotfish_sidecar_skipped{reason="network-none"}') == 1
 
-    docker.remove(f"w2-{unique}")
+    # A rename moves the registration to the new stable id.
+    docker.docker("rename", f"w2-{unique}", f"w3-{unique}")
+    await wait_until(reader, lambda s: ids(s, service) == {f"{sidecar_id}:w3-{unique}:{port}"}, 5)
+
+    docker.remove(f"w3-{unique}")
     removed = time.monotonic()
     took, _ = await timed(reader, lambda s: not s.service(service)
                           and not s.service(f"joined-{unique}"), 5)
@@ -301,10 +307,53 @@ async def test_up_with_docker_serves_containers_in_dns(
     """`pilotfish up --docker`: API, DNS and sidecar in one process."""
     up = pilotfish("up", "--api", "127.0.0.1:0", "--dns", "127.0.0.1:0", "--docker", docker.host,
                    "--advertise-ip", ADVERTISE, "--sidecar-id", f"s{unique}",
-                   expect=("registry API", "dns"))
+                   expect=("registry API", "dns"), timeout=STARTUP)
     registry = Registry(up)
     run_sleeper(docker, f"u-{unique}", f"up-{unique}", free_port())
     await dns_timed(registry, f"up-{unique}", [ADVERTISE], 5)
+
+
+async def test_route_balances_to_the_containers_the_sidecar_registered(
+    docker: DockerEngine, registry: Registry, reader: Catalog, pilotfish: StartPilotfish,
+    unique: str,
+) -> None:
+    """`pilotfish sidecar --route 127.0.0.1:P=SERVICE`: the LB (pilotfish/lb, the same
+    component `pilotfish lb` runs) beside the sidecar reaches the containers it registered,
+    and stops sending there once they stop."""
+    service, listen = f"rt-{unique}", free_port()
+    start_sidecar(pilotfish, registry.url, docker, f"s{unique}",
+                  "--route", f"127.0.0.1:{listen}={service}", "--lb-api", "off")
+    ports = [free_port(), free_port()]
+    for n, port in enumerate(ports):
+        docker.run("--network", "host", "--name", f"rt{n}-{unique}", "-e",
+                   f"SERVICE_NAME={service}", "--expose", str(port),
+                   command=("sh", "-c", f"echo backend-{n} > /tmp/index.html; "
+                                        f"exec httpd -f -p 127.0.0.1:{port} -h /tmp"))
+    await wait_until(reader, lambda s: len(s.service(service)) == 2, 5)
+
+    async def fetch() -> str:
+        answer = await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{listen}/", timeout=2)
+        return answer.text.strip()
+
+    seen: set[str] = set()
+    deadline = time.monotonic() + 10
+    while seen != {"backend-0", "backend-1"}:
+        assert time.monotonic() < deadline, f"the LB reached only {seen}"
+        with contextlib.suppress(httpx.HTTPError):
+            seen.add(await fetch())
+        await asyncio.sleep(0.05)
+
+    docker.remove(f"rt0-{unique}", f"rt1-{unique}")
+    await wait_until(reader, lambda s: not s.service(service), 5)
+
+    async def refused() -> bool:
+        try:
+            await fetch()
+        except httpx.HTTPError:
+            return True
+        return False
+
+    await eventually(refused, 5, "LB refusing once no container serves")
 
 
 @pytest.mark.parametrize(("args", "says"), [
@@ -321,5 +370,5 @@ def test_bad_flags_are_refused_naming_the_flag(args: tuple[str, ...], says: str)
 
 
 def test_up_without_docker_runs_no_sidecar() -> None:
-    with start_pilotfish("up", "--api", "127.0.0.1:0", "--dns", "off") as up:
+    with start_pilotfish("up", "--api", "127.0.0.1:0", "--dns", "off", timeout=STARTUP) as up:
         assert "sidecar" not in "".join(up.lines)
