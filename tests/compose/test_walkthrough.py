@@ -67,6 +67,7 @@ def test_walkthrough(stack_name: str, compose_engine: DockerEngine) -> None:
 
 
 def walk_through(stack: ComposeStack) -> None:
+    """README steps 2-6 on a stack that `up -d` started, each one asserted."""
     walk = Walk(stack)
     replicas = walk.replicas()
     assert len(replicas) == 3
