@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from pilotfish.config import ConfigError, env
 from pilotfish.dns import options as dns_options
+from pilotfish.lb import options as lb_options
 from pilotfish.loop import run
 from pilotfish.registry import hold as register_options
 from pilotfish.registry import options as registry_options
@@ -20,9 +21,10 @@ from pilotfish.stack import Component, ComponentOptions, Stack
 log = logging.getLogger("pilotfish")
 
 COMMANDS: dict[str, tuple[str, tuple[ComponentOptions, ...]]] = {
-    "up": ("run the whole stack in one process", (registry_options, dns_options)),
+    "up": ("run the whole stack in one process", (registry_options, dns_options, lb_options)),
     "registry": ("run only the registry API", (registry_options,)),
     "dns": ("run only the DNS server", (dns_options,)),
+    "lb": ("run only the TCP load balancer", (lb_options,)),
     "register": ("hold registrations on one lease until stopped (SIGTERM deregisters)",
                  (register_options,)),
 }

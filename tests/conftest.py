@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.http",
     "tests.fixtures.consul",
     "tests.fixtures.zookeeper",
+    "tests.fixtures.docker",
 ]
 
 

@@ -22,7 +22,8 @@ MAX_META_VALUE = 512
 MAX_OWNER = 256
 
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# ':' for Registrator-style ids (host:container:port), which sidecar users already have.
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
@@ -54,7 +55,7 @@ def identifier(value: object, field: str) -> str:
     if not isinstance(value, str) or not _ID.match(value):
         raise InvalidField(
             field,
-            f"{value!r} is not a valid id: 1-128 characters of A-Z, a-z, 0-9, '_', '.', '-', "
+            f"{value!r} is not a valid id: 1-128 characters of A-Z, a-z, 0-9, '_', '.', ':', '-', "
             "starting with a letter or digit",
         )
     return value

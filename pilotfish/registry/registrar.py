@@ -1,11 +1,22 @@
-"""Holds one lease for a set of instances and keeps it alive, re-registering when it is lost."""
+"""Holds one lease and a desired set of instances, and converges the catalog to that set.
+
+The registrar remembers two things: what it *wants* registered (the desired set, changed
+by `sync`, `add` and `remove`) and what it believes the catalog *holds* on its behalf.
+One background task closes the gap: it deregisters what is no longer wanted, registers
+what is missing or changed, and renews the lease once per interval. A write that fails
+(the backend is unreachable, a member is electing a leader) leaves the gap open, and the
+task retries until it closes; a lease reported unknown (it lapsed, or the registry
+restarted empty) means a new lease and everything wanted registered again. So an instance
+removed while the backend was down is gone once it returns, and one added then is there.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from pilotfish.loop import cancel_and_wait
@@ -14,42 +25,90 @@ from pilotfish.registry.model import Instance, ttl_seconds
 
 log = logging.getLogger(__name__)
 
+Vouch = Callable[[], bool]
+"""Whether the registrar may renew its lease and register now (a sidecar that lost sight of
+Docker says no, so its lease lapses instead of vouching for containers it cannot see)."""
+
 
 class Registrar:
-    """One lease, many instances, one keepalive per interval (ttl / 3).
+    """One lease, a desired set of instances, one keepalive per interval (ttl / 3).
 
-    When a keepalive reports the lease unknown (it lapsed, or the registry restarted empty),
-    a new lease is taken and every instance is registered again; when the backend cannot be
-    reached, keepalives are retried every second until it answers.
+    `claims` names instances already in the catalog that belong to this registrar although
+    it did not register them in this life (a restarted sidecar's stable ids): they are read
+    once at start and withdrawn or moved onto the new lease like the rest.
     """
 
     def __init__(
-        self, catalog: Catalog, ttl: int, owner: str, instances: Iterable[Instance] = ()
+        self, catalog: Catalog, ttl: int, owner: str, instances: Iterable[Instance] = (), *,
+        vouch: Vouch | None = None, claims: Callable[[Instance], bool] | None = None,
+        retry: float = 0.5,
     ) -> None:
         self.catalog = catalog
         self.ttl = ttl_seconds(ttl)
         self.owner = owner
         self.lease_id: str | None = None
-        self.reregistrations = 0
-        self._instances: dict[str, Instance] = {i.id: i for i in instances}
+        self.reregistrations = 0  # leases found lost and replaced
+        self.errors = 0  # failed backend calls
+        self.renewed_at: float | None = None  # monotonic time of the last lease grant/renewal
+        self.retry = min(retry, self.interval)
+        self._vouch = vouch
+        self._claims = claims
+        self._claimed = claims is None
+        self._desired: dict[str, Instance] = {i.id: i for i in instances}
+        self._held: dict[str, Instance] = {}  # what the catalog holds for us, as we last wrote
+        self._changes = 0  # bumped by every change to the desired set
+        self._done = 0  # the change count the last finished pass started from
+        self._failure: BaseException | None = None  # what the last finished pass failed with
+        self._passed = asyncio.Event()
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
+        self._silent = False
 
     @property
     def interval(self) -> float:
         """Seconds between keepalives."""
         return self.ttl / 3
 
-    async def start(self) -> None:
-        """Take the lease, register the instances given so far, and begin keeping it alive."""
-        async with self._lock:
-            await self._renew_lease()
+    @property
+    def instances(self) -> dict[str, Instance]:
+        """What this registrar wants registered, by id."""
+        return dict(self._desired)
+
+    @property
+    def in_sync(self) -> bool:
+        """Whether the catalog holds exactly the desired set, on the current lease."""
+        if self.lease_id is None:
+            return False
+        if self._held.keys() != self._desired.keys():
+            return False
+        return all(self._held[key] == replace(want, lease=self._held[key].lease)
+                   and self._held[key].lease == self.lease_id
+                   for key, want in self._desired.items())
+
+    @property
+    def lease_age(self) -> float | None:
+        """Seconds since the lease was last granted or renewed (None before the first)."""
+        return None if self.renewed_at is None else time.monotonic() - self.renewed_at
+
+    async def start(self, require: bool = True) -> None:
+        """Take the lease, register the desired set, and keep converging in the background.
+
+        With `require`, a backend that does not answer now is an error; without, the
+        background task keeps trying until it does.
+        """
+        try:
+            await self._converge()
+        except Exception as exc:
+            if require:
+                raise
+            self.errors += 1
+            log.warning("registrar %s: registry not reachable yet, retrying: %s", self.owner, exc)
         log.info("registrar %s holds %d instances on lease %s (ttl %ds)",
-                 self.owner, len(self._instances), self.lease_id, self.ttl)
-        self._task = asyncio.create_task(self._keepalive_loop(), name=f"registrar-{self.owner}")
+                 self.owner, len(self._desired), self.lease_id, self.ttl)
+        self._task = asyncio.create_task(self._run(), name=f"registrar-{self.owner}")
 
     async def stop(self, revoke: bool = True) -> None:
-        """Stop keeping alive; revoke the lease (removing its instances) unless told not to."""
+        """Stop converging; revoke the lease (removing its instances) unless told not to."""
         await cancel_and_wait(self._task)
         self._task = None
         if revoke and self.lease_id is not None:
@@ -57,67 +116,128 @@ class Registrar:
                 await self.catalog.revoke(self.lease_id)
             self.lease_id = None
 
-    async def add(self, instance: Instance) -> None:
-        """Register (or update) an instance on this registrar's lease."""
-        async with self._lock:
-            if self.lease_id is None:
-                await self._renew_lease()
-            assert self.lease_id is not None
-            instance = replace(instance, lease=self.lease_id)
-            self._instances[instance.id] = instance
-            try:
-                await self.catalog.register(instance)
-            except UnknownLease:
-                await self._renew_lease()
+    async def sync(self, desired: Iterable[Instance], wait: bool = True) -> None:
+        """Make the desired set exactly `desired`: what is missing gets registered, what this
+        registrar holds and is not in it gets withdrawn.
 
-    async def remove(self, instance_id: str) -> None:
-        """Deregister an instance this registrar holds."""
-        async with self._lock:
-            if self._instances.pop(instance_id, None) is not None:
-                await self.catalog.deregister(instance_id)
+        With `wait`, return once a pass has written the change (raising what that pass
+        failed with; the change stays desired and is retried); without, return at once.
+        """
+        self._desired = {i.id: i for i in desired}
+        await self._changed(wait)
 
-    @property
-    def instances(self) -> dict[str, Instance]:
-        """What this registrar keeps registered, by id."""
-        return dict(self._instances)
+    async def add(self, instance: Instance, wait: bool = True) -> None:
+        """Want an instance registered (or updated) on this registrar's lease."""
+        self._desired[instance.id] = instance
+        await self._changed(wait)
 
-    async def _renew_lease(self) -> None:
-        lease = await self.catalog.create_lease(self.ttl, self.owner)
-        self.lease_id = lease.id
-        try:
-            for instance_id, instance in list(self._instances.items()):
-                moved = replace(instance, lease=lease.id)
-                self._instances[instance_id] = moved
-                await self.catalog.register(moved)
-        except BaseException:
-            self.lease_id = None  # half done: the next keepalive round starts over
-            raise
+    async def remove(self, instance_id: str, wait: bool = True) -> None:
+        """Want an instance withdrawn; retried until the catalog no longer has it."""
+        self._desired.pop(instance_id, None)
+        await self._changed(wait)
 
-    async def _keepalive_loop(self) -> None:
-        delay = self.interval
+    async def _changed(self, wait: bool) -> None:
+        self._changes += 1
+        target = self._changes
+        if self._task is None:  # not started: start() writes the whole set
+            return
+        self._wake.set()
+        if not wait:
+            return
+        while self._done < target:
+            self._passed.clear()
+            await self._passed.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def _vouching(self) -> bool:
+        vouching = self._vouch is None or self._vouch()
+        if vouching == self._silent:
+            self._silent = not vouching
+            if vouching:
+                log.info("registrar %s: renewing its lease again", self.owner)
+            else:
+                log.warning("registrar %s: cannot vouch for its instances; no keepalives, "
+                            "the lease will lapse", self.owner)
+        return vouching
+
+    async def _run(self) -> None:
+        next_keepalive = time.monotonic() + self.interval
+        retry_at: float | None = None
         while True:
-            await asyncio.sleep(delay)
+            wake_at = next_keepalive if retry_at is None else min(next_keepalive, retry_at)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, wake_at - time.monotonic()))
+            self._wake.clear()
+            started_from = self._changes
+            failure: BaseException | None = None
             try:
-                async with self._lock:
-                    await self._keepalive_once()
+                if time.monotonic() >= next_keepalive:
+                    next_keepalive = time.monotonic() + self.interval
+                    await self._keepalive()
+                await self._converge()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("registrar %s: keepalive failed, retrying: %s", self.owner, exc)
-                delay = min(1.0, self.interval)
-            else:
-                delay = self.interval
+                failure = exc
+                self.errors += 1
+                log.warning("registrar %s: %s; retrying in %gs", self.owner,
+                            exc or type(exc).__name__, self.retry)
+            retry_at = None if failure is None and self.in_sync else \
+                time.monotonic() + self.retry
+            self._done, self._failure = started_from, failure
+            self._passed.set()
 
-    async def _keepalive_once(self) -> None:
-        if self.lease_id is None:
-            await self._renew_lease()
+    async def _keepalive(self) -> None:
+        if self.lease_id is None or not self._vouching():
             return
         try:
             await self.catalog.keepalive(self.lease_id)
         except UnknownLease:
-            log.info("registrar %s: lease lapsed, registering %d instances again",
-                     self.owner, len(self._instances))
-            self.reregistrations += 1
-            self.lease_id = None
-            await self._renew_lease()
+            self._lost_lease()
+        else:
+            self.renewed_at = time.monotonic()
 
+    def _lost_lease(self) -> None:
+        """The lease is gone, and every instance on it: start over on a new one."""
+        lost, self.lease_id = self.lease_id, None
+        self.reregistrations += 1
+        self._held = {key: held for key, held in self._held.items() if held.lease != lost}
+        log.info("registrar %s: lease %s lapsed, registering %d instances again",
+                 self.owner, lost, len(self._desired))
+
+    async def _converge(self) -> None:
+        """One pass: withdraw what is held and not wanted, register what is wanted and not
+        held as wanted. Raises on the first failure; the next pass continues from there."""
+        if not self._claimed:
+            await self._claim()
+        for key in [key for key in self._held if key not in self._desired]:
+            await self.catalog.deregister(key)
+            self._held.pop(key, None)
+        if not self._vouching():
+            return
+        try:
+            await self._register_missing()
+        except UnknownLease:  # lapsed between keepalives: once more on a new lease
+            self._lost_lease()
+            await self._register_missing()
+
+    async def _register_missing(self) -> None:
+        if self.lease_id is None:
+            lease = await self.catalog.create_lease(self.ttl, self.owner)
+            self.lease_id, self.renewed_at = lease.id, time.monotonic()
+        for key, want in list(self._desired.items()):
+            wanted = replace(want, lease=self.lease_id)
+            if self._held.get(key) != wanted:
+                await self.catalog.register(wanted)
+                # What was written is what the catalog holds, even if the wish changed
+                # meanwhile; the next pass compares it with the new wish.
+                self._held[key] = wanted
+
+    async def _claim(self) -> None:
+        assert self._claims is not None
+        snapshot = await self.catalog.snapshot()
+        for instance in snapshot.instances.values():
+            if self._claims(instance) and instance.id not in self._held:
+                self._held[instance.id] = instance
+        self._claimed = True

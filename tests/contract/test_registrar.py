@@ -1,12 +1,27 @@
-"""The registrar on every backend: one lease for many instances, re-registered when lost."""
+"""The registrar on every backend: one lease, a desired set, and a catalog converged to it.
+
+The first tests run on each backend's shared server; the outage test gives each backend that
+can be taken away (etcd, ZooKeeper, the Consul double, a registry API for http://) a server
+of its own, kills it while an instance is being withdrawn, and proves the instance is gone
+and the rest registered once the server is back.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from pilotfish.registry import Catalog
+import pytest
+
+from pilotfish.registry import BackendUnavailable, Catalog, open_catalog
 from pilotfish.registry.registrar import Registrar
-from tests.watching import instance, wait_until
+from tests.fixtures.consul import ConsulDouble
+from tests.fixtures.etcd import EtcdServer
+from tests.fixtures.process import start_pilotfish
+from tests.fixtures.zookeeper import ZooKeeperServer
+from tests.watching import eventually, ids, instance, wait_until, wait_until_back
 
 
 async def test_registrar_keeps_instances_alive_past_the_ttl(catalog: Catalog, unique: str) -> None:
@@ -48,3 +63,127 @@ async def test_registrar_registers_again_when_its_lease_is_lost(
         await wait_until(catalog, lambda s: len(s.service(f"rr-{unique}")) == 1, 5)
     finally:
         await registrar.stop()
+
+
+async def test_sync_converges_by_difference_with_registrator_style_ids(
+    catalog: Catalog, unique: str
+) -> None:
+    """sync() withdraws only what left the set, registers only what joined or changed; the
+    untouched instances keep their lease and are not written again. Ids contain ':'."""
+    service = f"sy-{unique}"
+    a, b, c, d = (instance(service, f"host-{unique}:web-{n}:80", 9000 + n) for n in range(4))
+    registrar = Registrar(catalog, ttl=10, owner=f"sidecar-{unique}")
+    await registrar.start()
+    try:
+        await registrar.sync([a, b, c])
+        await wait_until(catalog, lambda s: ids(s, service) == {a.id, b.id, c.id}, 5)
+        assert registrar.in_sync
+        before = (await catalog.snapshot()).get(b.id)
+        await registrar.sync([b, c, d, ])
+        snapshot = await wait_until(catalog, lambda s: ids(s, service) == {b.id, c.id, d.id}, 5)
+        assert snapshot.get(b.id) == before
+        critical = type(c)(**{**c.to_dict(), "tags": ("x",), "health": "critical"})
+        await registrar.sync([b, critical, d])
+        await wait_until(catalog, lambda s: (got := s.get(c.id)) is not None
+                         and got.health == "critical" and got.tags == ("x",), 5)
+        assert registrar.in_sync
+    finally:
+        await registrar.stop()
+    await wait_until(catalog, lambda s: not s.service(service), 5)
+
+
+async def test_a_restarted_registrar_claims_what_its_predecessor_left(
+    catalog: Catalog, unique: str
+) -> None:
+    """A registrar that died without revoking left its instances on a lease still alive; its
+    successor (same stable ids) moves the wanted ones onto its own lease and withdraws the
+    rest at once, instead of leaving them served until the old lease lapses."""
+    service = f"cl-{unique}"
+    mine = lambda i: i.id.startswith(f"h-{unique}:")  # noqa: E731
+    kept, gone = (instance(service, f"h-{unique}:c{n}:80", 9000 + n) for n in range(2))
+    other = instance(service, f"elsewhere-{unique}:c0:80", 9100)
+    first = Registrar(catalog, ttl=30, owner=f"first-{unique}", instances=[kept, gone, other])
+    await first.start()
+    await first.stop(revoke=False)  # as if killed: its lease lives on for 30 s
+    await wait_until(catalog, lambda s: len(s.service(service)) == 3, 5)
+    second = Registrar(catalog, ttl=30, owner=f"second-{unique}", instances=[kept], claims=mine)
+    await second.start()
+    try:
+        snapshot = await wait_until(catalog, lambda s: ids(s, service) == {kept.id, other.id}, 5)
+        held = snapshot.get(kept.id)
+        assert held is not None and held.lease == second.lease_id
+        assert second.in_sync
+    finally:
+        await second.stop()
+        assert first.lease_id is not None
+        await catalog.revoke(first.lease_id)
+
+
+@dataclass
+class Droppable:
+    """A backend server of the test's own: its URL, and how to kill and restart it."""
+
+    url: str
+    kill: Callable[[], None]
+    start: Callable[[], None]
+
+
+@pytest.fixture(params=["etcd", "zookeeper", "consul", "http"])
+def droppable(request: pytest.FixtureRequest, unique: str) -> Iterator[Droppable]:
+    """One server per backend that can go away (memory:// lives inside the process)."""
+    if request.param == "etcd":
+        with EtcdServer() as etcd:
+            yield Droppable(etcd.url(f"d-{unique}"), lambda: etcd.stop_member(0, signal.SIGKILL),
+                            lambda: etcd.start_member(0))
+    elif request.param == "zookeeper":
+        with ZooKeeperServer() as zk:
+            yield Droppable(zk.url(f"/d-{unique}"), lambda: zk.stop(signal.SIGKILL), zk.start)
+    elif request.param == "consul":
+        with ConsulDouble() as double:
+            yield Droppable(double.url(), lambda: double.stop(signal.SIGKILL), double.start)
+    else:
+        # The API is what goes away; the catalog behind it (etcd) keeps what it had.
+        with EtcdServer() as etcd:
+            args = ("registry", "--registry", etcd.url(f"d-{unique}"), "--api")
+            api = [start_pilotfish(*args, "127.0.0.1:0")]
+            address = api[0].listening["registry API"]
+
+            def restart() -> None:
+                api.append(start_pilotfish(*args, address))
+
+            try:
+                yield Droppable(api[0].api, lambda: api[-1].stop(signal.SIGKILL), restart)
+            finally:
+                for process in api:
+                    process.stop()
+
+
+async def test_an_instance_removed_during_an_outage_is_gone_once_the_backend_returns(
+    droppable: Droppable, unique: str
+) -> None:
+    """The backend dies while an instance is being withdrawn (and another added): the remove
+    fails, but stays wanted, and once the backend is back the catalog matches the set."""
+    service = f"dr-{unique}"
+    a, b, c = (instance(service, f"h:{unique}:c{n}:80", 9000 + n) for n in range(3))
+    writer = await open_catalog(droppable.url)
+    reader = await open_catalog(droppable.url)
+    registrar = Registrar(writer, ttl=10, owner=f"drop-{unique}", instances=[a, b])
+    try:
+        await registrar.start()
+        await wait_until(reader, lambda s: ids(s, service) == {a.id, b.id}, 5)
+
+        droppable.kill()
+        with pytest.raises(BackendUnavailable):
+            await asyncio.wait_for(registrar.remove(a.id), 20)
+        await registrar.add(c, wait=False)
+        assert not registrar.in_sync
+        await asyncio.sleep(1.5)  # retries keep failing meanwhile
+        droppable.start()
+
+        await wait_until_back(reader, lambda s: ids(s, service) == {b.id, c.id}, 20)
+        await eventually(lambda: registrar.in_sync, 10, "registrar in sync")
+        assert registrar.errors > 0
+    finally:
+        await registrar.stop()
+        await writer.close()
+        await reader.close()

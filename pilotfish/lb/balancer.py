@@ -1,0 +1,217 @@
+"""The LB component: one listener per route, pools fed by the process's catalog view."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+from collections.abc import Iterable
+from typing import Any
+
+from pilotfish.config import ConfigError
+from pilotfish.lb.health import check_forever
+from pilotfish.lb.listener import RouteListener
+from pilotfish.lb.pool import Pool
+from pilotfish.lb.routes import Route, read_routes_file
+from pilotfish.lb.settings import LbSettings
+from pilotfish.lb.stats import describe, samples
+from pilotfish.loop import cancel_and_wait
+from pilotfish.metrics import Sample
+from pilotfish.registry.catalog import Snapshot
+from pilotfish.stack import Stack
+
+log = logging.getLogger(__name__)
+
+
+class LoadBalancer:
+    """Routes clients to healthy instances; routes change at run time, listener by listener.
+
+    Build it from the process's Stack (one shared CatalogView and metrics registry), the
+    initial routes and the settings; `routes_file` is re-read on SIGHUP.
+    """
+
+    def __init__(self, stack: Stack, routes: Iterable[Route], settings: LbSettings | None = None,
+                 routes_file: str | None = None) -> None:
+        self.stack = stack
+        self.view = stack.view()
+        self.settings = settings or LbSettings()
+        self.routes_file = routes_file
+        self.listeners: dict[str, RouteListener] = {}
+        self.draining: set[RouteListener] = set()
+        self.active = 0  # connections across every route (the global limit counts these)
+        self.stopping = False
+        self.all_closed = asyncio.Event()  # set when `active` drops to 0 while stopping
+        self._initial = list(routes)
+        self._from_file: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()
+        self._sighup = False
+        describe(stack.metrics, self.samples)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The latest catalog snapshot the balancer follows."""
+        return self.view.snapshot
+
+    async def start(self) -> None:
+        """Start the listeners (every route must bind), the checks, and SIGHUP reloading."""
+        self.view.subscribe(self._on_snapshot)
+        routes = {route.key: route for route in self._initial}
+        if self.routes_file:
+            for route in read_routes_file(self.routes_file):
+                if route.key in routes:
+                    raise ConfigError(f"--routes-file: {route.key} is also given by --route")
+                routes[route.key] = route
+                self._from_file.add(route.key)
+        try:
+            for route in routes.values():
+                await self.put_route(route)
+        except BaseException:
+            await self._close_all()
+            raise
+        if self.view.stale:
+            log.warning("lb: catalog not reachable yet; routes have no instances until it is")
+        if self.settings.check_interval > 0:
+            self._tasks.append(asyncio.create_task(
+                check_forever(self._pools, self.settings), name="lb-health"))
+        self._tasks.append(asyncio.create_task(self._sweep_idle(), name="lb-idle"))
+        if self.routes_file:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+            self._sighup = True
+
+    def _pools(self) -> list[Pool]:
+        return [listener.pool for listener in self.listeners.values()]
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        for listener in self.listeners.values():
+            listener.update(snapshot)
+
+    def routes(self) -> list[Route]:
+        """The routes in force, by listen address."""
+        return [self.listeners[key].route for key in sorted(self.listeners)]
+
+    async def put_route(self, route: Route) -> bool:
+        """Add a route (True) or change the one on that address in place (False)."""
+        async with self._lock:
+            existing = self.listeners.get(route.key)
+            if existing is not None:
+                existing.reconfigure(route, self.snapshot)
+                return False
+            listener = RouteListener(self, route)
+            await listener.start()
+            listener.update(self.snapshot)
+            self.listeners[route.key] = listener
+            return True
+
+    async def delete_route(self, key: str) -> bool:
+        """Stop accepting on a route; its open connections drain (up to the drain timeout)."""
+        async with self._lock:
+            listener = self.listeners.pop(key, None)
+            if listener is None:
+                return False
+            self._from_file.discard(key)
+            listener.stop_accepting()
+            log.info("lb route %s removed; %d connections draining", key,
+                     len(listener.connections))
+            if listener.connections:
+                self.draining.add(listener)
+                asyncio.get_running_loop().call_later(
+                    self.settings.drain_timeout, self._drain_expired, listener)
+            return True
+
+    def _drain_expired(self, listener: RouteListener) -> None:
+        for connection in list(listener.connections):
+            connection.close()
+
+    def listener_drained(self, listener: RouteListener) -> None:
+        """A removed route's last connection has ended."""
+        self.draining.discard(listener)
+
+    def _on_sighup(self) -> None:
+        self._tasks = [task for task in self._tasks if not task.done()]
+        self._tasks.append(asyncio.create_task(self._reload(), name="lb-reload"))
+
+    async def _reload(self) -> None:
+        await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read the routes file: add, change and remove only what it changed."""
+        if not self.routes_file:
+            return False
+        try:
+            routes = {route.key: route for route in read_routes_file(self.routes_file)}
+        except ConfigError as exc:
+            log.error("lb: routes file not reloaded, keeping the current routes: %s", exc)
+            return False
+        for key in sorted(self._from_file - set(routes)):
+            await self.delete_route(key)
+        for key, route in routes.items():
+            current = self.listeners.get(key)
+            if current is None or current.route != route:
+                try:
+                    await self.put_route(route)
+                except OSError as exc:
+                    log.error("lb: route %s from %s not started: %s", route, self.routes_file,
+                              exc)
+                    continue
+            self._from_file.add(key)
+        log.info("lb: reloaded %s: %d routes", self.routes_file, len(routes))
+        return True
+
+    async def _sweep_idle(self) -> None:
+        idle = self.settings.idle_timeout
+        if idle <= 0:
+            return
+        tick = min(1.0, idle / 10)
+        limit = math.ceil(idle / tick)
+        while True:
+            await asyncio.sleep(tick)
+            for listener in [*self.listeners.values(), *self.draining]:
+                for connection in list(listener.connections):
+                    if connection.server is None:
+                        continue
+                    if connection.active:
+                        connection.active = False
+                        connection.idle = 0
+                    else:
+                        connection.idle += 1
+                        if connection.idle >= limit:
+                            connection.close()
+
+    async def stop(self) -> None:
+        """Graceful stop: accept no more, let connections finish (up to the stop timeout)."""
+        self.stopping = True
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        listeners = [*self.listeners.values(), *self.draining]
+        for listener in listeners:
+            listener.stop_accepting()
+        if self.active:
+            self.all_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_closed.wait(), self.settings.stop_timeout)
+        if self.active:
+            log.warning("lb: %d connections still open after %.0fs; closing them", self.active,
+                        self.settings.stop_timeout)
+        await self._close_all()
+
+    async def _close_all(self) -> None:
+        for listener in [*self.listeners.values(), *self.draining]:
+            listener.stop_accepting()
+            for connection in list(listener.connections):
+                connection.abort()
+        await cancel_and_wait(*self._tasks)
+        self._tasks = []
+        await asyncio.sleep(0)
+
+    def samples(self) -> Iterable[Sample]:
+        """Prometheus samples for every route and instance, read at scrape time."""
+        return samples([*self.listeners.values(), *self.draining], self.active)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while the catalog view is current (the LB keeps serving the last view)."""
+        stale = self.view.stale
+        return not stale, {"status": "stale" if stale else "ok", "routes": len(self.listeners),
+                           "connections": self.active}

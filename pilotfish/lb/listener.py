@@ -1,0 +1,170 @@
+"""One route's TCP listener: admits clients within the limits, connects them to a backend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from pilotfish.config import HostPort
+from pilotfish.lb.balancers import Balancer, make_balancer
+from pilotfish.lb.pool import Backend, Pool
+from pilotfish.lb.proxy import Connection, Side
+from pilotfish.lb.proxy_protocol import header
+from pilotfish.lb.refuse import refuse_now
+from pilotfish.lb.routes import Route
+from pilotfish.lb.settings import LbSettings
+from pilotfish.registry.catalog import Snapshot
+
+if TYPE_CHECKING:
+    from pilotfish.lb.balancer import LoadBalancer
+
+log = logging.getLogger(__name__)
+
+_CONNECT_ERRORS = (OSError, TimeoutError)
+
+
+class RouteStats:
+    """Per-route counters (per-instance ones live on each Backend)."""
+
+    __slots__ = ("accepted", "refused", "retries", "failed")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.refused: dict[str, int] = {}
+        self.retries = 0
+        self.failed = 0  # clients given up on: no instance could be reached
+
+
+class RouteListener:
+    """Listens for one route; each client gets a backend picked by the route's balancer."""
+
+    def __init__(self, balancer: LoadBalancer, route: Route) -> None:
+        self.owner = balancer
+        self.settings: LbSettings = balancer.settings
+        self.route = route
+        self.pool = Pool(self.settings)
+        self.picker: Balancer = make_balancer(route.balance)
+        self.connections: set[Connection] = set()
+        self.stats = RouteStats()
+        self.address = route.listen
+        self.server: asyncio.Server | None = None
+        self._loop = asyncio.get_running_loop()
+
+    async def start(self) -> None:
+        """Bind the listen address (IPv4 or IPv6) and start accepting."""
+        listen = self.route.listen
+        self.server = await self._loop.create_server(
+            lambda: Connection(self).client, listen.host, listen.port, reuse_address=True,
+            backlog=4096)
+        host, port = self.server.sockets[0].getsockname()[:2]
+        self.address = HostPort(host, port)
+        log.info("lb route to %s listening on tcp://%s (route %s)", self.route.service,
+                 self.address, self.route)
+
+    def reconfigure(self, route: Route, snapshot: Snapshot) -> None:
+        """Take a changed route on the same address, keeping the listener (and its clients)."""
+        old = self.route
+        self.route = route
+        if (route.service, route.tag) != (old.service, old.tag):
+            self.pool.update(())  # the old service's backends drain
+            self.pool.update(snapshot.service(route.service, route.tag))
+        if route.balance != old.balance:
+            self.picker = make_balancer(route.balance)
+        log.info("lb route %s changed to %s", old.key, route)
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Feed the pool the route's instances from a new catalog snapshot."""
+        self.pool.update(snapshot.service(self.route.service, self.route.tag))
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; connections already open carry on."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.pool.close()
+
+    def refuse(self, reason: str) -> None:
+        """Count a client turned away (limit, no instance, every connect failed)."""
+        self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
+
+    def admit(self, connection: Connection) -> bool:
+        """Within the global and the route's connection limits? Then track it."""
+        owner = self.owner
+        limit = self.route.max_connections
+        if self.server is None or owner.stopping:
+            self.refuse("stopping")
+            return False
+        if owner.active >= self.settings.max_connections or \
+                (limit and len(self.connections) >= limit):
+            self.refuse("limit")
+            return False
+        owner.active += 1
+        self.connections.add(connection)
+        self.stats.accepted += 1
+        connection.task = self._loop.create_task(self._connect(connection))
+        return True
+
+    async def _connect(self, connection: Connection) -> None:
+        settings = self.settings
+        client = connection.peername[0] if connection.peername else ""
+        tried: list[Backend] = []
+        for attempt in range(settings.retries + 1):
+            backend = self.picker.pick(self.pool.candidates(), client, tried)
+            if backend is None:
+                break
+            if attempt:
+                self.stats.retries += 1
+            server = Side(connection, backend)
+            server.peer = connection.client  # the backend may speak first
+            backend.active += 1
+            try:
+                async with asyncio.timeout(settings.connect_timeout):
+                    await self._loop.create_connection(lambda s=server: s,  # type: ignore[misc]
+                                                       backend.address, backend.port)
+            except _CONNECT_ERRORS:
+                backend.active -= 1
+                self.pool.connect_failed(backend)
+                tried.append(backend)
+                continue
+            except asyncio.CancelledError:  # the client left while we connected
+                backend.active -= 1
+                if server.transport is not None:
+                    server.transport.abort()
+                raise
+            backend.total += 1
+            self.pool.connect_succeeded(backend)
+            if connection.closed or server.transport is None or \
+                    server.transport.is_closing():
+                backend.active -= 1
+                if server.transport is not None:
+                    server.transport.close()
+                return
+            if self.route.proxy_protocol:
+                server.transport.write(header(self.route.proxy_protocol,
+                                              connection.peername, connection.sockname))
+            connection.attach(server, backend)
+            return
+        self.stats.failed += 1
+        self.refuse("no_instance" if not tried else "connect_failed")
+        if connection.client.transport is not None:
+            refuse_now(connection.client.transport)
+
+    def finished(self, connection: Connection) -> None:
+        """A connection ended: release its counters and its place in the limits."""
+        self.connections.discard(connection)
+        owner = self.owner
+        owner.active -= 1
+        if owner.stopping and not owner.active:
+            owner.all_closed.set()
+        task = connection.task
+        if task is not None and not task.done():
+            task.cancel()
+        backend = connection.backend
+        if backend is not None:
+            backend.active -= 1
+            backend.connections.discard(connection)
+            if backend.draining and not backend.connections:
+                self.pool.forget(backend)
+        if self.server is None and not self.connections:
+            self.owner.listener_drained(self)

@@ -1,0 +1,171 @@
+"""A route's backends: kept in step with the catalog by diff on (address, port), with health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from pilotfish.lb.settings import LbSettings
+from pilotfish.registry.model import Instance
+
+if TYPE_CHECKING:
+    from pilotfish.lb.proxy import Connection
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]
+
+
+class Backend:
+    """One instance as the balancer sees it: counters, health and ejection survive updates."""
+
+    __slots__ = ("key", "address", "port", "instance", "weight", "serving", "draining",
+                 "active", "total", "failed", "bytes_in", "bytes_out", "healthy", "checks_ok",
+                 "checks_failed", "failures", "ejected_until", "eject_backoff", "ejections",
+                 "current_weight", "connections", "drain_timer")
+
+    def __init__(self, instance: Instance) -> None:
+        self.key: Key = (instance.address, instance.port)
+        self.address = instance.address
+        self.port = instance.port
+        self.instance = instance
+        self.weight = instance.weight
+        self.serving = instance.serving
+        self.draining = False
+        self.active = 0
+        self.total = 0
+        self.failed = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.healthy = True  # active checks' verdict; new instances are trusted until checked
+        self.checks_ok = 0
+        self.checks_failed = 0
+        self.failures = 0  # consecutive connect failures (passive)
+        self.ejected_until = 0.0
+        self.eject_backoff = 0.0
+        self.ejections = 0
+        self.current_weight = 0  # smooth weighted round robin state
+        self.connections: set[Connection] = set()
+        self.drain_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def name(self) -> str:
+        """address:port, as in metrics labels and logs."""
+        return f"[{self.address}]:{self.port}" if ":" in self.address else \
+            f"{self.address}:{self.port}"
+
+    def ejected(self, now: float) -> bool:
+        """Whether passive ejection keeps it out right now."""
+        return self.ejected_until > now
+
+
+class Pool:
+    """The backends of one route; picks candidates for the balancer, applying health rules."""
+
+    def __init__(self, settings: LbSettings) -> None:
+        self.settings = settings
+        self.backends: dict[Key, Backend] = {}
+        self.panic = False
+        self.version = 0  # bumped whenever membership or eligibility may have changed
+
+    def update(self, instances: Iterable[Instance]) -> None:
+        """Apply a catalog change by diff: new keys join, gone keys drain, the rest update."""
+        seen: dict[Key, Instance] = {}
+        for instance in instances:
+            seen.setdefault((instance.address, instance.port), instance)
+        for key, instance in seen.items():
+            backend = self.backends.get(key)
+            if backend is None:
+                self.backends[key] = Backend(instance)
+                continue
+            backend.instance = instance
+            backend.weight = instance.weight
+            backend.serving = instance.serving
+            if backend.draining:
+                backend.draining = False
+                if backend.drain_timer is not None:
+                    backend.drain_timer.cancel()
+                    backend.drain_timer = None
+        for key, backend in list(self.backends.items()):
+            if key not in seen and not backend.draining:
+                self._drain(backend)
+        self.version += 1
+
+    def _drain(self, backend: Backend) -> None:
+        backend.draining = True
+        if not backend.connections:
+            del self.backends[backend.key]
+            return
+        timeout = self.settings.drain_timeout
+        backend.drain_timer = asyncio.get_running_loop().call_later(
+            timeout, self._drained, backend)
+
+    def _drained(self, backend: Backend) -> None:
+        backend.drain_timer = None
+        for connection in list(backend.connections):
+            connection.close()
+        self.forget(backend)
+
+    def forget(self, backend: Backend) -> None:
+        """Drop a draining backend once its last connection has gone."""
+        if backend.draining and not backend.connections and \
+                self.backends.get(backend.key) is backend:
+            if backend.drain_timer is not None:
+                backend.drain_timer.cancel()
+            del self.backends[backend.key]
+
+    def close(self) -> None:
+        """Cancel drain timers (the route is gone or the process stops)."""
+        for backend in self.backends.values():
+            if backend.drain_timer is not None:
+                backend.drain_timer.cancel()
+                backend.drain_timer = None
+
+    def serving(self) -> list[Backend]:
+        """Backends the catalog says to serve (present and not critical)."""
+        return [b for b in self.backends.values() if b.serving and not b.draining]
+
+    def candidates(self) -> list[Backend]:
+        """Serving backends that are healthy and not ejected; all serving ones in panic mode."""
+        serving = self.serving()
+        now = time.monotonic()
+        healthy = [b for b in serving if b.healthy and not b.ejected(now)]
+        panic = len(healthy) < len(serving) * self.settings.panic_below or not healthy
+        if panic != self.panic and serving:
+            self.panic = panic
+            if panic:
+                log.warning("lb: %d of %d instances healthy: panic mode, using all",
+                            len(healthy), len(serving))
+        return serving if panic else healthy
+
+    def connect_failed(self, backend: Backend) -> None:
+        """Passive health: count a failed connect; eject with growing backoff past the limit."""
+        backend.failed += 1
+        backend.failures += 1
+        settings = self.settings
+        if settings.eject_after <= 0 or backend.failures < settings.eject_after:
+            return
+        now = time.monotonic()
+        if backend.ejected(now):
+            return
+        serving = self.serving()
+        ejected = sum(1 for b in serving if b.ejected(now))
+        if ejected + 1 > len(serving) * settings.max_ejected:
+            return  # the cap: never eject more than this share of the pool
+        backoff = settings.eject_base if backend.eject_backoff == 0 else \
+            min(backend.eject_backoff * 2, settings.eject_max)
+        backend.eject_backoff = backoff
+        backend.ejected_until = now + backoff
+        backend.ejections += 1
+        self.version += 1
+        log.info("lb: ejected %s for %.1fs after %d failed connects", backend.name, backoff,
+                 backend.failures)
+
+    def connect_succeeded(self, backend: Backend) -> None:
+        """A connect worked: the failure streak and the ejection backoff start over."""
+        if backend.failures:
+            backend.failures = 0
+            backend.eject_backoff = 0.0

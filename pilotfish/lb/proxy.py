@@ -1,0 +1,178 @@
+"""One proxied connection: bytes both ways, half-close, backpressure, idle and drain handling."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING, Any, cast
+
+from pilotfish.lb.refuse import refuse_now
+
+if TYPE_CHECKING:
+    from pilotfish.lb.listener import RouteListener
+    from pilotfish.lb.pool import Backend
+
+EOF_RETRY = 0.005  # seconds between looks at a write buffer that must drain before a half-close
+
+
+def shutdown_write(transport: asyncio.Transport) -> None:
+    """Half-close: shut down the socket's write side (the peer reads EOF, can still send).
+
+    Not `transport.write_eof()`: uvloop 0.23 aborted the process with "double free or
+    corruption" when write_eof() met connection churn. The caller makes sure the transport's
+    write buffer is empty, so nothing queued is lost.
+    """
+    pseudo = transport.get_extra_info("socket")
+    if pseudo is None:
+        return
+    sock = socket.socket(pseudo.family, pseudo.type, 0, pseudo.fileno())
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the peer has gone already; connection_lost follows
+    finally:
+        sock.detach()
+
+
+class Side(asyncio.Protocol):
+    """One of a connection's two sockets; what it reads is written to the other."""
+
+    __slots__ = ("connection", "transport", "peer", "eof", "shut", "upstream", "backend")
+
+    def __init__(self, connection: Connection, backend: Backend | None = None) -> None:
+        self.connection = connection
+        self.backend = backend  # set on the backend's socket; None on the client's
+        self.upstream = backend is not None
+        self.transport: asyncio.Transport | None = None
+        self.peer: Side | None = None
+        self.eof = False  # this socket's reader reached EOF
+        self.shut = False  # this socket's write side is shut down
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        connection = self.connection
+        transport.set_write_buffer_limits(connection.listener.settings.high_water)
+        if not self.upstream:
+            connection.accepted(transport)
+
+    def data_received(self, data: bytes) -> None:
+        connection = self.connection
+        connection.active = True
+        backend = self.backend
+        if backend is not None:
+            backend.bytes_out += len(data)
+        else:
+            backend = connection.backend
+            if backend is not None:
+                backend.bytes_in += len(data)
+        peer = self.peer
+        if peer is None:  # a client that spoke before its backend connection is up
+            connection.pending.append(data)
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            return
+        peer.transport.write(data)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        if peer is not None:
+            peer.shutdown()
+        return True  # keep our write side open: the half-close goes on
+
+    def shutdown(self) -> None:
+        """Shut this side's write half once what is queued for it has been sent."""
+        transport = self.transport
+        if self.shut or transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(EOF_RETRY, self.shutdown)
+            return
+        self.shut = True
+        shutdown_write(transport)
+        peer = self.peer
+        if peer is not None and peer.shut:
+            self.connection.close()  # both directions have ended
+
+    def pause_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.eof:
+            peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection.lost(self, exc)
+
+
+class Connection:
+    """A client connection and (once connected) its backend connection."""
+
+    __slots__ = ("listener", "client", "server", "backend", "active", "closed", "peername",
+                 "sockname", "task", "idle", "pending")
+
+    def __init__(self, listener: RouteListener) -> None:
+        self.listener = listener
+        self.client = Side(self)
+        self.server: Side | None = None
+        self.backend: Backend | None = None
+        self.active = True  # data moved since the last idle sweep
+        self.closed = False
+        self.peername: Any = None
+        self.sockname: Any = None
+        self.task: asyncio.Task[None] | None = None
+        self.idle = 0  # idle sweeps in a row without data
+        self.pending: list[bytes] = []
+
+    def accepted(self, transport: asyncio.Transport) -> None:
+        """A client connected: hold its bytes until a backend is connected, or refuse it."""
+        transport.pause_reading()
+        self.peername = transport.get_extra_info("peername")
+        self.sockname = transport.get_extra_info("sockname")
+        if not self.listener.admit(self):
+            self.closed = True
+            refuse_now(transport)
+
+    def attach(self, server: Side, backend: Backend) -> None:
+        """The backend connection is up: join the two sides and let the client's bytes flow."""
+        self.server = server
+        self.backend = backend
+        self.client.peer = server
+        backend.connections.add(self)
+        if self.pending:
+            server.transport.write(b"".join(self.pending))  # type: ignore[union-attr]
+            backend.bytes_in += sum(map(len, self.pending))
+            self.pending = []
+        if self.client.eof:
+            server.shutdown()
+        else:
+            self.client.transport.resume_reading()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """Close both sockets (queued bytes are still sent)."""
+        if self.client.transport is not None:
+            self.client.transport.close()
+        if self.server is not None and self.server.transport is not None:
+            self.server.transport.close()
+
+    def abort(self) -> None:
+        """Reset both sockets now (shutdown timeout)."""
+        if self.client.transport is not None:
+            self.client.transport.abort()
+        if self.server is not None and self.server.transport is not None:
+            self.server.transport.abort()
+
+    def lost(self, side: Side, exc: Exception | None) -> None:
+        """One socket closed: close the other (reset it too if this one was reset)."""
+        peer = side.peer
+        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+            if exc is not None:
+                peer.transport.abort()
+            else:
+                peer.transport.close()
+        if not self.closed and (side is self.client or peer is not None):
+            self.closed = True
+            self.listener.finished(self)

@@ -1,0 +1,20 @@
+"""Refusing a client: a reset, so it knows at once that it was not served."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+
+def refuse_now(transport: asyncio.Transport) -> None:
+    """Turn a client away with a reset, so it knows at once it was not served."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+    transport.abort()
+
+
+_LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close sends RST

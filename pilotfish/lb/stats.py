@@ -1,0 +1,72 @@
+"""The LB's Prometheus series, per route and per instance, read from live counters at scrape."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from pilotfish.metrics import Labels, Metrics, Sample
+
+if TYPE_CHECKING:
+    from pilotfish.lb.listener import RouteListener
+
+SERIES = {
+    "pilotfish_lb_connections_active": ("gauge", "open client connections, per route"),
+    "pilotfish_lb_connections_total": ("counter", "client connections accepted, per route"),
+    "pilotfish_lb_connections_refused_total": (
+        "counter", "clients turned away: limit, no_instance, connect_failed, stopping"),
+    "pilotfish_lb_retries_total": ("counter", "connects retried on another instance"),
+    "pilotfish_lb_panic": ("gauge", "1 while too few instances are healthy and all are used"),
+    "pilotfish_lb_instance_connections_active": ("gauge", "open connections per instance"),
+    "pilotfish_lb_instance_connections_total": ("counter", "connections made per instance"),
+    "pilotfish_lb_instance_connections_failed_total": (
+        "counter", "failed connects per instance"),
+    "pilotfish_lb_instance_bytes_in_total": ("counter", "bytes from clients to the instance"),
+    "pilotfish_lb_instance_bytes_out_total": ("counter", "bytes from the instance to clients"),
+    "pilotfish_lb_instance_healthy": ("gauge", "active health check verdict (1 up, 0 down)"),
+    "pilotfish_lb_instance_ejected": ("gauge", "1 while passive health keeps it out"),
+    "pilotfish_lb_instance_ejections_total": ("counter", "passive ejections"),
+    "pilotfish_lb_instance_draining": ("gauge", "1 while it left the catalog and drains"),
+    "pilotfish_lb_connections": ("gauge", "open client connections across every route"),
+}
+
+
+def describe(metrics: Metrics, collector: Callable[[], Iterable[Sample]]) -> None:
+    """Declare the LB series on the process's metrics registry and hook the collector."""
+    for name, (kind, help_text) in SERIES.items():
+        metrics.describe(name, kind, help_text)
+    metrics.collect(collector)
+
+
+def samples(listeners: Iterable[RouteListener], active: int) -> Iterable[Sample]:
+    """Samples for each route and each of its instances."""
+    now = time.monotonic()
+    out: list[Sample] = [("pilotfish_lb_connections", (), float(active))]
+    for listener in listeners:
+        route: Labels = (("route", listener.route.key),)
+        stats = listener.stats
+        out += [
+            ("pilotfish_lb_connections_active", route, float(len(listener.connections))),
+            ("pilotfish_lb_connections_total", route, float(stats.accepted)),
+            ("pilotfish_lb_retries_total", route, float(stats.retries)),
+            ("pilotfish_lb_panic", route, float(listener.pool.panic)),
+        ]
+        out += [("pilotfish_lb_connections_refused_total", (("reason", reason), *route),
+                 float(count)) for reason, count in stats.refused.items()]
+        for backend in list(listener.pool.backends.values()):
+            labels: Labels = (("instance", backend.name), ("id", backend.instance.id), *route)
+            labels = tuple(sorted(labels))
+            out += [
+                ("pilotfish_lb_instance_connections_active", labels, float(backend.active)),
+                ("pilotfish_lb_instance_connections_total", labels, float(backend.total)),
+                ("pilotfish_lb_instance_connections_failed_total", labels,
+                 float(backend.failed)),
+                ("pilotfish_lb_instance_bytes_in_total", labels, float(backend.bytes_in)),
+                ("pilotfish_lb_instance_bytes_out_total", labels, float(backend.bytes_out)),
+                ("pilotfish_lb_instance_healthy", labels, float(backend.healthy)),
+                ("pilotfish_lb_instance_ejected", labels, float(backend.ejected(now))),
+                ("pilotfish_lb_instance_ejections_total", labels, float(backend.ejections)),
+                ("pilotfish_lb_instance_draining", labels, float(backend.draining)),
+            ]
+    return out
