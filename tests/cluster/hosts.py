@@ -130,11 +130,11 @@ class Cluster:
         ]
 
     def start_pilotfish(self, host: ClusterHost, *extra: str,
-                        prefix: tuple[str, ...] = ()) -> PilotfishProcess:
-        """Start the host's `pilotfish up` (given extra flags, and a command prefix to run it
-        through, e.g. faketime) and wait until DNS, LB and API listen."""
+                        env: dict[str, str] | None = None) -> PilotfishProcess:
+        """Start the host's `pilotfish up` (given extra flags and environment) and wait until
+        DNS, LB and API listen."""
         running = start_pilotfish(
-            *self.pilotfish_args(host, *extra), prefix=(*host.net.nsenter, *prefix),
+            *self.pilotfish_args(host, *extra), prefix=tuple(host.net.nsenter), env=env,
             expect=("registry API", "dns", "lb API"), timeout=30.0)
         host.pilotfish = running
         host.history.append(running)

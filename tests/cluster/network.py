@@ -84,8 +84,12 @@ class NetHost:
         return [int(pid) for pid in out.split() if pid.isdigit()]
 
     def link(self, up: bool) -> None:
-        """Plug (up) or cut (down) the host's only link: a network partition."""
-        self.run("ip", "link", "set", self.inner, "up" if up else "down")
+        """Plug (up) or cut (down) the host's only link at the bridge: a network partition.
+
+        The switch side goes down, as when a cable is pulled: the host loses carrier but
+        keeps its address, so what runs on it still reaches its own listeners.
+        """
+        ip("link", "set", self.outer, "up" if up else "down")
 
 
 class HostNetwork:
