@@ -16,17 +16,21 @@ from pilotfish.loop import run
 from pilotfish.registry import hold as register_options
 from pilotfish.registry import options as registry_options
 from pilotfish.registry.backends import open_catalog
+from pilotfish.sidecar import options as sidecar_options
 from pilotfish.stack import Component, ComponentOptions, Stack
 
 log = logging.getLogger("pilotfish")
 
 COMMANDS: dict[str, tuple[str, tuple[ComponentOptions, ...]]] = {
-    "up": ("run the whole stack in one process", (registry_options, dns_options, lb_options)),
+    "up": ("run the whole stack in one process",
+           (registry_options, dns_options, lb_options, sidecar_options)),
     "registry": ("run only the registry API", (registry_options,)),
     "dns": ("run only the DNS server", (dns_options,)),
     "lb": ("run only the TCP load balancer", (lb_options,)),
     "register": ("hold registrations on one lease until stopped (SIGTERM deregisters)",
                  (register_options,)),
+    "sidecar": ("register this host's Docker containers from its events on one lease",
+                (sidecar_options,)),
 }
 """Each command and the components it runs, in start order."""
 

@@ -86,6 +86,11 @@ class Registrar:
                    for key, want in self._desired.items())
 
     @property
+    def held(self) -> int:
+        """How many instances the catalog holds for this registrar, as far as it knows."""
+        return len(self._held)
+
+    @property
     def lease_age(self) -> float | None:
         """Seconds since the lease was last granted or renewed (None before the first)."""
         return None if self.renewed_at is None else time.monotonic() - self.renewed_at
@@ -125,6 +130,12 @@ class Registrar:
         """
         self._desired = {i.id: i for i in desired}
         await self._changed(wait)
+
+    def want(self, desired: Iterable[Instance]) -> None:
+        """sync() without waiting, callable from plain code: the background task converges."""
+        self._desired = {i.id: i for i in desired}
+        self._changes += 1
+        self._wake.set()
 
     async def add(self, instance: Instance, wait: bool = True) -> None:
         """Want an instance registered (or updated) on this registrar's lease."""
@@ -173,8 +184,10 @@ class Registrar:
             failure: BaseException | None = None
             try:
                 if time.monotonic() >= next_keepalive:
-                    next_keepalive = time.monotonic() + self.interval
-                    await self._keepalive()
+                    # Until it succeeds (or while the registrar cannot vouch), try again soon.
+                    next_keepalive = time.monotonic() + self.retry
+                    if await self._keepalive():
+                        next_keepalive = time.monotonic() + self.interval
                 await self._converge()
             except asyncio.CancelledError:
                 raise
@@ -188,15 +201,19 @@ class Registrar:
             self._done, self._failure = started_from, failure
             self._passed.set()
 
-    async def _keepalive(self) -> None:
-        if self.lease_id is None or not self._vouching():
-            return
+    async def _keepalive(self) -> bool:
+        """Renew the lease; False when the registrar cannot vouch for its instances now."""
+        if self.lease_id is None:
+            return True  # nothing to renew: the next pass takes a lease
+        if not self._vouching():
+            return False
         try:
             await self.catalog.keepalive(self.lease_id)
         except UnknownLease:
             self._lost_lease()
         else:
             self.renewed_at = time.monotonic()
+        return True
 
     def _lost_lease(self) -> None:
         """The lease is gone, and every instance on it: start over on a new one."""

@@ -1,0 +1,1 @@
+"""The Docker sidecar: containers registered from Docker events on one heartbeated lease."""

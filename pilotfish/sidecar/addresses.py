@@ -1,0 +1,149 @@
+"""Where a container is reached from other hosts, by network mode.
+
+- `host`: the advertised IP and the container's exposed ports (or those named by the
+  SERVICE_PORT setting, for images that expose none);
+- bridge and user-defined networks: the advertised IP and the host port of each published
+  port, including ports Docker allocated with `-P`; with `internal`, the container's own IP
+  on its network and the exposed port (Registrator's `-internal`);
+- `container:<id>`: the endpoints of the container whose network it joined;
+- `none`: nothing (skipped).
+
+A port published on a specific host address is advertised there, except a loopback address
+unless the advertised IP is one itself: the user asked for loopback explicitly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pilotfish.sidecar.labels import listed, raw_settings
+
+Details = Mapping[str, Any]
+"""`docker inspect` output for one container."""
+
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One port of a container as others reach it."""
+
+    port: int  # the container's port (what SERVICE_<port>_* and ids name)
+    protocol: str  # tcp or udp
+    address: str
+    host_port: int  # the port others connect to
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Why a container, or one of its ports, is not registered."""
+
+    reason: str  # a short key, the label of the skipped metric
+    detail: str
+
+
+def _port_key(key: str) -> tuple[int, str] | None:
+    """"80/tcp" -> (80, "tcp"); None for what is not a port."""
+    number, _, protocol = key.partition("/")
+    if not number.isdigit() or not 0 < int(number) < 65536:
+        return None
+    return int(number), (protocol or "tcp").lower()
+
+
+def exposed_ports(details: Details) -> list[tuple[int, str]]:
+    """The container's exposed ports, and those the SERVICE_PORT setting names."""
+    config = details.get("Config") or {}
+    ports = {p for key in (config.get("ExposedPorts") or {}) if (p := _port_key(key))}
+    named = raw_settings(config.get("Env"), config.get("Labels")).get("port", "")
+    ports |= {p for item in listed(named) if (p := _port_key(item))}
+    return sorted(ports)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether an address is a loopback address."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _binding(bindings: list[Mapping[str, str]], advertise_ip: str) -> Mapping[str, str]:
+    """The published binding to advertise: the one of the advertised IP's family if any."""
+    v6 = ":" in advertise_ip
+    for binding in bindings:
+        if (":" in binding.get("HostIp", "")) == v6:
+            return binding
+    return bindings[0]
+
+
+def _published(details: Details, advertise_ip: str) -> tuple[list[Endpoint], list[Skip]]:
+    ports = (details.get("NetworkSettings") or {}).get("Ports") or {}
+    found: list[Endpoint] = []
+    skipped: list[Skip] = []
+    for key, bindings in sorted(ports.items()):
+        port = _port_key(key)
+        if port is None:
+            continue
+        if not bindings:
+            skipped.append(Skip("unpublished", f"port {key} is not published on the host"))
+            continue
+        binding = _binding(bindings, advertise_ip)
+        host_ip = binding.get("HostIp", "")
+        address = advertise_ip if host_ip in WILDCARDS else host_ip
+        if is_loopback(address) and not is_loopback(advertise_ip):
+            skipped.append(Skip("loopback", f"port {key} is published on {host_ip} only"))
+            continue
+        found.append(Endpoint(port[0], port[1], address, int(binding.get("HostPort") or 0)))
+    return [e for e in found if e.host_port], skipped
+
+
+def _internal(details: Details) -> tuple[list[Endpoint], list[Skip]]:
+    settings = details.get("NetworkSettings") or {}
+    networks = settings.get("Networks") or {}
+    mode = (details.get("HostConfig") or {}).get("NetworkMode", "")
+    ordered = sorted(networks.items(), key=lambda item: (item[0] != mode, item[0]))
+    address = next((n.get("IPAddress") for _, n in ordered if n.get("IPAddress")),
+                   settings.get("IPAddress") or "")
+    if not address:
+        return [], [Skip("no-address", "the container has no IP address on its networks")]
+    ports = set(exposed_ports(details))
+    ports |= {p for key in (settings.get("Ports") or {}) if (p := _port_key(key))}
+    return [Endpoint(port, protocol, address, port) for port, protocol in sorted(ports)], []
+
+
+def endpoints(details: Details, advertise_ip: str, internal: bool = False,
+              joined: Callable[[str], Details | None] | None = None,
+              depth: int = 0) -> tuple[list[Endpoint], list[Skip]]:
+    """The container's endpoints by its network mode, and the ports it skipped (with why).
+
+    `joined(id)` returns the inspect output of the container a `container:<id>` one shares
+    its network with (None if unknown).
+    """
+    mode = (details.get("HostConfig") or {}).get("NetworkMode") or "default"
+    if mode == "none":
+        return [], [Skip("network-none", "network mode none: nothing reaches it")]
+    if mode == "host":
+        found = [Endpoint(port, protocol, advertise_ip, port)
+                 for port, protocol in exposed_ports(details)]
+        return found, [] if found else [Skip(
+            "no-ports", "host network and no exposed port nor SERVICE_PORT setting")]
+    if mode.startswith("container:"):
+        target = joined(mode.partition(":")[2]) if joined is not None else None
+        if target is None or depth > 2:
+            return [], [Skip("joined-unknown", f"network {mode}: that container is not known")]
+        found, skipped = endpoints(target, advertise_ip, internal, joined, depth + 1)
+        own = set(exposed_ports(details))
+        if own:
+            found = [e for e in found if (e.port, e.protocol) in own]
+        return found, skipped if found else skipped or [Skip(
+            "no-ports", f"network {mode}: that container has no ports to share")]
+    if internal:
+        return _internal(details)
+    found, skipped = _published(details, advertise_ip)
+    if not found and not skipped:
+        skipped = [Skip("no-ports", "no published ports")]
+    return found, skipped
+

@@ -1,0 +1,240 @@
+"""Follows one Docker engine and keeps, per running container, what to register for it.
+
+Each connection subscribes to events first, then lists and inspects every running
+container and replaces the whole picture (the reconcile), then applies events as they come:
+a container that starts, changes health, is paused, renamed or reconnected is inspected
+again (one inspect at a time per container, coalescing bursts); one that dies, stops or is
+destroyed is dropped at once. A lost stream is reconnected with backoff and reconciled.
+After every change the owner is handed the full desired set (it diffs; see Registrar.sync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pilotfish.loop import cancel_and_wait
+from pilotfish.registry.model import Instance
+from pilotfish.sidecar.addresses import Details
+from pilotfish.sidecar.containers import Decision, Rules, decide
+from pilotfish.sidecar.docker import DockerSource, DockerUnavailable
+from pilotfish.sidecar.stats import SidecarStats
+
+log = logging.getLogger(__name__)
+
+Desired = Callable[[list[Instance]], None]
+
+GONE = frozenset({"die", "stop", "destroy", "oom"})
+CHANGED = frozenset({"start", "restart", "kill", "pause", "unpause", "health_status",
+                     "rename", "update"})
+INSPECT_CONCURRENCY = 16
+
+
+class ContainerFollower:
+    """The desired instances of every running container on one engine, kept current."""
+
+    def __init__(self, source: DockerSource, rules: Rules, desired: Desired,
+                 stats: SidecarStats, freshness: float,
+                 backoff: tuple[float, float] = (0.1, 5.0)) -> None:
+        self.source = source
+        self.rules = rules
+        self.stats = stats
+        self.freshness = freshness  # how recently Docker must have answered to be trusted
+        self.engine_id: str | None = None
+        self.connected = False
+        self.reconciled = False  # since the current connection was made
+        self.last_seen = 0.0  # monotonic time Docker last answered
+        self.decisions: dict[str, Decision] = {}
+        self._details: dict[str, Details] = {}
+        self._desired = desired
+        self._backoff = backoff
+        self._busy: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._first = asyncio.Event()
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the picture can be trusted now: connected, reconciled, and Docker has
+        answered within `freshness` seconds."""
+        return (self.connected and self.reconciled
+                and time.monotonic() - self.last_seen <= self.freshness)
+
+    def instances(self) -> list[Instance]:
+        """Every instance the running containers want registered."""
+        return [i for decision in self.decisions.values() for i in decision.instances]
+
+    async def start(self) -> None:
+        """Begin following (in the background) and pinging the engine."""
+        self._tasks = [asyncio.create_task(self._follow(), name="sidecar-follow"),
+                       asyncio.create_task(self._ping(), name="sidecar-ping")]
+
+    async def wait_reconciled(self, timeout: float) -> bool:
+        """Wait until the first reconcile is done; False on timeout."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first.wait(), timeout)
+        return self._first.is_set()
+
+    async def stop(self) -> None:
+        """Stop following and every inspect in flight."""
+        await cancel_and_wait(*self._tasks, *self._busy.values())
+        self._tasks = []
+
+    def _seen(self) -> None:
+        self.last_seen = time.monotonic()
+
+    async def _ping(self) -> None:
+        while True:
+            await asyncio.sleep(self.freshness / 3)
+            with contextlib.suppress(DockerUnavailable):
+                await self.source.ping()
+                self._seen()
+
+    async def _follow(self) -> None:
+        delay = self._backoff[0]
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+                log.warning("sidecar: the Docker event stream ended; reconnecting")
+            except DockerUnavailable as exc:
+                log.warning("sidecar: %s; reconnecting in %.1fs", exc, delay)
+            finally:
+                self.connected = self.reconciled = False
+            self.stats.reconnects += 1
+            if time.monotonic() - started > 10:
+                delay = self._backoff[0]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._backoff[1])
+
+    async def _session(self) -> None:
+        if self.engine_id is None:
+            self.engine_id = await self.source.engine_id()
+        async with self.source.events() as stream:
+            self.connected = True
+            self._seen()
+            await self._reconcile()
+            async for event in stream:
+                self._seen()
+                self._handle(event)
+
+    async def _reconcile(self) -> None:
+        started = time.monotonic()
+        ids = await self.source.running()
+        limit = asyncio.Semaphore(INSPECT_CONCURRENCY)
+
+        async def inspect(container_id: str) -> Details | None:
+            async with limit:
+                return await self.source.inspect(container_id)
+
+        found = await asyncio.gather(*(inspect(i) for i in ids))
+        self._details = {i: d for i, d in zip(ids, found, strict=True) if d is not None}
+        previous, self.decisions = self.decisions, {}
+        for container_id, details in self._details.items():
+            self.decisions[container_id] = self._decide(details, previous.get(container_id))
+        self.stats.reconciles += 1
+        self.stats.reconcile_seconds = time.monotonic() - started
+        self.reconciled = True
+        self._seen()
+        log.info("sidecar: reconciled %d running containers, %d instances in %.3fs",
+                 len(self._details), len(self.instances()), self.stats.reconcile_seconds)
+        self._desired(self.instances())
+        self._first.set()
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("Type", "")
+        action = str(event.get("Action") or event.get("status") or "").split(":")[0].strip()
+        actor = event.get("Actor") or {}
+        if kind == "container":
+            container_id = str(actor.get("ID") or event.get("id") or "")
+        elif kind == "network" and action in ("connect", "disconnect"):
+            container_id = str((actor.get("Attributes") or {}).get("container") or "")
+        else:
+            return
+        if not container_id:
+            return
+        self.stats.events[action] = self.stats.events.get(action, 0) + 1
+        if action in GONE:
+            self._forget(container_id)
+        elif action in CHANGED or kind == "network":
+            self.touch(container_id)
+
+    def touch(self, container_id: str) -> None:
+        """Inspect a container again soon (once more, if an inspect is already running)."""
+        if container_id in self._busy:
+            self._again.add(container_id)
+            return
+        self._busy[container_id] = asyncio.create_task(self._refresh(container_id))
+
+    def _forget(self, container_id: str) -> None:
+        if container_id in self._busy:
+            self._again.add(container_id)  # an inspect in flight may predate the death
+        self._details.pop(container_id, None)
+        if self.decisions.pop(container_id, None) is not None:
+            self._changed()
+
+    async def _refresh(self, container_id: str) -> None:
+        try:
+            while True:
+                self._again.discard(container_id)
+                details = await self.source.inspect(container_id)
+                self._apply(container_id, details)
+                if container_id not in self._again:
+                    return
+        except DockerUnavailable as exc:
+            log.warning("sidecar: inspect %s: %s (the reconnect will reconcile)",
+                        container_id[:12], exc)
+        finally:
+            self._busy.pop(container_id, None)
+
+    def _apply(self, container_id: str, details: Details | None) -> None:
+        self._seen()
+        if details is None or not (details.get("State") or {}).get("Running"):
+            self._forget(container_id)
+            return
+        self._details[container_id] = details
+        previous = self.decisions.get(container_id)
+        decision = self._decide(details, previous)
+        self.decisions[container_id] = decision
+        if decision != previous:
+            self._changed()
+        name = str(details.get("Name", "")).lstrip("/")
+        for other, joined in list(self.decisions.items()):
+            if other != container_id and joined.joins in (container_id, name):
+                self.touch(other)
+
+    def _decide(self, details: Details, previous: Decision | None) -> Decision:
+        decision = decide(details, self.rules, self._joined)
+        if previous is None or previous.skipped != decision.skipped:
+            name = str(details.get("Name", "")).lstrip("/")
+            for skip in decision.skipped:
+                log.info("sidecar: %s: not registered (%s): %s", name, skip.reason, skip.detail)
+        return decision
+
+    def _joined(self, reference: str) -> Details | None:
+        """A running container by id, id prefix or name (for `container:<ref>` modes)."""
+        found = self._details.get(reference)
+        if found is not None:
+            return found
+        for container_id, details in self._details.items():
+            if container_id.startswith(reference) or details.get("Name") == f"/{reference}":
+                return details
+        return None
+
+    def _changed(self) -> None:
+        self.stats.changes += 1
+        if self.reconciled:
+            self._desired(self.instances())
+
+    def skipped(self) -> Iterable[tuple[str, int]]:
+        """How many containers' ports are skipped, by reason."""
+        counts: dict[str, int] = {}
+        for decision in self.decisions.values():
+            for skip in decision.skipped:
+                counts[skip.reason] = counts.get(skip.reason, 0) + 1
+        return counts.items()
+
