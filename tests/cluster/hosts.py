@@ -25,6 +25,7 @@ from tests.fixtures.process import PilotfishProcess, start_pilotfish
 
 NAMES = ("a", "b", "c")
 API_PORT, DNS_PORT, DNS_METRICS_PORT, LB_API_PORT, ROUTE_PORT = 8500, 8600, 8601, 8700, 8080
+SIDECAR_PORT = 8800
 APP_PORT = 8000  # where the test containers' httpd listens (host network mode)
 DOMAIN = "pilotfish"
 
@@ -71,6 +72,11 @@ class ClusterHost:
     def lb_api(self) -> str:
         """Base URL of this host's LB API (/health, /metrics, /v1/routes)."""
         return f"http://{self.address}:{LB_API_PORT}"
+
+    @property
+    def sidecar_http(self) -> str:
+        """Base URL of this host's sidecar /health and /metrics."""
+        return f"http://{self.address}:{SIDECAR_PORT}"
 
     @property
     def dns_metrics(self) -> str:
@@ -124,8 +130,10 @@ class Cluster:
             "--api", f"{at}:{API_PORT}", "--dns", f"{at}:{DNS_PORT}", "--domain", DOMAIN,
             "--dns-metrics", f"{at}:{DNS_METRICS_PORT}",
             "--route", f"{at}:{ROUTE_PORT}=web", "--lb-api", f"{at}:{LB_API_PORT}",
-            *(("--docker", host.docker.host, "--advertise-ip", at, "--ttl", str(self.ttl))
-              if self.sidecar else ()),
+            # Namespaces share the machine's host name: each sidecar needs an id of its own.
+            *(("--docker", host.docker.host, "--advertise-ip", at, "--ttl", str(self.ttl),
+               "--sidecar-id", host.name, "--keep-on-exit",
+               "--sidecar-http", f"{at}:{SIDECAR_PORT}") if self.sidecar else ()),
             *extra,
         ]
 
@@ -135,7 +143,8 @@ class Cluster:
         DNS, LB and API listen."""
         running = start_pilotfish(
             *self.pilotfish_args(host, *extra), prefix=tuple(host.net.nsenter), env=env,
-            expect=("registry API", "dns", "lb API"), timeout=30.0)
+            expect=("registry API", "dns", "lb API", *(("sidecar http",) if self.sidecar else ())),
+            timeout=30.0)
         host.pilotfish = running
         host.history.append(running)
         return running

@@ -6,8 +6,11 @@ does not answer, so a scenario can tell "answered without the instance" from "no
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -16,7 +19,6 @@ import dns.flags
 import dns.message
 import dns.query
 import dns.rdatatype
-import httpx
 
 from tests.cluster.hosts import DNS_PORT, DOMAIN, ClusterHost
 
@@ -48,11 +50,30 @@ def dns_endpoints(host: ClusterHost, service: str = "web",
     return found
 
 
-def _get(url: str, timeout: float = 1.0) -> httpx.Response | None:
+@dataclass
+class Reply:
+    """Status and body of one HTTP GET."""
+
+    status_code: int
+    text: str
+
+    def json(self) -> Any:
+        """The body, parsed."""
+        return json.loads(self.text)
+
+
+def _get(url: str, timeout: float = 1.0) -> Reply | None:
+    """One GET with the stdlib client: cheap enough to poll from several threads at once."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
     try:
-        return httpx.get(url, timeout=timeout)
-    except httpx.HTTPError:
+        connection.request("GET", parts.path)
+        response = connection.getresponse()
+        return Reply(response.status, response.read().decode(errors="replace"))
+    except (OSError, http.client.HTTPException):
         return None
+    finally:
+        connection.close()
 
 
 def lb_pool(host: ClusterHost, route_port: int | None = None) -> set[Endpoint] | None:

@@ -226,7 +226,8 @@ def partition(cluster: Cluster, work: Workload, timings: Timings) -> None:
         }
         taken = wait_all(conditions, bound + 5.0, start)
         for host in (b, c):
-            assert _has(others)(dns_endpoints(host)), f"{host.name} lost b's or c's apps"
+            answer = dns_endpoints(host)
+            assert _has(others)(answer), f"{host.name} lost b's or c's apps {others}: {answer}"
         kept = dns_inside(a)
         assert kept is not None and _exact(everything)(kept), \
             f"a's DNS must keep its last view {sorted(everything)}, answered {kept}"

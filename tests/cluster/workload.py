@@ -45,7 +45,7 @@ class Workload:
         """Run one web container on the host; returns once `docker run` has started it."""
         port = next(self._ports)
         name = f"web-{host.name}-{port}"
-        script = f"echo {name} > /tmp/index.html && exec httpd -f -p {host.address}:{port} -h /tmp"
+        script = f"echo {name} > /index.html && exec httpd -f -p {host.address}:{port} -h /"
         container = host.docker.run(
             "--name", name, "--network", "host", "--expose", str(port),
             "-e", "SERVICE_NAME=web", command=("sh", "-c", script))
