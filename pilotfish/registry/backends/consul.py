@@ -53,7 +53,7 @@ from consul.exceptions import (
 
 from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
-from pilotfish.registry.expiring import ExpiringSnapshots
+from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
 from pilotfish.registry.model import (
     MAX_META,
     Health,
@@ -76,6 +76,8 @@ CONSUL_MAX_META = 64
 DEFAULT_DEREGISTER_AFTER = 60  # Consul's documented minimum for DeregisterCriticalServiceAfter
 REQUEST_TIMEOUT = 3.0
 WATCH_WAIT = 10.0
+LEASE_WAIT = 0.5  # the lease records' blocking query returns at least this often: each
+# return proves the cache current, and expiry runs only while it is (see Freshness)
 RETRY_DELAY = 0.5
 PASS_CONCURRENCY = 64
 REAP_PERIOD = 1.0
@@ -135,7 +137,8 @@ class ConsulCatalog(Catalog):
         self._registered: dict[str, str] = {}  # instance id -> lease, written through us
         self._failing: set[str] = {"leases", "services"}  # watchers not yet in sync
         self._tasks: list[asyncio.Task[None]] = []
-        self._snapshots = ExpiringSnapshots(self.changes.notify)
+        self.freshness = Freshness()
+        self._snapshots = ExpiringSnapshots(self.changes.notify, self.freshness)
         self._closed = False
 
     @classmethod
@@ -198,7 +201,7 @@ class ConsulCatalog(Catalog):
             leader = await self._call(self._writer.status.leader())
         except BackendUnavailable:
             return False
-        return bool(leader) and not self._failing
+        return bool(leader) and not self._failing and not self.freshness.stale
 
     @property
     def lease_count(self) -> int:
@@ -421,8 +424,10 @@ class ConsulCatalog(Catalog):
             return  # our own newer renewal has not come back through the watch yet
         if known != record:
             self._leases[record.id] = record
-            if known is None:
-                self._changed()  # a renewal only moves expiry later: no rebuild needed now
+            # A later expiry changes what is served only once the old one has passed (its
+            # instances dropped out); before that the snapshot rebuilds when it passes.
+            if known is None or known.expires_at <= time.time():
+                self._changed()
 
     def _forget_lease(self, lease_id: str) -> None:
         if self._leases.pop(lease_id, None) is not None:
@@ -459,8 +464,10 @@ class ConsulCatalog(Catalog):
 
     async def _load_leases(self, index: int) -> int:
         new, items = await self._call(
-            self._watcher.kv.get(LEASE_PREFIX, recurse=True, **self._blocking(index)),
-            self._watch_timeout(index))
+            self._watcher.kv.get(LEASE_PREFIX, recurse=True, index=index or None,
+                                 wait=f"{LEASE_WAIT:g}s"),
+            LEASE_WAIT * 1.1 + REQUEST_TIMEOUT if index else REQUEST_TIMEOUT)
+        answered = time.monotonic()
         seen: dict[str, _LeaseRecord] = {}
         for item in items or ():
             lease_id = str(item["Key"])[len(LEASE_PREFIX):]
@@ -480,6 +487,8 @@ class ConsulCatalog(Catalog):
                 self._leases[record.id] = record
                 continue
             self._remember_lease(record)
+        # A blocking read that returned shows every lease record as the agent had it then.
+        self.freshness.proved(answered)
         return int(new)
 
     async def _load_services(self, index: int) -> int:
@@ -548,6 +557,8 @@ class ConsulCatalog(Catalog):
                 log.debug("consul reap skipped: %s", exc)
 
     async def _reap(self) -> None:
+        if self.freshness.stale:
+            return  # renewals may be on their way: delete nothing we cannot see being renewed
         now = time.time()
         lapsed = [r for r in self._leases.values() if r.expires_at < now - 1.0]
         for record in lapsed:

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -45,7 +46,7 @@ from aetcd import rpc
 from pilotfish.config import parse_endpoints
 from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
-from pilotfish.registry.expiring import ExpiringSnapshots
+from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
 from pilotfish.registry.model import (
     MAX_OWNER,
     Instance,
@@ -63,6 +64,9 @@ DEFAULT_PORT = 2379
 CALL_TIMEOUT = 1.5  # one attempt on one member
 DEADLINE = 4.0  # one catalog call, across retries and members (the API gives up at 5 s)
 STALE_GRACE = 1.0  # how long reads are served from the cache while the watch reconnects
+PROGRESS_EVERY = 0.25  # a progress request on the watch stream this often...
+STALL_AFTER = 1.0  # ...and a member that leaves one unanswered this long is frozen or cut off
+MIN_KEEPALIVE_TIMEOUT = 0.3
 OUTAGE_MEMORY = 32  # past outages remembered for the lapsed-lease check
 
 GRPC_OPTIONS: dict[str, Any] = {
@@ -150,6 +154,14 @@ def _lease_number(lease_id: str) -> int | None:
     return number if 0 < number < 2**63 else None
 
 
+def keepalive_timeout(ttl: int, call_timeout: float) -> float:
+    """One keepalive attempt's timeout: short enough that, a frozen member given up on, the
+    next member renews the lease before it lapses (ttl/4; unknown ttl: the call timeout)."""
+    if ttl <= 0:
+        return call_timeout
+    return max(MIN_KEEPALIVE_TIMEOUT, min(call_timeout, ttl / 4))
+
+
 def _prefix_end(prefix: bytes) -> bytes:
     """The range_end that makes [prefix, end) cover every key starting with prefix."""
     return prefix[:-1] + bytes([prefix[-1] + 1])
@@ -173,7 +185,7 @@ class EtcdCatalog(Catalog):
 
     def __init__(self, endpoints: list[tuple[str, int]], prefix: str = "pilotfish",
                  call_timeout: float = CALL_TIMEOUT, deadline: float = DEADLINE,
-                 stale_grace: float = STALE_GRACE) -> None:
+                 stale_grace: float = STALE_GRACE, stall_after: float = STALL_AFTER) -> None:
         super().__init__()
         self._members = [_Member(host, port) for host, port in endpoints]
         self._current = 0
@@ -182,12 +194,15 @@ class EtcdCatalog(Catalog):
         self._call_timeout = call_timeout
         self._deadline = deadline
         self._stale_grace = stale_grace
+        self._stall_after = stall_after
         # cache, fed by the watch
         self._instances: dict[str, Instance] = {}
         self._leases: dict[str, _LeaseInfo] = {}
         self._expiry: dict[str, float] = {}  # wall clock, as the last keepalive published it
         self._revision = 0  # the watch resumes after this revision
-        self._snapshots = ExpiringSnapshots(self.changes.notify)
+        # Expiry runs only while progress answers prove the cache current (fail static).
+        self.freshness = Freshness(bound=min(STALL_AFTER, stall_after))
+        self._snapshots = ExpiringSnapshots(self.changes.notify, self.freshness)
         self._synced = asyncio.Event()
         self._disconnected_at: float | None = time.monotonic()
         self._watch_error = "not connected yet"
@@ -260,6 +275,11 @@ class EtcdCatalog(Catalog):
             self._mark_lapsed(lease_id)
             raise UnknownLease(lease_id)
         started = time.monotonic()
+        # A frozen member must be left well before the lease lapses: a keepalive comes
+        # every ttl/3, so one attempt may take at most ttl/4 before the next member is tried.
+        ttl_now = held.ttl if held is not None else (self._leases[lease_id].ttl
+                                                      if lease_id in self._leases else 0)
+        per_call = keepalive_timeout(ttl_now, self._call_timeout)
 
         async def renew(member: _Member, timeout: float) -> Any:
             stub = await member.leases()
@@ -273,7 +293,7 @@ class EtcdCatalog(Catalog):
             raise _WatchEnded("keepalive stream closed without an answer")
 
         try:
-            reply = await self._call(renew)
+            reply = await self._call(renew, per_call)
         except _WatchEnded as exc:
             raise BackendUnavailable(f"etcd {exc}") from exc
         if reply.TTL <= 0:
@@ -285,7 +305,7 @@ class EtcdCatalog(Catalog):
             return await (await member.kv()).Put(put, timeout=timeout)
 
         try:
-            await self._call(publish)
+            await self._call(publish, per_call)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:  # lapsed between the two calls
                 raise UnknownLease(lease_id) from exc
@@ -452,7 +472,8 @@ class EtcdCatalog(Catalog):
 
     # calls
 
-    async def _call(self, op: Callable[[_Member, float], Awaitable[T]]) -> T:
+    async def _call(self, op: Callable[[_Member, float], Awaitable[T]],
+                    call_timeout: float | None = None) -> T:
         """Run op on the current member, moving to the next on failure, within the deadline.
 
         Gives up early when every member refused the connection twice in a row, so a
@@ -460,13 +481,14 @@ class EtcdCatalog(Catalog):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadline
+        per_call = self._call_timeout if call_timeout is None else call_timeout
         unreachable = 0
         attempt = 0
         while True:
             member = self._members[self._current]
             remaining = deadline - loop.time()
             try:
-                return await op(member, max(0.05, min(self._call_timeout, remaining)))
+                return await op(member, max(0.05, min(per_call, remaining)))
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _TRANSIENT:
                     raise
@@ -548,6 +570,7 @@ class EtcdCatalog(Catalog):
 
     async def _relist(self, member: _Member) -> None:
         stub = await member.kv()
+        asked = time.monotonic()
         reply = await stub.Range(
             rpc.RangeRequest(key=self._root, range_end=_prefix_end(self._root)),
             timeout=self._call_timeout * 2)
@@ -565,40 +588,106 @@ class EtcdCatalog(Catalog):
         self._revision = reply.header.revision
         if changed:
             self._changed(reply.header.revision)
+        self.freshness.proved(asked)
         self._came_up()
 
     async def _watch(self, member: _Member) -> None:
+        """Follow the prefix on one member, checking every PROGRESS_EVERY that it is current.
+
+        Each tick sends a progress request on the watch stream and a linearizable read (a
+        count of one key, answered only with the leader's consent) to the same member. The
+        read at time T returns the cluster's revision L; once the watch has delivered up to
+        L, the cache is proven current as of T. A member that leaves a request unanswered
+        for `stall_after` (frozen, overloaded, or without a leader) ends the watch, and the
+        next member is tried; meanwhile expiry is frozen (see Freshness).
+        """
         stub = await member.watches()
+        kv = await member.kv()
         create = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
             key=self._root, range_end=_prefix_end(self._root),
             start_revision=self._revision + 1, progress_notify=True))
-        closed = self._closed
-
-        async def requests() -> AsyncIterator[Any]:
-            yield create
-            await closed.wait()
-
-        call = stub.Watch(requests(), metadata=WATCH_METADATA)
+        progress = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+        current = rpc.RangeRequest(key=self._root, count_only=True)
+        call = stub.Watch(metadata=WATCH_METADATA)
+        sent: deque[float] = deque()  # when each unanswered watch request went out
+        checks: deque[tuple[float, int]] = deque()  # (asked at, cluster revision then)
+        reader = asyncio.create_task(self._read_watch(call, sent, checks),
+                                     name="etcd-watch-read")
+        check: asyncio.Task[Any] | None = None
+        check_at = 0.0
         try:
-            async for response in call:
-                if response.compact_revision:
-                    log.info("etcd revision %d compacted; listing again", self._revision)
-                    raise _Compacted()
-                if response.canceled:
-                    raise _WatchEnded(f"watch cancelled: {response.cancel_reason or 'no reason'}")
-                if response.created:
-                    self._came_up()
-                changed = False
-                for event in response.events:
-                    value = None if event.type == rpc.Event.DELETE else event.kv.value
-                    changed |= self._apply(event.kv.key, value, self._instances, self._leases,
-                                           self._expiry)
-                if response.header.revision > self._revision:
-                    self._revision = response.header.revision
-                if changed:
-                    self._changed(self._revision)
+            sent.append(time.monotonic())
+            await asyncio.wait_for(call.write(create), self._stall_after)
+            while True:
+                done, _ = await asyncio.wait({reader}, timeout=PROGRESS_EVERY)
+                if done:
+                    reader.result()
+                    raise _WatchEnded("watch stream closed")
+                now = time.monotonic()
+                if sent and now - sent[0] > self._stall_after:
+                    raise _WatchEnded(f"no answer on the watch for {now - sent[0]:.1f}s "
+                                      "(member frozen, overloaded or cut off)")
+                if check is not None and check.done():
+                    check.result()  # an error ends the watch: try another member
+                    check = None
+                if check is not None and now - check_at > self._stall_after:
+                    raise _WatchEnded(f"no linearizable read answered for {now - check_at:.1f}s "
+                                      "(member frozen, overloaded or without a leader)")
+                if check is None:
+                    check_at = now
+                    check = asyncio.ensure_future(kv.Range(current, timeout=self._stall_after * 2))
+                    check.add_done_callback(functools.partial(self._checked, checks, now))
+                if len(sent) < 16:
+                    sent.append(now)
+                    await asyncio.wait_for(call.write(progress), self._stall_after)
+        except TimeoutError:
+            raise _WatchEnded("watch requests not accepted (member frozen?)") from None
         finally:
             call.cancel()
+            for task in (reader, check):
+                if task is None:
+                    continue
+                task.cancel()
+                await asyncio.wait({task})
+                if not task.cancelled():
+                    task.exception()  # the same failure, raised above or reported by the next
+
+    async def _read_watch(self, call: Any, sent: deque[float],
+                          checks: deque[tuple[float, int]]) -> None:
+        """Fold the watch's answers into the cache; any answer pops one request from `sent`."""
+        async for response in call:
+            if response.compact_revision:
+                log.info("etcd revision %d compacted; listing again", self._revision)
+                raise _Compacted()
+            if response.canceled:
+                raise _WatchEnded(f"watch cancelled: {response.cancel_reason or 'no reason'}")
+            changed = False
+            for event in response.events:
+                value = None if event.type == rpc.Event.DELETE else event.kv.value
+                changed |= self._apply(event.kv.key, value, self._instances, self._leases,
+                                       self._expiry)
+            if response.header.revision > self._revision:
+                self._revision = response.header.revision
+            if changed:
+                self._changed(self._revision)
+            if response.created:
+                if sent:
+                    sent.popleft()
+                self._came_up()
+            elif response.watch_id == -1 and not response.events and sent:
+                sent.popleft()  # a progress answer: every event up to its revision was sent
+            self._prove(checks)
+
+    def _checked(self, checks: deque[tuple[float, int]], asked: float,
+                 done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            checks.append((asked, done.result().header.revision))
+            self._prove(checks)
+
+    def _prove(self, checks: deque[tuple[float, int]]) -> None:
+        """Linearizable reads whose revision the watch has reached prove the cache current."""
+        while checks and checks[0][1] <= self._revision:
+            self.freshness.proved(checks.popleft()[0])
 
     def _apply(self, key: bytes, value: bytes | None, instances: dict[str, Instance],
                leases: dict[str, _LeaseInfo], expiry: dict[str, float]) -> bool:
@@ -614,10 +703,11 @@ class EtcdCatalog(Catalog):
                 expires_at = float(value)
             except ValueError:
                 return False
-            earlier = expires_at < expiry.get(rest, math.inf)
+            old = expiry.get(rest, math.inf)
             expiry[rest] = expires_at
-            # A renewal only moves expiry later: the snapshot rebuilds when the old one passes.
-            return earlier
+            # A later expiry changes what is served only if the old one has passed (its
+            # instances dropped out); otherwise the snapshot rebuilds when the old one passes.
+            return expires_at < old or old <= time.time()
         if kind == "leases":
             if value is None:
                 leases.pop(rest, None)

@@ -32,8 +32,11 @@ from pilotfish.registry.model import Instance, InvalidField, Lease, ttl_seconds
 log = logging.getLogger(__name__)
 
 WRITE_TIMEOUT = httpx.Timeout(6.0, connect=2.0)  # the API answers 503 after its own 5 s
-POLL_WAIT = 10.0  # seconds the API may hold one blocking read
-POLL_TIMEOUT = httpx.Timeout(POLL_WAIT + 3.0, connect=2.0)  # also bounds a silent partition
+# The API answers a blocking read at least every POLL_WAIT, so one that has not answered
+# POLL_WAIT + 1.5 s after it was sent is a frozen or cut-off API: the catalog reports it
+# (views turn stale) while it keeps the last view. Nothing expires here: the API does.
+POLL_WAIT = 3.0
+POLL_TIMEOUT = httpx.Timeout(POLL_WAIT + 1.5, connect=2.0)
 FIRST_SYNC_TIMEOUT = 5.0
 RETRY_MIN, RETRY_MAX = 0.1, 0.5  # reconnect backoff of the poll loop
 # Each change costs a full catalog transfer; under bursts, batch changes into one read per

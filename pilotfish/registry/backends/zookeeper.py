@@ -44,6 +44,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -75,13 +76,16 @@ from kazoo.retry import KazooRetry
 from pilotfish.config import parse_endpoints
 from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
-from pilotfish.registry.expiring import ExpiringSnapshots
-from pilotfish.registry.model import Instance, Lease, ttl_seconds
+from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
+from pilotfish.registry.model import Instance, InvalidField, Lease, ttl_seconds
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHROOT = "/pilotfish"
-SESSION_TIMEOUT = 6.0  # seconds; ZooKeeper clamps it to 2..20 ticks
+SESSION_TIMEOUT = 2.0  # seconds; ZooKeeper clamps it to its min/maxSessionTimeout (2..20 ticks)
+FAILOVER_MARGIN = 0.6  # reconnecting to another server and retrying the write, after kazoo's
+# read timeout (2/3 of the session timeout) noticed a frozen one
+PROBE_EVERY = 0.25  # a sync through the leader this often proves the cache current
 OP_TIMEOUT = 3.0  # longest a catalog call waits for ZooKeeper (including a reconnect)
 READ_GRACE = 2.0  # reads keep serving the cache for this long into a disconnection
 CONNECT_WAIT = 5.0  # from_url waits this long for the first connection, then goes on
@@ -107,9 +111,6 @@ class _LeaseEntry:
     expires_at: float  # wall clock, as written by the last keepalive
     version: int
     mzxid: int  # 0 when applied from our own write (we do not know it)
-
-    def live(self, now: float) -> bool:
-        return self.expires_at > now
 
     def value(self, lease_id: str) -> Lease:
         return Lease(id=lease_id, ttl=self.ttl, owner=self.owner, expires_at=self.expires_at)
@@ -156,6 +157,12 @@ def _failure(results: list[Any]) -> tuple[int, Exception] | None:
     return None
 
 
+def min_ttl(session_timeout: float) -> int:
+    """The smallest TTL a session timeout can honour: kazoo notices a frozen server after 2/3
+    of it, then reconnects elsewhere and retries the keepalive, all before the lease lapses."""
+    return max(2, math.ceil(session_timeout * 2 / 3 + FAILOVER_MARGIN))
+
+
 def parse_zk_url(url: str) -> tuple[list[str], str, dict[str, float]]:
     """Split zk://h1:2181,h2:2181/chroot?session_timeout=6&timeout=3 into its parts."""
     parts = urllib.parse.urlsplit(url)
@@ -193,10 +200,12 @@ class ZooKeeperCatalog(Catalog):
         self.root = root
         self._op_timeout = op_timeout
         self._read_grace = read_grace
+        self.session_timeout = session_timeout
+        self.min_ttl = min_ttl(session_timeout)
         self._client = KazooClient(
             hosts=",".join(hosts), timeout=session_timeout,
             connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=1.5, max_jitter=0.1,
-                                        max_delay=1.0),
+                                        max_delay=0.5),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=0.5, deadline=2.0),
         )
         self._loop = asyncio.get_running_loop()
@@ -207,7 +216,13 @@ class ZooKeeperCatalog(Catalog):
         self._by_lease: dict[str, set[str]] = {}
         self._watched: set[str] = set()  # nodes with a data watch set (or a read on its way)
         self._orphan_since: dict[str, float] = {}
-        self._snapshots = ExpiringSnapshots(self.changes.notify)
+        # Expiry runs only while a recent sync through the leader proves the cache current.
+        # No keepalive can be written while ZooKeeper has no leader, so a lease that ran out
+        # during such a spell is served until RECOVERY_GRACE after it ends (uncapped).
+        self.freshness = Freshness(latest_served=math.inf)
+        self._snapshots = ExpiringSnapshots(self.changes.notify, self.freshness)
+        self._probe_task: asyncio.Task[None] | None = None
+        self._stale_reported = False
         # connection state
         self._connected = asyncio.Event()
         self._loaded = False  # a full listing has been read at least once
@@ -248,6 +263,7 @@ class ZooKeeperCatalog(Catalog):
         self._client.add_listener(self._on_kazoo_state)
         self._client.start_async()
         self._reaper_task = asyncio.create_task(self._reap_loop(), name="zk-reaper")
+        self._probe_task = asyncio.create_task(self._probe_loop(), name="zk-probe")
         self._elector = threading.Thread(target=self._elect, name="pilotfish-zk-election",
                                          daemon=True)
         self._elector.start()
@@ -265,7 +281,7 @@ class ZooKeeperCatalog(Catalog):
         lock = self._lock
         if lock is not None:
             lock.cancel()  # wakes an acquire() waiting in the election thread
-        await cancel_and_wait(self._reaper_task, self._resync_task)
+        await cancel_and_wait(self._reaper_task, self._resync_task, self._probe_task)
         self._snapshots.close()
         self._client.remove_listener(self._on_kazoo_state)
         with contextlib.suppress(Exception):
@@ -280,14 +296,14 @@ class ZooKeeperCatalog(Catalog):
         self._client.close()
 
     async def healthy(self) -> bool:
-        """Connected, with the cache following ZooKeeper."""
-        return self._synced and self._connected.is_set()
+        """Connected, with the cache following ZooKeeper and proven current recently."""
+        return (self._synced and self._connected.is_set()
+                and self.freshness.age() <= self._read_grace)
 
     @property
     def lease_count(self) -> int:
         """Live leases known to this process's cache."""
-        now = time.time()
-        return sum(1 for entry in self._leases.values() if entry.live(now))
+        return sum(1 for entry in self._leases.values() if self._alive(entry))
 
     @property
     def leader(self) -> bool:
@@ -309,6 +325,11 @@ class ZooKeeperCatalog(Catalog):
 
     async def create_lease(self, ttl: int, owner: str = "") -> Lease:
         ttl = ttl_seconds(ttl)
+        if ttl < self.min_ttl:
+            raise InvalidField("ttl", (
+                f"must be at least {self.min_ttl}s on this ZooKeeper catalog: with a session "
+                f"timeout of {self.session_timeout:g}s a frozen server is noticed only after "
+                f"{self.session_timeout * 2 / 3:.1f}s (lower session_timeout in the registry URL)"))
         lease_id = uuid.uuid4().hex
         entry = _LeaseEntry(ttl, owner, time.time() + ttl, version=0, mzxid=0)
         lease = entry.value(lease_id)  # validates owner before anything is written
@@ -353,8 +374,8 @@ class ZooKeeperCatalog(Catalog):
 
     async def lease(self, lease_id: str) -> Lease | None:
         entry = await self._read_lease(lease_id)
-        if entry is None or not entry.live(time.time()):
-            return None
+        if entry is None or entry.expires_at <= time.time():
+            return None  # by the wall clock, as keepalive decides (the grace is for reads)
         return entry.value(lease_id)
 
     async def revoke(self, lease_id: str) -> bool:
@@ -362,7 +383,7 @@ class ZooKeeperCatalog(Catalog):
         if entry is None:
             return False
         removed = await self._remove_lease(lease_id, version=-1)
-        return removed and entry.live(time.time())
+        return removed and entry.expires_at > time.time()
 
     # instances
 
@@ -447,14 +468,24 @@ class ZooKeeperCatalog(Catalog):
             self._read_grace
         ):
             raise BackendUnavailable(self._down_message())
+        silent = self.freshness.age()
+        if silent > self._read_grace:
+            raise BackendUnavailable(
+                f"ZooKeeper at {','.join(self.hosts)} has not answered a sync for {silent:.1f}s "
+                "(server frozen, overloaded or without a leader)")
 
     def _down_message(self) -> str:
         since = time.monotonic() - (self._down_since or time.monotonic())
         return f"ZooKeeper at {','.join(self.hosts)} unreachable for {since:.1f}s"
 
-    def _is_live(self, lease_id: str, now: float | None = None) -> bool:
+    def _is_live(self, lease_id: str) -> bool:
         entry = self._leases.get(lease_id)
-        return entry is not None and entry.live(time.time() if now is None else now)
+        return entry is not None and self._alive(entry)
+
+    def _alive(self, entry: _LeaseEntry) -> bool:
+        """Whether a lease may be served: by its expiry, on a clock that stops while this
+        reader has no proof that its cache is current."""
+        return self.freshness.alive(entry.expires_at)
 
     def _changed(self) -> None:
         self._snapshots.changed()
@@ -470,8 +501,7 @@ class ZooKeeperCatalog(Catalog):
         if old is not None and entry.mzxid and old.mzxid > entry.mzxid:
             return
         self._leases[lease_id] = entry
-        now = time.time()
-        if self._by_lease.get(lease_id) and (old is None or old.live(now) != entry.live(now)):
+        if self._by_lease.get(lease_id) and (old is None or self._alive(old) != self._alive(entry)):
             self._changed()
 
     def _drop_lease(self, lease_id: str) -> None:
@@ -479,8 +509,7 @@ class ZooKeeperCatalog(Catalog):
         entry = self._leases.pop(lease_id, None)
         if entry is None:
             return
-        now = time.time()
-        if not entry.live(now):
+        if not self._alive(entry):
             self.expirations += 1
         elif self._by_lease.get(lease_id):
             self._changed()
@@ -636,6 +665,7 @@ class ZooKeeperCatalog(Catalog):
     async def _resync(self) -> None:
         """After every (re)connect: set the watches again and re-read everything."""
         while self._connected.is_set() and not self._closed:
+            started = time.monotonic()
             try:
                 for path in (self.root, f"{self.root}/{LEASES}", f"{self.root}/{INSTANCES}"):
                     with contextlib.suppress(NodeExistsError):
@@ -656,6 +686,7 @@ class ZooKeeperCatalog(Catalog):
                 continue
             self._loaded = True
             self._synced = True
+            self.freshness.proved(started)
             self._in_sync.set()
             self._down_since = None
             self.changes.notify()
@@ -768,10 +799,12 @@ class ZooKeeperCatalog(Catalog):
 
     async def _live_lease(self, lease_id: str, fresh: bool) -> _LeaseEntry:
         """The lease as cached, or as read when the cache may be behind; UnknownLease if dead."""
+        # By the wall clock, not the reader's paused one: a lease that ran out during an
+        # outage is not renewed but replaced (the registrar registers again at once).
         entry = None if fresh else self._leases.get(lease_id)
-        if entry is None or not entry.live(time.time()):
+        if entry is None or entry.expires_at <= time.time():
             entry = await self._read_lease(lease_id)
-        if entry is None or not entry.live(time.time()):
+        if entry is None or entry.expires_at <= time.time():
             raise UnknownLease(lease_id)
         return entry
 
@@ -879,6 +912,35 @@ class ZooKeeperCatalog(Catalog):
                 if not self._session_lost.is_set():
                     lock.release()
 
+    async def _probe_loop(self) -> None:
+        """Sync through the leader every PROBE_EVERY (one at a time): each answer proves the
+        cache current as of when it was asked (ZooKeeper answers in order, after the watch
+        events before it). A sync left unanswered is what a frozen server looks like."""
+        probe: asyncio.Future[Any] | None = None
+        while True:
+            await asyncio.sleep(PROBE_EVERY)
+            if self._synced and (probe is None or probe.done()):
+                asked = time.monotonic()
+
+                def proved(result: Any, asked: float = asked) -> None:
+                    if result.successful() and self._synced:
+                        self.freshness.proved(asked)
+
+                probe = self._issue(lambda: self._client.sync_async(self.root), proved)
+            self._report_staleness()
+
+    def _report_staleness(self) -> None:
+        """One log line when the cache stops being proven current, one when it is again;
+        watchers are woken so that views turn stale and API reads answer 503."""
+        silent = self.freshness.age() > self._read_grace
+        if silent and not self._stale_reported and self._loaded:
+            log.warning("ZooKeeper at %s: no sync answered for %.1fs; expiry paused, "
+                        "serving the last view", ",".join(self.hosts), self.freshness.age())
+            self.changes.notify()
+        elif not silent and self._stale_reported:
+            log.info("ZooKeeper at %s answering syncs again", ",".join(self.hosts))
+        self._stale_reported = silent and self._loaded
+
     def _set_leader(self, leader: bool) -> None:
         self._leader = leader
 
@@ -896,9 +958,11 @@ class ZooKeeperCatalog(Catalog):
 
     async def _reap_once(self) -> int:
         """Delete every lease that lapsed (with its instances), and orphaned instances."""
-        now = time.time()
+        if self.freshness.stale:
+            return 0  # a reaper that cannot see renewals must not delete anything
+        now = self.freshness.clock()
         lapsed = [(lease_id, entry.version) for lease_id, entry in self._leases.items()
-                  if entry.expires_at + REAP_MARGIN <= now]
+                  if self.freshness.expiry(entry.expires_at) + REAP_MARGIN <= now]
         removed = 0
         for lease_id, version in lapsed[:200]:
             if await self._remove_lease(lease_id, version):
