@@ -51,16 +51,20 @@ class HostEtcd(EtcdCluster):
 
     scheme = "etcd"
 
-    def __init__(self, hosts: list[NetHost], base_dir: Path) -> None:
+    def __init__(self, hosts: list[NetHost], base_dir: Path, pre_vote: bool = True) -> None:
         super().__init__(len(hosts), base_dir)
         self.net_hosts = hosts
+        self.pre_vote = pre_vote
         for member, host in zip(self.members, hosts, strict=True):
             member.host, member.client_port, member.peer_port = \
                 host.address, ETCD_CLIENT, ETCD_PEER
 
     def _command(self, member: EtcdMember) -> list[str]:
         host = self.net_hosts[self.members.index(member)]
-        return [*host.nsenter, *super()._command(member)]
+        # Pre-vote: a member back from a partition must not depose the leader with the
+        # terms it ran up alone (etcd 3.4 has it off by default; docs/multi-host.md).
+        pre_vote = ["--pre-vote"] if self.pre_vote else []
+        return [*host.nsenter, *super()._command(member), *pre_vote]
 
     def url(self, first: int = 0, prefix: str = "pilotfish") -> str:  # type: ignore[override]
         """etcd://… naming every member, host `first`'s own member first (it is tried first)."""

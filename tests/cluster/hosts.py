@@ -28,6 +28,7 @@ API_PORT, DNS_PORT, DNS_METRICS_PORT, LB_API_PORT, ROUTE_PORT = 8500, 8600, 8601
 SIDECAR_PORT = 8800
 APP_PORT = 8000  # where the test containers' httpd listens (host network mode)
 DOMAIN = "pilotfish"
+TTL = 8  # seconds: a restarted pilotfish must hold its containers again within 2/3 of it
 
 
 class HostDocker(DockerEngine):
@@ -87,13 +88,14 @@ class ClusterHost:
 class Cluster:
     """The three-host topology on one backend ("etcd" or "zk"), as a context manager."""
 
-    def __init__(self, backend: str = "etcd", ttl: int = 3, names: Iterable[str] = NAMES,
-                 sidecar: bool = True) -> None:
+    def __init__(self, backend: str = "etcd", ttl: int = TTL, names: Iterable[str] = NAMES,
+                 sidecar: bool = True, pre_vote: bool = True) -> None:
         if backend not in ("etcd", "zk"):
             raise ValueError(f"backend: etcd or zk, not {backend!r}")
         self.kind = backend
         self.ttl = ttl
         self.sidecar = sidecar
+        self.pre_vote = pre_vote
         self.names = tuple(names)
         self.workdir = Path(tempfile.mkdtemp(prefix="pf-cl-", dir="/tmp"))
         self.network = HostNetwork(self.names)
@@ -108,7 +110,8 @@ class Cluster:
             workdir.mkdir()
             self.hosts.append(ClusterHost(index, net, workdir, HostDocker(net, workdir / "d")))
         nets = [host.net for host in self.hosts]
-        self.backend = (HostEtcd(nets, self.workdir / "etcd") if self.kind == "etcd"
+        self.backend = (HostEtcd(nets, self.workdir / "etcd", self.pre_vote)
+                        if self.kind == "etcd"
                         else HostZooKeeper(nets, self.workdir / "zk"))
         self.backend.start()
         _in_parallel([lambda h=host: (h.docker.start(), h.docker.import_busybox())  # type: ignore[misc]

@@ -107,6 +107,18 @@ def health(url: str) -> str | None:
     return str(status) if status is not None else None
 
 
+def sidecar_state(host: ClusterHost) -> dict[str, Any] | None:
+    """The host's sidecar /health body (in_sync, instances, lease, ...), None if no answer."""
+    response = _get(host.sidecar_http + "/health")
+    if response is None:
+        return None
+    try:
+        body: dict[str, Any] = response.json()
+    except ValueError:
+        return None
+    return body
+
+
 def catalog_instances(host: ClusterHost, service: str = "web") -> list[dict[str, object]] | None:
     """The service's instances as the host's registry API reads them from the backend."""
     response = _get(f"{host.api}/v1/services/{service}")
