@@ -10,6 +10,7 @@ namespace, link and folder, also when the set-up failed half-way.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import tempfile
@@ -28,7 +29,8 @@ API_PORT, DNS_PORT, DNS_METRICS_PORT, LB_API_PORT, ROUTE_PORT = 8500, 8600, 8601
 SIDECAR_PORT = 8800
 APP_PORT = 8000  # where the test containers' httpd listens (host network mode)
 DOMAIN = "pilotfish"
-TTL = 8  # seconds: a restarted pilotfish must hold its containers again within 2/3 of it
+TTL = 10  # seconds (pilotfish's default): a restarted pilotfish must hold its containers
+# again within 2/3 of it, and a restart took up to 9 s on a loaded 2-core machine
 
 
 class HostDocker(DockerEngine):
@@ -169,8 +171,23 @@ class Cluster:
         return "\n".join(f"{host.name}: {run.crashes()}" for host in self.hosts
                          for run in host.history if run.crashes())
 
+    def keep_logs(self, folder: Path) -> None:
+        """Copy every pilotfish's output and the backend members' logs into `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for host in self.hosts:
+            text = "".join(f"==== run {n}\n" + "".join(run.lines)
+                           for n, run in enumerate(host.history))
+            (folder / f"pilotfish-{host.name}.log").write_text(text)
+        for log in [*self.workdir.glob("etcd/*.log"), *self.workdir.glob("zk/*/server.log")]:
+            shutil.copy(log, folder / f"{log.parent.name}-{log.name}")
+
     def stop(self) -> None:
-        """Stop pilotfish, engines and backend, delete namespaces, links and folders."""
+        """Stop pilotfish, engines and backend, delete namespaces, links and folders.
+
+        With PILOTFISH_CLUSTER_LOGS=DIR set, every log is kept in DIR first.
+        """
+        if os.environ.get("PILOTFISH_CLUSTER_LOGS"):
+            self.keep_logs(Path(os.environ["PILOTFISH_CLUSTER_LOGS"]) / self.workdir.name)
         try:
             for host in self.hosts:
                 self.stop_pilotfish(host)

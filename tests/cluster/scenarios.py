@@ -173,7 +173,8 @@ def host_loss(cluster: Cluster, work: Workload, timings: Timings, label: str) ->
                    f"{len(sampler.missing)} of {sampler.samples}", 0.0)
     assert not sampler.missing, f"b's or c's apps missing from an answer: {sampler.missing[:5]}"
     assert not sampler.duplicates, sampler.duplicates[:5]
-    assert not sampler.unanswered, f"b's or c's DNS did not answer: {sampler.unanswered}"
+    unanswered = sum(sampler.unanswered.values())
+    assert unanswered <= sampler.samples // 20, f"b's or c's DNS silent: {sampler.unanswered}"
     assert cluster.backend is not None
     assert not cluster.backend.serving(0), f"{label}: a's member must be dead"
     assert cluster.backend.serving(1) and cluster.backend.serving(2), \
@@ -323,6 +324,8 @@ def rolling_restart(cluster: Cluster, work: Workload, timings: Timings) -> None:
             timings.record("rolling", f"{host.name}: SIGTERM -> old process exited",
                            since(start))
             cluster.start_pilotfish(host)
+            timings.record("rolling", f"{host.name}: SIGTERM -> new process listening",
+                           since(start))
             holds = len(work.on(host))
             wait_for(lambda h=host: sidecar_state(h),  # type: ignore[misc]
                      lambda s, n=holds: bool(s and s.get("in_sync") and s["instances"] == n),  # type: ignore[misc]
@@ -364,6 +367,10 @@ def clock_skew(cluster: Cluster, work: Workload, timings: Timings) -> dict[str, 
              for name in ("a", "b", "c")}
     timings.record("skew", f"+{SKEW:g}s on a: of {sampler.samples} DNS samples, missing an "
                    f"app {flaps}", 0.0)
+    # The stated bound: a reader whose clock is ahead drops a live instance only when the
+    # skew exceeds the time a renewal can be late (TTL - TTL/3, less the write's latency).
+    assert SKEW < 2 * cluster.ttl / 3 - 1.0, "the scenario needs a TTL the bound allows"
+    assert not sampler.missing, f"skew within the bound, yet apps went missing: {flaps}"
     start = time.monotonic()
     cluster.stop_pilotfish(a, signal.SIGKILL)  # its containers keep running; no registrar
     taken = wait_all(in_dns([b, c], _lacks(mine), f"a (+{SKEW:g}s) killed: a's apps gone"),
