@@ -119,6 +119,14 @@ def sidecar_state(host: ClusterHost) -> dict[str, Any] | None:
     return body
 
 
+def lease_expiry(host: ClusterHost, lease: str) -> float | None:
+    """A lease's expires_at (Unix time) as the host's registry API reads it, None if gone."""
+    response = _get(f"{host.api}/v1/leases/{lease}")
+    if response is None or response.status_code != 200:
+        return None
+    return float(response.json()["expires_at"])
+
+
 def catalog_instances(host: ClusterHost, service: str = "web") -> list[dict[str, object]] | None:
     """The service's instances as the host's registry API reads them from the backend."""
     response = _get(f"{host.api}/v1/services/{service}")

@@ -23,6 +23,7 @@ from tests.cluster.probes import (
     Endpoint,
     Sampler,
     catalog_instances,
+    lease_expiry,
     dns_endpoints,
     health,
     lb_pool,
@@ -64,7 +65,8 @@ def _has(endpoints: set[Endpoint]) -> Callable[[list[Endpoint] | None], bool]:
     return lambda answer: answer is not None and endpoints <= set(answer)
 
 
-def _lacks(endpoints: set[Endpoint]) -> Callable[[list[Endpoint] | None], bool]:
+def lacks(endpoints: set[Endpoint]) -> Callable[[list[Endpoint] | None], bool]:
+    """A DNS answer (not None) with none of the endpoints."""
     return lambda answer: answer is not None and not endpoints & set(answer)
 
 
@@ -159,15 +161,23 @@ def host_loss(cluster: Cluster, work: Workload, timings: Timings, label: str) ->
     doomed = {app.endpoint for app in work.on(a)}
     survivors = [b, c]
     bound = cluster.ttl + 1.0
+    state = sidecar_state(a)
+    assert state is not None and state.get("lease"), state
     with Sampler(survivors, lambda _: work.running(survivors)) as sampler:
-        start = time.monotonic()
+        start, start_wall = time.monotonic(), time.time()
         pids = cluster.kill_host(a)
         work.host_lost(a)
-        conditions = {**in_dns(survivors, _lacks(doomed), "a's apps gone"),
+        expires_at = lease_expiry(b, str(state["lease"]))
+        conditions = {**in_dns(survivors, lacks(doomed), "a's apps gone"),
                       **in_lb(survivors, _pool_lacks(doomed), "a's apps gone")}
         taken = wait_all(conditions, bound + 5.0, start)
         time.sleep(1.0)  # keep sampling a little after the removal
     check(timings, "host loss", taken, bound)
+    if expires_at is not None:  # guarantee 1 measured directly: gone by expiry + 1 s?
+        timings.record("host loss", "a's lease: killed -> its expiry", expires_at - start_wall)
+        for what, seconds in taken.items():
+            timings.record("host loss", f"{what}: after lease expiry",
+                           start_wall + seconds - expires_at)
     assert len(pids) >= 4, f"host a ran too few processes to be a host: {pids}"
     timings.record("host loss", f"DNS samples on b and c missing one of their own apps: "
                    f"{len(sampler.missing)} of {sampler.samples}", 0.0)
@@ -233,7 +243,7 @@ def partition(cluster: Cluster, work: Workload, timings: Timings) -> None:
     a.net.link(False)
     try:
         conditions = {
-            **in_dns([b, c], _lacks(cut_off), "a cut off: a's apps gone"),
+            **in_dns([b, c], lacks(cut_off), "a cut off: a's apps gone"),
             **in_lb([b, c], _pool_lacks(cut_off), "a cut off: a's apps gone"),
             "a cut off: a's DNS /health stale":
                 (lambda: health_inside(a, a.dns_metrics), lambda s: s == "stale"),
@@ -357,9 +367,16 @@ def clock_skew(cluster: Cluster, work: Workload, timings: Timings) -> dict[str, 
     cluster.stop_pilotfish(a)
     # The library itself, not the faketime wrapper (which would stand between us and the
     # process we SIGKILL); only the wall clock moves, as on a host whose clock is off.
+    start = time.monotonic()
     cluster.start_pilotfish(a, env=skew)
-    wait_for(lambda: health(a.dns_metrics), lambda s: s == "ok", 10.0, "skewed a serving")
+    holds = len(work.on(a))
+    wait_for(lambda: sidecar_state(a),
+             lambda s: bool(s and s.get("in_sync") and s["instances"] == holds), 15.0,
+             "skewed a's sidecar in sync")
+    timings.record("skew", f"a restarted +{SKEW:g}s ahead: SIGTERM -> sidecar in sync",
+                   since(start))
     everything = work.running()
+    wait_all(in_dns(cluster.hosts, _exact(everything), "skewed a registered"), 10.0)
     mine = {app.endpoint for app in work.on(a)}
     with Sampler(cluster.hosts, lambda _: everything) as sampler:
         time.sleep(cluster.ttl + 1.0)  # three keepalives of every sidecar
@@ -373,7 +390,7 @@ def clock_skew(cluster: Cluster, work: Workload, timings: Timings) -> dict[str, 
     assert not sampler.missing, f"skew within the bound, yet apps went missing: {flaps}"
     start = time.monotonic()
     cluster.stop_pilotfish(a, signal.SIGKILL)  # its containers keep running; no registrar
-    taken = wait_all(in_dns([b, c], _lacks(mine), f"a (+{SKEW:g}s) killed: a's apps gone"),
+    taken = wait_all(in_dns([b, c], lacks(mine), f"a (+{SKEW:g}s) killed: a's apps gone"),
                      cluster.ttl + SKEW + 5.0, start)
     check(timings, "skew", taken, cluster.ttl + SKEW + 1.0)
     cluster.start_pilotfish(a)
