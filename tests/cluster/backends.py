@@ -15,9 +15,9 @@ from typing import Protocol
 
 from tests.cluster.network import NetHost
 from tests.fixtures.etcd import EtcdCluster, EtcdMember
+from tests.fixtures.servers import HOST
 from tests.fixtures.zookeeper import (
     CLASSPATH,
-    HOST,
     JVM_FLAGS,
     QUORUM_MAIN,
     ZooKeeperServer,

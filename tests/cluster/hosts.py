@@ -17,6 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tests.cluster.backends import ClusterBackend, HostEtcd, HostZooKeeper
@@ -116,8 +117,7 @@ class Cluster:
                         if self.kind == "etcd"
                         else HostZooKeeper(nets, self.workdir / "zk"))
         self.backend.start()
-        _in_parallel([lambda h=host: (h.docker.start(), h.docker.import_busybox())  # type: ignore[misc]
-                      for host in self.hosts])
+        _in_parallel([partial(_start_engine, host.docker) for host in self.hosts])
         for host in self.hosts:
             self.start_pilotfish(host)
         return self
@@ -209,6 +209,12 @@ class Cluster:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def _start_engine(engine: DockerEngine) -> None:
+    """Start one engine and give it the busybox image."""
+    engine.start()
+    engine.import_busybox()
 
 
 def _in_parallel(calls: list[Callable[[], object]]) -> None:

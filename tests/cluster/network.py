@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOCK = Path("/tmp/pilotfish-netns.lock")
-SUPERNET = ipaddress.ip_network("10.250.0.0/16")
+SUPERNET = ipaddress.IPv4Network("10.250.0.0/16")
 
 
 class NetworkError(RuntimeError):

@@ -14,6 +14,8 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import httpx
 
@@ -83,6 +85,11 @@ def _exact(endpoints: set[Endpoint]) -> Callable[[list[Endpoint] | None], bool]:
                            and set(answer) == endpoints)
 
 
+def in_sync(holds: int, state: dict[str, Any] | None) -> bool:
+    """Whether a sidecar /health body says it is in sync and holds `holds` instances."""
+    return bool(state and state.get("in_sync") and state.get("instances") == holds)
+
+
 def since(start: float) -> float:
     """Seconds elapsed since a time.monotonic() reading."""
     return time.monotonic() - start
@@ -91,14 +98,14 @@ def since(start: float) -> float:
 def in_dns(hosts: list[ClusterHost], done: Callable[[list[Endpoint] | None], bool],
            what: str) -> dict[str, Condition]:
     """One condition per host: its DNS answer satisfies `done`."""
-    return {f"{what} on {host.name}'s DNS": (lambda h=host: dns_endpoints(h), done)
+    return {f"{what} on {host.name}'s DNS": (partial(dns_endpoints, host), done)
             for host in hosts}
 
 
 def in_lb(hosts: list[ClusterHost], done: Callable[[set[Endpoint] | None], bool],
           what: str) -> dict[str, Condition]:
     """One condition per host: its LB pool satisfies `done`."""
-    return {f"{what} in {host.name}'s LB pool": (lambda h=host: lb_pool(h), done)
+    return {f"{what} in {host.name}'s LB pool": (partial(lb_pool, host), done)
             for host in hosts}
 
 
@@ -336,9 +343,7 @@ def rolling_restart(cluster: Cluster, work: Workload, timings: Timings) -> None:
             cluster.start_pilotfish(host)
             timings.record("rolling", f"{host.name}: SIGTERM -> new process listening",
                            since(start))
-            holds = len(work.on(host))
-            wait_for(lambda h=host: sidecar_state(h),  # type: ignore[misc]
-                     lambda s, n=holds: bool(s and s.get("in_sync") and s["instances"] == n),  # type: ignore[misc]
+            wait_for(partial(sidecar_state, host), partial(in_sync, len(work.on(host))),
                      10.0, f"{host.name}'s new sidecar in sync")
             timings.record("rolling", f"{host.name}: SIGTERM -> new sidecar in sync",
                            since(start), 2 * cluster.ttl / 3)
@@ -369,9 +374,7 @@ def clock_skew(cluster: Cluster, work: Workload, timings: Timings) -> dict[str, 
     # process we SIGKILL); only the wall clock moves, as on a host whose clock is off.
     start = time.monotonic()
     cluster.start_pilotfish(a, env=skew)
-    holds = len(work.on(a))
-    wait_for(lambda: sidecar_state(a),
-             lambda s: bool(s and s.get("in_sync") and s["instances"] == holds), 15.0,
+    wait_for(partial(sidecar_state, a), partial(in_sync, len(work.on(a))), 15.0,
              "skewed a's sidecar in sync")
     timings.record("skew", f"a restarted +{SKEW:g}s ahead: SIGTERM -> sidecar in sync",
                    since(start))
