@@ -391,11 +391,20 @@ def clock_skew(cluster: Cluster, work: Workload, timings: Timings) -> dict[str, 
     # skew exceeds the time a renewal can be late (TTL - TTL/3, less the write's latency).
     assert SKEW < 2 * cluster.ttl / 3 - 1.0, "the scenario needs a TTL the bound allows"
     assert not sampler.missing, f"skew within the bound, yet apps went missing: {flaps}"
-    start = time.monotonic()
+    state = sidecar_state(a)
+    assert state is not None and state.get("lease"), state
+    start, start_wall = time.monotonic(), time.time()
     cluster.stop_pilotfish(a, signal.SIGKILL)  # its containers keep running; no registrar
+    # The expiry as b reads it: the one a's skewed clock wrote (ZooKeeper), or the time
+    # left on etcd's own lease, counted by etcd's leader (etcd; whole seconds).
+    expires_at = lease_expiry(b, str(state["lease"]))
     taken = wait_all(in_dns([b, c], lacks(mine), f"a (+{SKEW:g}s) killed: a's apps gone"),
                      cluster.ttl + SKEW + 5.0, start)
     check(timings, "skew", taken, cluster.ttl + SKEW + 1.0)
+    if expires_at is not None:
+        for what, seconds in taken.items():
+            timings.record("skew", f"{what}: after the expiry b reads",
+                           start_wall + seconds - expires_at)
     cluster.start_pilotfish(a)
     wait_all(in_dns(cluster.hosts, _exact(work.running()), "a back"), cluster.ttl + 5.0)
     return {"flaps": float(sum(flaps.values())), **taken}
