@@ -28,7 +28,8 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The repository instead of bench/ itself: bench/dns.py would shadow dnspython's `dns`.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from tests.cluster import scenarios  # noqa: E402
 from tests.cluster.backends import HostEtcd, HostZooKeeper  # noqa: E402
