@@ -39,6 +39,18 @@ from tests.cluster.workload import Workload  # noqa: E402
 from tests.fixtures.zookeeper import four_letter  # noqa: E402
 
 LOAD_WINDOW = 20.0  # seconds of idle traffic counted per TTL
+EXPIRY = "after lease expiry"
+ROWS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "cross-host register -> answered (DNS)": ("across", ("started -> answered on",), ()),
+    "cross-host register -> balanced (LB)": ("across", ("started -> balanced in",), ()),
+    "partition -> gone (DNS)": ("partition", ("apps gone on",), ()),
+    "partition -> cut-off host reports stale": ("partition", ("DNS /health stale",), ()),
+    "heal -> back (DNS)": ("partition", ("apps back on",), ()),
+    "host loss -> gone (DNS)": ("host loss", ("apps gone on",), (EXPIRY,)),
+    "host loss -> gone (LB)": ("host loss", ("apps gone in",), (EXPIRY,)),
+    "host loss: lease expiry -> gone (DNS)": ("host loss", ("apps gone on", EXPIRY), ()),
+}
+"""Table row: (scenario, words the measurement's name has, words it must not have)."""
 
 
 def backend_requests(cluster: Cluster) -> dict[str, float]:
@@ -110,20 +122,10 @@ def measure(backend: str, repeat: int, ttls: list[int]) -> tuple[dict[str, list[
         load = idle_load(cluster, work, [*ttls, TTL])  # back to the harness's TTL at the end
         scenarios.host_loss(cluster, work, timings, backend)
     for scenario, what, seconds, _ in timings.rows:
-        if scenario == "across" and "answered" in what:
-            found["cross-host register -> answered (DNS)"].append(seconds)
-        elif scenario == "across" and "balanced" in what:
-            found["cross-host register -> balanced (LB)"].append(seconds)
-        elif scenario == "partition" and "gone on" in what:
-            found["partition -> gone (DNS)"].append(seconds)
-        elif scenario == "partition" and "back on" in what:
-            found["heal -> back (DNS)"].append(seconds)
-        elif scenario == "partition" and "DNS /health stale" in what:
-            found["partition -> cut-off host reports stale"].append(seconds)
-        elif scenario == "host loss" and "gone on" in what:
-            found["host loss -> gone (DNS)"].append(seconds)
-        elif scenario == "host loss" and "gone in" in what:
-            found["host loss -> gone (LB)"].append(seconds)
+        for name, (where, words, absent) in ROWS.items():
+            if scenario == where and all(w in what for w in words) \
+                    and not any(w in what for w in absent):
+                found[name].append(seconds)
     return found, load[:-1]
 
 
