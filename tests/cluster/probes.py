@@ -127,6 +127,13 @@ def lease_expiry(host: ClusterHost, lease: str) -> float | None:
     return float(response.json()["expires_at"])
 
 
+def lease_status(host: ClusterHost, lease: str) -> int | None:
+    """The HTTP status the host's registry API gives for a lease (404: the backend has no such
+    lease any more), None if the API does not answer."""
+    response = _get(f"{host.api}/v1/leases/{lease}")
+    return None if response is None else response.status_code
+
+
 def catalog_instances(host: ClusterHost, service: str = "web") -> list[dict[str, object]] | None:
     """The service's instances as the host's registry API reads them from the backend."""
     response = _get(f"{host.api}/v1/services/{service}")
