@@ -29,8 +29,8 @@ COMMANDS: dict[str, tuple[str, tuple[ComponentOptions, ...]]] = {
     "lb": ("run only the TCP load balancer", (lb_options,)),
     "register": ("hold registrations on one lease until stopped (SIGTERM deregisters)",
                  (register_options,)),
-    "sidecar": ("register this host's Docker containers from its events on one lease",
-                (sidecar_options,)),
+    "sidecar": ("register this host's Docker containers from its events on one lease "
+                "(--route: LB listeners beside it)", (sidecar_options, lb_options)),
 }
 """Each command and the components it runs, in start order."""
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
+import resource
 import signal
 from collections.abc import Iterable
 from typing import Any
@@ -67,7 +69,11 @@ class LoadBalancer:
                 self._from_file.add(route.key)
         try:
             for route in routes.values():
-                await self.put_route(route)
+                try:
+                    await self.put_route(route)
+                except OSError as exc:
+                    raise ConfigError(f"--route {route}: cannot listen on {route.key}: "
+                                      f"{exc.strerror or exc}") from exc
         except BaseException:
             await self._close_all()
             raise
@@ -80,6 +86,21 @@ class LoadBalancer:
         if self.routes_file:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
             self._sighup = True
+        self._check_file_limit()
+        gc.freeze()  # what start-up made lives forever: full collections skip it (no stalls)
+
+    def _check_file_limit(self) -> None:
+        """Raise the open-files limit to its hard cap; warn when the connection limit needs
+        more descriptors than that (each connection holds two)."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+        needed = 2 * self.settings.max_connections + 256
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            log.warning("lb: --lb-max-connections %d needs %d open files, the limit is %d",
+                        self.settings.max_connections, needed, soft)
 
     def _pools(self) -> list[Pool]:
         return [listener.pool for listener in self.listeners.values()]
@@ -170,10 +191,12 @@ class LoadBalancer:
             await asyncio.sleep(tick)
             for listener in [*self.listeners.values(), *self.draining]:
                 for connection in list(listener.connections):
-                    if connection.server is None:
+                    server = connection.server
+                    if server is None:
                         continue
-                    if connection.active:
-                        connection.active = False
+                    moved = connection.client.received + server.received
+                    if moved != connection.seen:
+                        connection.seen = moved
                         connection.idle = 0
                     else:
                         connection.idle += 1

@@ -52,6 +52,10 @@ async def check_forever(pools: Callable[[], list[Pool]], settings: LbSettings) -
         if targets:
             results = await asyncio.gather(*(tcp_check(b.address, b.port, settings.check_timeout)
                                              for b in targets))
+            flipped = False
             for backend, ok in zip(targets, results, strict=True):
-                record(backend, ok, settings)
+                flipped |= record(backend, ok, settings)
+            if flipped:
+                for pool in pools():
+                    pool.version += 1
         await asyncio.sleep(settings.check_interval)

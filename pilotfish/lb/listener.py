@@ -27,13 +27,13 @@ _CONNECT_ERRORS = (OSError, TimeoutError)
 class RouteStats:
     """Per-route counters (per-instance ones live on each Backend)."""
 
-    __slots__ = ("accepted", "refused", "retries", "failed")
+    __slots__ = ("accepted", "refused", "retries", "resets")
 
     def __init__(self) -> None:
+        self.resets = [0, 0]  # connections reset by the client, by the backend
         self.accepted = 0
         self.refused: dict[str, int] = {}
         self.retries = 0
-        self.failed = 0  # clients given up on: no instance could be reached
 
 
 class RouteListener:
@@ -107,7 +107,14 @@ class RouteListener:
 
     async def _connect(self, connection: Connection) -> None:
         settings = self.settings
-        client = connection.peername[0] if connection.peername else ""
+        route = self.route
+        client = ""
+        if route.balance == "hash" or route.proxy_protocol:
+            transport = connection.client.transport
+            if transport is not None:
+                connection.peername = transport.get_extra_info("peername")
+                connection.sockname = transport.get_extra_info("sockname")
+                client = connection.peername[0] if connection.peername else ""
         tried: list[Backend] = []
         for attempt in range(settings.retries + 1):
             backend = self.picker.pick(self.pool.candidates(), client, tried)
@@ -115,8 +122,7 @@ class RouteListener:
                 break
             if attempt:
                 self.stats.retries += 1
-            server = Side(connection, backend)
-            server.peer = connection.client  # the backend may speak first
+            server = Side(connection, connection.client)  # the backend may speak first
             backend.active += 1
             try:
                 async with asyncio.timeout(settings.connect_timeout):
@@ -145,7 +151,6 @@ class RouteListener:
                                               connection.peername, connection.sockname))
             connection.attach(server, backend)
             return
-        self.stats.failed += 1
         self.refuse("no_instance" if not tried else "connect_failed")
         if connection.client.transport is not None:
             refuse_now(connection.client.transport)
@@ -163,6 +168,8 @@ class RouteListener:
         backend = connection.backend
         if backend is not None:
             backend.active -= 1
+            backend.bytes_in += connection.client.received
+            backend.bytes_out += connection.server.received  # type: ignore[union-attr]
             backend.connections.discard(connection)
             if backend.draining and not backend.connections:
                 self.pool.forget(backend)

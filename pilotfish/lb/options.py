@@ -52,9 +52,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     for attribute, flag, kind, help_text in _NUMBERS:
         default = getattr(DEFAULTS, attribute)
         group.add_argument(f"--lb-{flag}", dest=f"lb_{attribute}", type=kind,
-                           default=kind(env(f"lb_{attribute}", str(default))),
+                           default=env(f"lb_{flag}", str(default)),
                            help=f"{help_text} (default {default}) "
-                                f"[PILOTFISH_LB_{attribute.upper()}]")
+                                f"[PILOTFISH_LB_{flag.upper().replace('-', '_')}]")
 
 
 def settings(args: argparse.Namespace) -> LbSettings:

@@ -70,6 +70,9 @@ class Pool:
         self.backends: dict[Key, Backend] = {}
         self.panic = False
         self.version = 0  # bumped whenever membership or eligibility may have changed
+        self._cached: list[Backend] = []
+        self._cached_version = -1
+        self._cached_until = 0.0
 
     def update(self, instances: Iterable[Instance]) -> None:
         """Apply a catalog change by diff: new keys join, gone keys drain, the rest update."""
@@ -105,6 +108,7 @@ class Pool:
 
     def _drained(self, backend: Backend) -> None:
         backend.drain_timer = None
+        self.version += 1
         for connection in list(backend.connections):
             connection.close()
         self.forget(backend)
@@ -116,6 +120,7 @@ class Pool:
             if backend.drain_timer is not None:
                 backend.drain_timer.cancel()
             del self.backends[backend.key]
+            self.version += 1
 
     def close(self) -> None:
         """Cancel drain timers (the route is gone or the process stops)."""
@@ -129,17 +134,27 @@ class Pool:
         return [b for b in self.backends.values() if b.serving and not b.draining]
 
     def candidates(self) -> list[Backend]:
-        """Serving backends that are healthy and not ejected; all serving ones in panic mode."""
+        """Serving backends that are healthy and not ejected; all serving ones in panic mode.
+
+        Cached until the pool changes (`version`) or the next ejection ends.
+        """
+        if self._cached_version == self.version:
+            if not self._cached_until or time.monotonic() < self._cached_until:
+                return self._cached
         serving = self.serving()
         now = time.monotonic()
         healthy = [b for b in serving if b.healthy and not b.ejected(now)]
+        ends = [b.ejected_until for b in serving if b.ejected(now)]
+        self._cached_until = min(ends) if ends else 0.0
+        self._cached_version = self.version
         panic = len(healthy) < len(serving) * self.settings.panic_below or not healthy
         if panic != self.panic and serving:
             self.panic = panic
             if panic:
                 log.warning("lb: %d of %d instances healthy: panic mode, using all",
                             len(healthy), len(serving))
-        return serving if panic else healthy
+        self._cached = serving if panic else healthy
+        return self._cached
 
     def connect_failed(self, backend: Backend) -> None:
         """Passive health: count a failed connect; eject with growing backoff past the limit."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from pilotfish.lb.refuse import refuse_now
@@ -37,16 +38,19 @@ def shutdown_write(transport: asyncio.Transport) -> None:
 class Side(asyncio.Protocol):
     """One of a connection's two sockets; what it reads is written to the other."""
 
-    __slots__ = ("connection", "transport", "peer", "eof", "shut", "upstream", "backend")
+    __slots__ = ("connection", "transport", "peer", "eof", "shut", "upstream", "received",
+                 "write")
 
-    def __init__(self, connection: Connection, backend: Backend | None = None) -> None:
+    def __init__(self, connection: Connection, peer: Side | None = None) -> None:
         self.connection = connection
-        self.backend = backend  # set on the backend's socket; None on the client's
-        self.upstream = backend is not None
+        self.upstream = peer is not None  # the backend's socket (the client's has no peer yet)
         self.transport: asyncio.Transport | None = None
-        self.peer: Side | None = None
+        self.peer = peer
         self.eof = False  # this socket's reader reached EOF
         self.shut = False  # this socket's write side is shut down
+        self.received = 0  # bytes read from this socket (and written to the peer)
+        self.write: Callable[[bytes], None] = self._hold if peer is None else \
+            peer.transport.write  # type: ignore[union-attr]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
@@ -57,21 +61,13 @@ class Side(asyncio.Protocol):
             connection.accepted(transport)
 
     def data_received(self, data: bytes) -> None:
-        connection = self.connection
-        connection.active = True
-        backend = self.backend
-        if backend is not None:
-            backend.bytes_out += len(data)
-        else:
-            backend = connection.backend
-            if backend is not None:
-                backend.bytes_in += len(data)
-        peer = self.peer
-        if peer is None:  # a client that spoke before its backend connection is up
-            connection.pending.append(data)
-            self.transport.pause_reading()  # type: ignore[union-attr]
-            return
-        peer.transport.write(data)  # type: ignore[union-attr]
+        self.received += len(data)
+        self.write(data)  # the peer transport's write, bound once: this is the hot path
+
+    def _hold(self, data: bytes) -> None:
+        """A client that spoke before its backend connection is up: keep it until then."""
+        self.connection.pending.append(data)
+        self.transport.pause_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -85,14 +81,15 @@ class Side(asyncio.Protocol):
         transport = self.transport
         if self.shut or transport is None or transport.is_closing():
             return
+        if self.eof:  # this socket had ended its direction already: both are done now
+            self.shut = True
+            self.connection.close()  # a close sends what is queued, then the FIN
+            return
         if transport.get_write_buffer_size():
             asyncio.get_running_loop().call_later(EOF_RETRY, self.shutdown)
             return
         self.shut = True
         shutdown_write(transport)
-        peer = self.peer
-        if peer is not None and peer.shut:
-            self.connection.close()  # both directions have ended
 
     def pause_writing(self) -> None:
         peer = self.peer
@@ -111,27 +108,25 @@ class Side(asyncio.Protocol):
 class Connection:
     """A client connection and (once connected) its backend connection."""
 
-    __slots__ = ("listener", "client", "server", "backend", "active", "closed", "peername",
-                 "sockname", "task", "idle", "pending")
+    __slots__ = ("listener", "client", "server", "backend", "closed", "peername",
+                 "sockname", "task", "idle", "seen", "pending")
 
     def __init__(self, listener: RouteListener) -> None:
         self.listener = listener
         self.client = Side(self)
         self.server: Side | None = None
         self.backend: Backend | None = None
-        self.active = True  # data moved since the last idle sweep
         self.closed = False
-        self.peername: Any = None
+        self.peername: Any = None  # read only when needed (hashing, PROXY header)
         self.sockname: Any = None
         self.task: asyncio.Task[None] | None = None
         self.idle = 0  # idle sweeps in a row without data
+        self.seen = 0  # bytes moved as of the last idle sweep
         self.pending: list[bytes] = []
 
     def accepted(self, transport: asyncio.Transport) -> None:
         """A client connected: hold its bytes until a backend is connected, or refuse it."""
         transport.pause_reading()
-        self.peername = transport.get_extra_info("peername")
-        self.sockname = transport.get_extra_info("sockname")
         if not self.listener.admit(self):
             self.closed = True
             refuse_now(transport)
@@ -141,10 +136,10 @@ class Connection:
         self.server = server
         self.backend = backend
         self.client.peer = server
+        self.client.write = server.transport.write  # type: ignore[union-attr]
         backend.connections.add(self)
         if self.pending:
             server.transport.write(b"".join(self.pending))  # type: ignore[union-attr]
-            backend.bytes_in += sum(map(len, self.pending))
             self.pending = []
         if self.client.eof:
             server.shutdown()
@@ -168,6 +163,9 @@ class Connection:
     def lost(self, side: Side, exc: Exception | None) -> None:
         """One socket closed: close the other (reset it too if this one was reset)."""
         peer = side.peer
+        if exc is not None:
+            resets = self.listener.stats.resets
+            resets[side.upstream] += 1
         if peer is not None and peer.transport is not None and not peer.transport.is_closing():
             if exc is not None:
                 peer.transport.abort()

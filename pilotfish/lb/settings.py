@@ -13,7 +13,7 @@ class LbSettings:
     idle_timeout: float = 300.0
     drain_timeout: float = 30.0
     stop_timeout: float = 10.0
-    max_connections: int = 20_000
+    max_connections: int = 8_000
     retries: int = 2
     check_interval: float = 2.0
     check_timeout: float = 1.0
@@ -24,4 +24,4 @@ class LbSettings:
     eject_max: float = 30.0
     max_ejected: float = 0.5
     panic_below: float = 0.5
-    high_water: int = 256 * 1024
+    high_water: int = 1 << 20  # bytes queued toward one side before the other is paused

@@ -17,6 +17,8 @@ SERIES = {
     "pilotfish_lb_connections_refused_total": (
         "counter", "clients turned away: limit, no_instance, connect_failed, stopping"),
     "pilotfish_lb_retries_total": ("counter", "connects retried on another instance"),
+    "pilotfish_lb_resets_total": ("counter", "connections that ended in an error (a reset), "
+                                  "by the side it came from"),
     "pilotfish_lb_panic": ("gauge", "1 while too few instances are healthy and all are used"),
     "pilotfish_lb_instance_connections_active": ("gauge", "open connections per instance"),
     "pilotfish_lb_instance_connections_total": ("counter", "connections made per instance"),
@@ -51,10 +53,15 @@ def samples(listeners: Iterable[RouteListener], active: int) -> Iterable[Sample]
             ("pilotfish_lb_connections_total", route, float(stats.accepted)),
             ("pilotfish_lb_retries_total", route, float(stats.retries)),
             ("pilotfish_lb_panic", route, float(listener.pool.panic)),
+            ("pilotfish_lb_resets_total", (("by", "client"), *route), float(stats.resets[0])),
+            ("pilotfish_lb_resets_total", (("by", "backend"), *route), float(stats.resets[1])),
         ]
         out += [("pilotfish_lb_connections_refused_total", (("reason", reason), *route),
                  float(count)) for reason, count in stats.refused.items()]
         for backend in list(listener.pool.backends.values()):
+            live = list(backend.connections)
+            bytes_in = backend.bytes_in + sum(c.client.received for c in live)
+            bytes_out = backend.bytes_out + sum(c.server.received for c in live if c.server)
             labels: Labels = (("instance", backend.name), ("id", backend.instance.id), *route)
             labels = tuple(sorted(labels))
             out += [
@@ -62,8 +69,8 @@ def samples(listeners: Iterable[RouteListener], active: int) -> Iterable[Sample]
                 ("pilotfish_lb_instance_connections_total", labels, float(backend.total)),
                 ("pilotfish_lb_instance_connections_failed_total", labels,
                  float(backend.failed)),
-                ("pilotfish_lb_instance_bytes_in_total", labels, float(backend.bytes_in)),
-                ("pilotfish_lb_instance_bytes_out_total", labels, float(backend.bytes_out)),
+                ("pilotfish_lb_instance_bytes_in_total", labels, float(bytes_in)),
+                ("pilotfish_lb_instance_bytes_out_total", labels, float(bytes_out)),
                 ("pilotfish_lb_instance_healthy", labels, float(backend.healthy)),
                 ("pilotfish_lb_instance_ejected", labels, float(backend.ejected(now))),
                 ("pilotfish_lb_instance_ejections_total", labels, float(backend.ejections)),

@@ -16,14 +16,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
+from typing import TypeVar
 
 from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import Catalog, UnknownLease
 from pilotfish.registry.model import Instance, ttl_seconds
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WRITES = 16
+"""Backend calls one converge pass keeps in flight (a burst of containers is written in
+parallel, not one round trip after another)."""
 
 Vouch = Callable[[], bool]
 """Whether the registrar may renew its lease and register now (a sidecar that lost sight of
@@ -34,8 +40,9 @@ class Registrar:
     """One lease, a desired set of instances, one keepalive per interval (ttl / 3).
 
     `claims` names instances already in the catalog that belong to this registrar although
-    it did not register them in this life (a restarted sidecar's stable ids): they are read
-    once at start and withdrawn or moved onto the new lease like the rest.
+    it did not register them in this life (a restarted sidecar's stable ids): those on a
+    lease with the same owner are read once at start and withdrawn or moved onto the new
+    lease like the rest.
     """
 
     def __init__(
@@ -81,9 +88,13 @@ class Registrar:
             return False
         if self._held.keys() != self._desired.keys():
             return False
-        return all(self._held[key] == replace(want, lease=self._held[key].lease)
-                   and self._held[key].lease == self.lease_id
-                   for key, want in self._desired.items())
+        return all(self._holds(want) for want in self._desired.values())
+
+    def _holds(self, want: Instance) -> bool:
+        """Whether the catalog holds `want` as it is, on the current lease."""
+        held = self._held.get(want.id)
+        return held is not None and held.lease == self.lease_id and _fields(held) == _fields(
+            want)
 
     @property
     def held(self) -> int:
@@ -225,12 +236,12 @@ class Registrar:
 
     async def _converge(self) -> None:
         """One pass: withdraw what is held and not wanted, register what is wanted and not
-        held as wanted. Raises on the first failure; the next pass continues from there."""
+        held as wanted (up to WRITES calls at a time). Raises what failed once every call of
+        the pass has ended; the next pass continues from there."""
         if not self._claimed:
             await self._claim()
-        for key in [key for key in self._held if key not in self._desired]:
-            await self.catalog.deregister(key)
-            self._held.pop(key, None)
+        await self._each([key for key in self._held if key not in self._desired],
+                         self._withdraw)
         if not self._vouching():
             return
         try:
@@ -239,22 +250,62 @@ class Registrar:
             self._lost_lease()
             await self._register_missing()
 
+    async def _withdraw(self, key: str) -> None:
+        await self.catalog.deregister(key)
+        self._held.pop(key, None)
+
     async def _register_missing(self) -> None:
         if self.lease_id is None:
             lease = await self.catalog.create_lease(self.ttl, self.owner)
             self.lease_id, self.renewed_at = lease.id, time.monotonic()
-        for key, want in list(self._desired.items()):
-            wanted = replace(want, lease=self.lease_id)
-            if self._held.get(key) != wanted:
-                await self.catalog.register(wanted)
-                # What was written is what the catalog holds, even if the wish changed
-                # meanwhile; the next pass compares it with the new wish.
-                self._held[key] = wanted
+        lease_id = self.lease_id
+        missing = [replace(want, lease=lease_id) for want in self._desired.values()
+                   if not self._holds(want)]
+        await self._each(missing, self._register)
+
+    async def _register(self, wanted: Instance) -> None:
+        await self.catalog.register(wanted)
+        # What was written is what the catalog holds, even if the wish changed meanwhile;
+        # the next pass compares it with the new wish.
+        self._held[wanted.id] = wanted
+
+    async def _each(self, items: list[T], write: Callable[[T], Awaitable[None]]) -> None:
+        """Run `write` on every item, WRITES at a time; then raise the first failure (an
+        UnknownLease before any other, so the caller can take a new lease)."""
+        if not items:
+            return
+        limit = asyncio.Semaphore(WRITES)
+
+        async def bounded(item: T) -> None:
+            async with limit:
+                await write(item)
+
+        results = await asyncio.gather(*(bounded(i) for i in items), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures:
+            if isinstance(failure, UnknownLease):
+                raise failure
+        if failures:
+            raise failures[0]
 
     async def _claim(self) -> None:
+        """Take over what an earlier life of this registrar left: instances `claims` names,
+        on a live lease of the same owner (never another owner's, whatever their ids)."""
         assert self._claims is not None
         snapshot = await self.catalog.snapshot()
+        owners: dict[str, str | None] = {}
         for instance in snapshot.instances.values():
-            if self._claims(instance) and instance.id not in self._held:
+            if not self._claims(instance) or instance.id in self._held:
+                continue
+            if instance.lease not in owners:
+                lease = await self.catalog.lease(instance.lease)
+                owners[instance.lease] = lease.owner if lease is not None else None
+            if owners[instance.lease] == self.owner:
                 self._held[instance.id] = instance
         self._claimed = True
+
+
+def _fields(instance: Instance) -> tuple[object, ...]:
+    """Everything about an instance but its lease (cheaper than building a copy to compare)."""
+    return (instance.service, instance.address, instance.port, instance.tags,
+            instance.meta, instance.weight, instance.health)

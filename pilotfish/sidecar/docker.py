@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -45,7 +46,7 @@ class DockerSource:
     @property
     def where(self) -> str:
         """The engine's address, for log lines."""
-        return str(self.client.docker_host)
+        return self.url or os.environ.get("DOCKER_HOST") or "the default socket"
 
     async def close(self) -> None:
         """Close the client's connections."""

@@ -5,6 +5,13 @@ container and replaces the whole picture (the reconcile), then applies events as
 a container that starts, changes health, is paused, renamed or reconnected is inspected
 again (one inspect at a time per container, coalescing bursts); one that dies, stops or is
 destroyed is dropped at once. A lost stream is reconnected with backoff and reconciled.
+
+Inspecting right after `start` is slow when the engine is busy starting many containers,
+so a container is inspected when it is *created*; at its `start`, a container whose
+endpoints do not depend on what the start allocated (host, none and container:<id> modes)
+is decided from that inspect, marked running (its health check, if any, "starting"), and
+later events correct it like any other. Bridge-mode containers are inspected after the
+start, which is when Docker allocates their published ports.
 After every change the owner is handed the full desired set (it diffs; see Registrar.sync).
 """
 
@@ -29,8 +36,9 @@ log = logging.getLogger(__name__)
 Desired = Callable[[list[Instance]], None]
 
 GONE = frozenset({"die", "stop", "destroy", "oom"})
-CHANGED = frozenset({"start", "restart", "kill", "pause", "unpause", "health_status",
-                     "rename", "update"})
+CHANGED = frozenset({"start", "restart", "pause", "unpause", "health_status", "rename",
+                     "update"})
+STATIC_MODES = ("host", "none", "container:")
 INSPECT_CONCURRENCY = 16
 
 
@@ -54,6 +62,9 @@ class ContainerFollower:
         self._backoff = backoff
         self._busy: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._created: dict[str, asyncio.Task[Details | None]] = {}
+        self._started: set[str] = set()
+        self._limit = asyncio.Semaphore(INSPECT_CONCURRENCY)
         self._tasks: list[asyncio.Task[None]] = []
         self._first = asyncio.Event()
 
@@ -81,7 +92,7 @@ class ContainerFollower:
 
     async def stop(self) -> None:
         """Stop following and every inspect in flight."""
-        await cancel_and_wait(*self._tasks, *self._busy.values())
+        await cancel_and_wait(*self._tasks, *self._busy.values(), *self._created.values())
         self._tasks = []
 
     def _seen(self) -> None:
@@ -103,6 +114,8 @@ class ContainerFollower:
                 log.warning("sidecar: the Docker event stream ended; reconnecting")
             except DockerUnavailable as exc:
                 log.warning("sidecar: %s; reconnecting in %.1fs", exc, delay)
+            except Exception:  # whatever it was, following must go on
+                log.exception("sidecar: following Docker failed; reconnecting in %.1fs", delay)
             finally:
                 self.connected = self.reconciled = False
             self.stats.reconnects += 1
@@ -125,13 +138,7 @@ class ContainerFollower:
     async def _reconcile(self) -> None:
         started = time.monotonic()
         ids = await self.source.running()
-        limit = asyncio.Semaphore(INSPECT_CONCURRENCY)
-
-        async def inspect(container_id: str) -> Details | None:
-            async with limit:
-                return await self.source.inspect(container_id)
-
-        found = await asyncio.gather(*(inspect(i) for i in ids))
+        found = await asyncio.gather(*(self._inspect(i) for i in ids))
         self._details = {i: d for i, d in zip(ids, found, strict=True) if d is not None}
         previous, self.decisions = self.decisions, {}
         for container_id, details in self._details.items():
@@ -158,10 +165,28 @@ class ContainerFollower:
         if not container_id:
             return
         self.stats.events[action] = self.stats.events.get(action, 0) + 1
-        if action in GONE:
+        if kind == "network":
+            if container_id in self.decisions:  # not the connects of a container starting
+                self.touch(container_id)
+        elif action == "create":
+            self._created[container_id] = asyncio.create_task(self._inspect(container_id))
+        elif action in GONE:
+            if action == "destroy":
+                self._drop_created(container_id)
             self._forget(container_id)
-        elif action in CHANGED or kind == "network":
+        elif action in CHANGED:
+            if action == "start":
+                self._started.add(container_id)
             self.touch(container_id)
+
+    async def _inspect(self, container_id: str) -> Details | None:
+        async with self._limit:
+            return await self.source.inspect(container_id)
+
+    def _drop_created(self, container_id: str) -> None:
+        task = self._created.pop(container_id, None)
+        if task is not None:
+            task.cancel()
 
     def touch(self, container_id: str) -> None:
         """Inspect a container again soon (once more, if an inspect is already running)."""
@@ -173,15 +198,19 @@ class ContainerFollower:
     def _forget(self, container_id: str) -> None:
         if container_id in self._busy:
             self._again.add(container_id)  # an inspect in flight may predate the death
-        self._details.pop(container_id, None)
+        details = self._details.pop(container_id, None)
         if self.decisions.pop(container_id, None) is not None:
             self._changed()
+        if details is not None:
+            self._touch_joiners(container_id, details)
 
     async def _refresh(self, container_id: str) -> None:
         try:
             while True:
                 self._again.discard(container_id)
-                details = await self.source.inspect(container_id)
+                details = await self._at_start(container_id)
+                if details is None:
+                    details = await self._inspect(container_id)
                 self._apply(container_id, details)
                 if container_id not in self._again:
                     return
@@ -190,6 +219,28 @@ class ContainerFollower:
                         container_id[:12], exc)
         finally:
             self._busy.pop(container_id, None)
+
+    async def _at_start(self, container_id: str) -> Details | None:
+        """For a container just started: its create-time inspect, marked running, when its
+        network mode makes that enough; else None (inspect it now)."""
+        if container_id not in self._started:
+            return None
+        self._started.discard(container_id)
+        created = self._created.pop(container_id, None)
+        if created is None:
+            return None
+        await asyncio.wait([created])
+        if created.cancelled() or created.exception() is not None:
+            return None
+        details = created.result()
+        mode = str((details or {}).get("HostConfig", {}).get("NetworkMode") or "")
+        if details is None or not mode.startswith(STATIC_MODES):
+            return None
+        check = (details.get("Config") or {}).get("Healthcheck") or {}
+        checked = bool(check.get("Test")) and check.get("Test") != ["NONE"]
+        state = {"Status": "running", "Running": True, "Paused": False,
+                 **({"Health": {"Status": "starting"}} if checked else {})}
+        return {**details, "State": state}
 
     def _apply(self, container_id: str, details: Details | None) -> None:
         self._seen()
@@ -202,9 +253,15 @@ class ContainerFollower:
         self.decisions[container_id] = decision
         if decision != previous:
             self._changed()
+        self._touch_joiners(container_id, details)
+
+    def _touch_joiners(self, container_id: str, details: Details) -> None:
+        """Containers sharing this one's network take its endpoints: decide them again."""
         name = str(details.get("Name", "")).lstrip("/")
-        for other, joined in list(self.decisions.items()):
-            if other != container_id and joined.joins in (container_id, name):
+        for other, decision in list(self.decisions.items()):
+            joins = decision.joins
+            if other != container_id and joins and (
+                    joins == name or container_id.startswith(joins)):
                 self.touch(other)
 
     def _decide(self, details: Details, previous: Decision | None) -> Decision:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import re
 import socket
 
@@ -13,6 +14,8 @@ from pilotfish.registry.model import InvalidField, ttl_seconds
 from pilotfish.sidecar.containers import Rules
 from pilotfish.sidecar.sidecar import Sidecar, SidecarSettings
 from pilotfish.stack import Component, Stack
+
+log = logging.getLogger(__name__)
 
 _SIDECAR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -88,6 +91,9 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     """The sidecar (on `sidecar`, or on `up` with --docker) and its HTTP listener if asked."""
     if args.command != "sidecar" and not args.docker:
         return []
+    if args.command == "sidecar" and str(args.registry).startswith("memory:"):
+        log.warning("sidecar: --registry %s lives in this process only; point it at the "
+                    "registry others read (etcd://, zk://, consul://, http://)", args.registry)
     sidecar = Sidecar(stack.catalog, settings(args), stack.metrics)
     components: list[Component] = [sidecar]
     if args.sidecar_http:

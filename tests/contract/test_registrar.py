@@ -96,27 +96,59 @@ async def test_a_restarted_registrar_claims_what_its_predecessor_left(
     catalog: Catalog, unique: str
 ) -> None:
     """A registrar that died without revoking left its instances on a lease still alive; its
-    successor (same stable ids) moves the wanted ones onto its own lease and withdraws the
-    rest at once, instead of leaving them served until the old lease lapses."""
+    successor (same owner, same stable ids) moves the wanted ones onto its own lease and
+    withdraws the rest at once, instead of leaving them served until the old lease lapses.
+    Ids it would claim on another owner's lease (another engine's sidecar with the same
+    host name) are left alone."""
     service = f"cl-{unique}"
     mine = lambda i: i.id.startswith(f"h-{unique}:")  # noqa: E731
-    kept, gone = (instance(service, f"h-{unique}:c{n}:80", 9000 + n) for n in range(2))
+    kept, gone, stranger = (instance(service, f"h-{unique}:c{n}:80", 9000 + n)
+                            for n in range(3))
     other = instance(service, f"elsewhere-{unique}:c0:80", 9100)
-    first = Registrar(catalog, ttl=30, owner=f"first-{unique}", instances=[kept, gone, other])
+    first = Registrar(catalog, ttl=30, owner=f"h-{unique}/engine-1",
+                      instances=[kept, gone, other])
+    neighbour = Registrar(catalog, ttl=30, owner=f"h-{unique}/engine-2", instances=[stranger])
     await first.start()
     await first.stop(revoke=False)  # as if killed: its lease lives on for 30 s
-    await wait_until(catalog, lambda s: len(s.service(service)) == 3, 5)
-    second = Registrar(catalog, ttl=30, owner=f"second-{unique}", instances=[kept], claims=mine)
+    await neighbour.start()
+    await wait_until(catalog, lambda s: len(s.service(service)) == 4, 5)
+    second = Registrar(catalog, ttl=30, owner=f"h-{unique}/engine-1", instances=[kept],
+                       claims=mine)
     await second.start()
     try:
-        snapshot = await wait_until(catalog, lambda s: ids(s, service) == {kept.id, other.id}, 5)
+        snapshot = await wait_until(
+            catalog, lambda s: ids(s, service) == {kept.id, other.id, stranger.id}, 5)
         held = snapshot.get(kept.id)
         assert held is not None and held.lease == second.lease_id
         assert second.in_sync
     finally:
         await second.stop()
+        await neighbour.stop()
         assert first.lease_id is not None
         await catalog.revoke(first.lease_id)
+
+
+async def test_a_registrar_that_cannot_vouch_lets_its_lease_lapse(
+    catalog: Catalog, unique: str
+) -> None:
+    """No keepalive while vouch() says no (a sidecar blind to Docker): the instances lapse
+    with the lease; once it vouches again, a new lease carries them back."""
+    service = f"vo-{unique}"
+    vouching = [True]
+    registrar = Registrar(catalog, ttl=2, owner=f"vouch-{unique}",
+                          instances=[instance(service, f"v-{unique}", 9000)],
+                          vouch=lambda: vouching[0])
+    await registrar.start()
+    try:
+        await wait_until(catalog, lambda s: len(s.service(service)) == 1, 5)
+        first = registrar.lease_id
+        vouching[0] = False
+        await wait_until(catalog, lambda s: not s.service(service), 2 + 2)
+        vouching[0] = True
+        snapshot = await wait_until(catalog, lambda s: len(s.service(service)) == 1, 4)
+        assert snapshot.service(service)[0].lease == registrar.lease_id != first
+    finally:
+        await registrar.stop()
 
 
 @dataclass
@@ -145,11 +177,11 @@ def droppable(request: pytest.FixtureRequest, unique: str) -> Iterator[Droppable
         # The API is what goes away; the catalog behind it (etcd) keeps what it had.
         with EtcdServer() as etcd:
             args = ("registry", "--registry", etcd.url(f"d-{unique}"), "--api")
-            api = [start_pilotfish(*args, "127.0.0.1:0")]
+            api = [start_pilotfish(*args, "127.0.0.1:0", timeout=60)]
             address = api[0].listening["registry API"]
 
             def restart() -> None:
-                api.append(start_pilotfish(*args, address))
+                api.append(start_pilotfish(*args, address, timeout=60))
 
             try:
                 yield Droppable(api[0].api, lambda: api[-1].stop(signal.SIGKILL), restart)
