@@ -13,6 +13,7 @@ from pilotfish.registry.catalog import Catalog, Snapshot
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Snapshot], None]
+RETRY_FLOOR = 0.05  # never retry a failing backend in a tighter loop than this
 
 
 class CatalogView:
@@ -48,6 +49,7 @@ class CatalogView:
 
     async def _follow(self) -> None:
         while True:
+            generation = self.catalog.changes.generation
             try:
                 snapshot = await self.catalog.watch(self.snapshot.index, self._wait)
             except asyncio.CancelledError:
@@ -56,7 +58,10 @@ class CatalogView:
                 if not self.stale:
                     log.warning("catalog unreachable, serving the last view: %s", exc)
                 self.stale = True
-                await asyncio.sleep(self._retry)
+                # Catch up as soon as the backend says it is back (it signals a change),
+                # or retry after `retry` at the latest.
+                await asyncio.sleep(min(RETRY_FLOOR, self._retry))
+                await self.catalog.changes.wait_past(generation, self._retry)
                 continue
             if self.stale and self.ready.is_set():
                 log.info("catalog reachable again at index %d", snapshot.index)

@@ -267,7 +267,7 @@ async def ride_out_freezes(cluster: FrozenCluster, pilotfish: StartPilotfish, un
         name: Reader(name, pilotfish(
             "up", "--registry", url, "--api", "127.0.0.1:0", "--dns", "127.0.0.1:0",
             "--dns-metrics", "127.0.0.1:0", "--domain", DOMAIN, "--dns-max-answers", "0",
-            expect=("registry API", "dns", "dns metrics")))
+            expect=("registry API", "dns", "dns metrics"), timeout=60))
         for name, url in (("only-a", cluster.url([a])), ("only-b", cluster.url([b])),
                           ("full", cluster.url([a, b, leader])))
     }

@@ -1,6 +1,7 @@
-"""The expiry bookkeeping readers share, without a server: the etcd cache's rebuild on a
-renewal that arrives after the old expiry passed, and `Freshness` freezing expiry while the
-backend proves nothing (DESIGN.md guarantees 1 and 3)."""
+"""The expiry bookkeeping readers share: the etcd cache's rebuild on a renewal that arrives
+after the old expiry passed, `Freshness` freezing expiry while the backend proves nothing
+(DESIGN.md guarantees 1 and 3), and the smallest TTL a ZooKeeper session timeout honours.
+Only the last test needs a server (the session's ZooKeeper)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import asyncio
 import json
 import time
 
+import pytest
+
+from pilotfish.registry import open_catalog
 from pilotfish.registry.backends.etcd import EtcdCatalog, keepalive_timeout
+from pilotfish.registry.backends.zookeeper import min_ttl
 from pilotfish.registry.catalog import ChangeSignal
 from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
+from pilotfish.registry.model import InvalidField
 from tests.watching import instance
 
 
@@ -107,3 +113,22 @@ def test_keepalive_timeout_leaves_a_frozen_member_before_the_lease_lapses() -> N
     assert keepalive_timeout(60, 1.5) == 1.5
     assert keepalive_timeout(2, 1.5) == 0.5
     assert keepalive_timeout(0, 1.5) == 1.5
+
+
+def test_zookeeper_smallest_ttl_follows_the_session_timeout() -> None:
+    assert min_ttl(2.0) == 2
+    assert min_ttl(4.0) == 4
+    assert min_ttl(6.0) == 5
+
+
+async def test_zookeeper_refuses_a_ttl_its_session_timeout_cannot_honour(
+        zookeeper_url: str) -> None:
+    catalog = await open_catalog(zookeeper_url + "?session_timeout=6")
+    try:
+        with pytest.raises(InvalidField) as refused:
+            await catalog.create_lease(3, "too-short")
+        assert refused.value.field == "ttl"
+        assert "at least 5s" in str(refused.value)
+        assert (await catalog.create_lease(5, "fine")).ttl == 5
+    finally:
+        await catalog.close()

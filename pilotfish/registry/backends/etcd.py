@@ -15,7 +15,11 @@ int64 lease ids in hex, as etcdctl prints them.
 Reads come from a local cache fed by one watch on the prefix, resumed from the last
 revision seen (re-listed after compaction) on another member when one goes away.
 `snapshot()` raises BackendUnavailable once the watch has been down for longer than a
-short grace, so API reads answer 503 while DNS/LB views fail static.
+short grace, so API reads answer 503 while DNS/LB views fail static. A member that is
+frozen or slow keeps its stream open and simply stops talking, so the watch checks its
+member every PROGRESS_EVERY (a progress request, and a linearizable read whose revision
+the watch must reach) and moves on after STALL_AFTER without an answer; expiry runs only
+while those checks prove the cache current (`Freshness`, docs/faults.md).
 
 etcd keeps leases across a restart or a leader change (it extends each by its TTL), so a
 lease whose keepalives failed for longer than its TTL during an outage would come back
@@ -783,6 +787,8 @@ class EtcdCatalog(Catalog):
         self._held.pop(lease_id, None)
         if lease_id in self._lapsed:
             return
+        log.info("lease %s ran out (by this process's clock) while etcd could not be reached "
+                 "or took no writes; revoking what etcd kept", lease_id)
         self._lapsed.add(lease_id)
         self._snapshots.changed()
         number = _lease_number(lease_id)

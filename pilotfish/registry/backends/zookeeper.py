@@ -33,6 +33,11 @@ so that lease is ours; an instance create falls back to reading the node and upd
 Calls wait out a blip up to READ_GRACE (reads meanwhile come from the cache), then fail
 fast with BackendUnavailable until the session is back and the cache re-read.
 
+A frozen server keeps the connection open and stops answering: a `sync` through the
+leader every PROBE_EVERY proves the cache current, expiry runs only while it does
+(`Freshness`, docs/faults.md), and the session timeout (2 s) makes kazoo leave a frozen
+server after 1.33 s; TTLs it cannot honour are refused (`min_ttl`).
+
 URL: zk://host[:port][,host[:port]...][/chroot][?session_timeout=6&timeout=3]
 (chroot defaults to /pilotfish; timeouts in seconds).
 """
@@ -205,7 +210,7 @@ class ZooKeeperCatalog(Catalog):
         self._client = KazooClient(
             hosts=",".join(hosts), timeout=session_timeout,
             connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=1.5, max_jitter=0.1,
-                                        max_delay=0.5),
+                                        max_delay=0.25),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=0.5, deadline=2.0),
         )
         self._loop = asyncio.get_running_loop()
