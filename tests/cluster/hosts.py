@@ -149,7 +149,7 @@ class Cluster:
         running = start_pilotfish(
             *self.pilotfish_args(host, *extra), prefix=tuple(host.net.nsenter), env=env,
             expect=("registry API", "dns", "lb API", *(("sidecar http",) if self.sidecar else ())),
-            timeout=30.0)
+            timeout=60.0)  # imports took ~20 s on a fully loaded 2-core machine
         host.pilotfish = running
         host.history.append(running)
         return running

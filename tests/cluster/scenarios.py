@@ -300,6 +300,33 @@ def partition(cluster: Cluster, work: Workload, timings: Timings) -> None:
     check(timings, "partition", back, heal_bound)
 
 
+def short_partition(cluster: Cluster, work: Workload, timings: Timings) -> None:
+    """3b: a's link down for less than its lease lasts, then back: nothing needs registering
+    again, and a's DNS and LB must say they are current within a keepalive interval
+    (+ 1 s) of the heal."""
+    a, _, _ = cluster.hosts
+    baseline(cluster, work)
+    a.net.link(False)
+    try:
+        wait_for(partial(health_inside, a, a.dns_metrics), lambda s: s == "stale",
+                 cluster.ttl / 2, "a's DNS /health stale")
+    finally:
+        a.net.link(True)
+    healed = time.monotonic()
+    bound = cluster.ttl / 3 + 1.0
+    try:
+        taken = wait_all({
+            "short cut, link back: a's DNS /health ok": (partial(health, a.dns_metrics),
+                                                         lambda s: s == "ok"),
+            "short cut, link back: a's LB /health ok": (partial(health, a.lb_api),
+                                                        lambda s: s == "ok"),
+        }, bound, healed)
+    finally:
+        timings.record("partition", "short cut (lease survives), a's DNS /health after heal: "
+                       f"{health(a.dns_metrics)}", since(healed))
+    check(timings, "partition", taken, bound)
+
+
 def churn_minority_loss(cluster: Cluster, work: Workload, timings: Timings) -> None:
     """4: one backend member down while containers start and stop on every host: afterwards
     every host's DNS and API equal what runs (checked with the member down, then again with
