@@ -32,8 +32,6 @@ def test_catalogs_equal_what_runs_after_churn_with_a_member_down(
     scenarios.churn_minority_loss(etcd_hosts.cluster, etcd_hosts.work, etcd_hosts.timings)
 
 
-@pytest.mark.xfail(strict=True, reason="open: the view leaves 'stale' only when a watch returns,"
-                   " and nothing changed: a's /health says stale ~30 s after the heal")
 def test_short_partition_host_reports_current_soon_after_the_heal(etcd_hosts: Deployed) -> None:
     scenarios.short_partition(etcd_hosts.cluster, etcd_hosts.work, etcd_hosts.timings)
 
