@@ -5,9 +5,14 @@ Under a domain D (default `pilotfish`):
 - `<service>.service.D`          A/AAAA/SRV of the serving instances
 - `<tag>.<service>.service.D`    the same, only instances with that tag
 - `_<service>._tcp.service.D`    SRV (RFC 2782; `_udp` likewise; `_<tag>` filters by tag)
-- `<hex>.addr.D`                 A/AAAA of an address (8 hex digits for IPv4, 32 for IPv6);
-                                 the target of every SRV record
+- `<hex>.addr.D`                 A/AAAA of an address (8 hex digits for IPv4, 32 for IPv6)
+- `<port>.<hex>.addr.D`          the same address: the target of the SRV record of an
+                                 instance on that port, so instances sharing a host have
+                                 distinct targets (HAProxy refuses one target twice)
 - `D`                            SOA and NS; `ns.D` is the name server
+
+Every name above them that has descendants (`service.D`, `_tcp.service.D`, `addr.D`, ...)
+exists as an empty non-terminal: NOERROR without records. Anything else is NXDOMAIN.
 """
 
 from __future__ import annotations
@@ -86,3 +91,21 @@ def read_name(data: bytes, offset: int) -> tuple[list[bytes], int]:
 def wire(labels: list[bytes]) -> bytes:
     """The wire form of labels read by read_name."""
     return b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+
+
+def skip_name(data: bytes, offset: int) -> int:
+    """The offset after a name in a record (which may end in a compression pointer)."""
+    end = len(data)
+    while True:
+        if offset >= end:
+            raise BadName("name runs past the end of the packet")
+        length = data[offset]
+        if length == 0:
+            return offset + 1
+        if length >= 0xC0:
+            if offset + 2 > end:
+                raise BadName("pointer runs past the end of the packet")
+            return offset + 2
+        if length > 63:
+            raise BadName("extended label")
+        offset += length + 1
