@@ -87,7 +87,8 @@ class _UdpReader:
 class _Tcp(asyncio.Protocol):
     """Length-prefixed queries (RFC 1035 4.2.2, RFC 7766), pipelined, with backpressure.
 
-    A connection must complete a query every TCP_IDLE seconds, whatever trickles in. Answers
+    A connection must complete a query (or read a buffer's worth of answers) every TCP_IDLE
+    seconds, whatever trickles in. Answers
     are written as queries are read, a batch per turn of the loop; while the client leaves
     more than TCP_WRITE_HIGH octets unread, no more queries are read from it.
     """
@@ -135,6 +136,7 @@ class _Tcp(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.last = self.loop.time()  # the client read our answers: it is not idle
         self._drain()
 
     def _reading(self, on: bool) -> None:
