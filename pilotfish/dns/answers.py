@@ -93,7 +93,7 @@ class Answer:
         self.truncated_flags = flag_table(rcode, authoritative, recursion, truncated=True)
         self.body = b"".join(self.answers)
         # offsets[i]: where record i starts in body, over the ring twice so windows can wrap
-        sizes = [len(rr) for rr in self.answers]
+        sizes = list(map(len, self.answers))
         self.offsets = list(itertools.accumulate(sizes + sizes, initial=0))
         unique_extras = [e for e in dict.fromkeys(self.extras) if e]
         self.extra_body = b"".join(unique_extras)

@@ -7,13 +7,15 @@ on each of its ancestors, so a name with descendants exists (NODATA) and nothing
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import struct
 import time
 import zlib
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
 
 from pilotfish.dns.answers import NOERROR, NXDOMAIN, RCODE_NAMES, REFUSED, Answer
 from pilotfish.dns.names import addr_label, encode, tag_label
@@ -85,6 +87,7 @@ class _Records:
     srv: bytes  # owned by the question name
     extra: bytes  # the SRV target's A/AAAA, for the additional section
     address: bytes  # the address owned by the question name
+    address_text: str
     v6: bool
     point: int  # where the instance sits on the ring
     address_point: int
@@ -92,13 +95,73 @@ class _Records:
     hosts: tuple[tuple[bytes, str], ...]  # (<hex>.addr name, address), (target name, address)
 
 
+class _Group:
+    """Instances answered under one set of names (a service, or one tag of it), in ring order.
+
+    Adding or removing one instance is a bisect and a list insertion; the answers are joined
+    again from these lists only when asked for after a change.
+    """
+
+    __slots__ = ("keys", "points", "srv", "extras", "address_keys", "address_points",
+                 "address_records", "address_counts", "cached")
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, str]] = []  # (ring point, instance id), sorted
+        self.points: list[int] = []
+        self.srv: list[bytes] = []
+        self.extras: list[bytes] = []
+        self.address_keys: tuple[list[tuple[int, str]], list[tuple[int, str]]] = ([], [])
+        self.address_points: tuple[list[int], list[int]] = ([], [])
+        self.address_records: tuple[list[bytes], list[bytes]] = ([], [])
+        self.address_counts: dict[str, int] = {}
+        self.cached: dict[int, Answer] | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, instance_id: str, records: _Records) -> None:
+        """Place an instance's records on the ring."""
+        entry = (records.point, instance_id)
+        at = bisect_left(self.keys, entry)
+        self.keys.insert(at, entry)
+        self.points.insert(at, records.point)
+        self.srv.insert(at, records.srv)
+        self.extras.insert(at, records.extra)
+        count = self.address_counts.get(records.address_text, 0)
+        self.address_counts[records.address_text] = count + 1
+        if not count:
+            keys, rrs = self.address_keys[records.v6], self.address_records[records.v6]
+            entry = (records.address_point, records.address_text)
+            at = bisect_left(keys, entry)
+            keys.insert(at, entry)
+            self.address_points[records.v6].insert(at, records.address_point)
+            rrs.insert(at, records.address)
+        self.cached = None
+
+    def remove(self, instance_id: str, records: _Records) -> None:
+        """Take an instance's records off the ring."""
+        at = bisect_left(self.keys, (records.point, instance_id))
+        del self.keys[at], self.points[at], self.srv[at], self.extras[at]
+        count = self.address_counts[records.address_text] - 1
+        if count:
+            self.address_counts[records.address_text] = count
+        else:
+            del self.address_counts[records.address_text]
+            keys, rrs = self.address_keys[records.v6], self.address_records[records.v6]
+            at = bisect_left(keys, (records.address_point, records.address_text))
+            del keys[at], rrs[at], self.address_points[records.v6][at]
+        self.cached = None
+
+
 @dataclass(slots=True)
 class _Service:
     members: dict[str, Instance] = field(default_factory=dict)
-    cache: dict[str, tuple[Instance, _Records | None]] = field(default_factory=dict)
+    placed: dict[str, _Records] = field(default_factory=dict)  # what the groups hold now
+    everyone: _Group = field(default_factory=_Group)
+    tags: dict[str, _Group] = field(default_factory=dict)
+    hosts: dict[tuple[bytes, str], int] = field(default_factory=dict)
     keys: set[bytes] = field(default_factory=set)
     names: set[bytes] = field(default_factory=set)
-    hosts: set[tuple[bytes, str]] = field(default_factory=set)
 
 
 class Zone:
@@ -228,82 +291,91 @@ class Zone:
             srv_record(QUESTION_NAME, srv_priority(instance.meta), instance.weight,
                        instance.port, target, ttl),
             address_record(target, instance.address, ttl),
-            address_record(QUESTION_NAME, instance.address, ttl),
+            address_record(QUESTION_NAME, instance.address, ttl), instance.address,
             ":" in instance.address, ring_point(instance.id), ring_point(instance.address),
             labels, ((encode(hex_name), instance.address), (target, instance.address)))
 
-    def _rows(self, service: _Service) -> list[_Records]:
-        """The records of a service's serving instances in ring order; bad instances left out."""
-        rows: list[_Records] = []
-        cache = service.cache
-        for instance in service.members.values():
-            if not instance.serving:
-                continue
-            cached = cache.get(instance.id)
-            if cached is None or (cached[0] is not instance and cached[0] != instance):
-                try:
-                    records: _Records | None = self._records(instance)
-                except Exception:  # one bad instance must not take its service down
-                    log.exception("dns: instance %r of %r left out of the zone", instance.id,
-                                  instance.service)
-                    records = None
-                cached = cache[instance.id] = (instance, records)
-            if cached[1] is not None:
-                rows.append(cached[1])
-        if len(cache) > len(service.members):
-            for gone in [i for i in cache if i not in service.members]:
-                del cache[gone]
-        rows.sort(key=attrgetter("point"))
-        return rows
+    def _place(self, service: _Service, instance_id: str, instance: Instance | None) -> None:
+        """Move one instance's records into (or out of) its service's groups."""
+        old = service.placed.pop(instance_id, None)
+        if old is not None:
+            service.everyone.remove(instance_id, old)
+            for label in old.labels:
+                service.tags[label].remove(instance_id, old)
+            self._count_hosts(service, old.hosts, -1)
+        if instance is None or not instance.serving:
+            return
+        try:
+            records = self._records(instance)
+        except Exception:  # one bad instance must not take its service down
+            log.exception("dns: instance %r of %r left out of the zone", instance_id,
+                          instance.service)
+            return
+        service.placed[instance_id] = records
+        service.everyone.add(instance_id, records)
+        for label in records.labels:
+            group = service.tags.get(label)
+            if group is None:
+                group = service.tags[label] = _Group()
+            group.add(instance_id, records)
+        self._count_hosts(service, records.hosts, +1)
 
-    def _host_answers(self, rows: list[_Records]) -> dict[int, Answer]:
-        """A, AAAA, SRV and ANY at a name that stands for a set of instances."""
+    def _count_hosts(self, service: _Service, hosts: tuple[tuple[bytes, str], ...],
+                     delta: int) -> None:
+        counts = service.hosts
+        for host in hosts:
+            count = counts.get(host, 0) + delta
+            if count > 0:
+                counts[host] = count
+                if count == delta:  # first use by this service
+                    self._host_ref(*host, +1)
+            else:
+                counts.pop(host, None)
+                self._host_ref(*host, -1)
+
+    def _group_answers(self, group: _Group) -> dict[int, Answer]:
+        """A, AAAA, SRV and ANY at a name that stands for a group; joined again after a change."""
+        if group.cached is not None:
+            return group.cached
         cap = self.settings.max_answers
         answers: dict[int, Answer] = {}
         for qtype, v6 in ((TYPE_A, False), (TYPE_AAAA, True)):
-            unique = {r.address: r.address_point for r in rows if r.v6 is v6}
-            if unique:
-                ring = sorted(unique.items(), key=lambda item: item[1])
-                answers[qtype] = self._answer(qtype, [rr for rr, _ in ring],
-                                              points=[p for _, p in ring], cap=cap)
+            if group.address_records[v6]:
+                answers[qtype] = self._answer(qtype, group.address_records[v6],
+                                              points=group.address_points[v6], cap=cap)
         if answers:
             answers[TYPE_ANY] = answers.get(TYPE_A) or answers[TYPE_AAAA]
-        answers[TYPE_SRV] = self._srv_answer(rows)
+        answers[TYPE_SRV] = self._answer(TYPE_SRV, group.srv, group.extras, group.points)
+        group.cached = answers
         return answers
 
-    def _srv_answer(self, rows: list[_Records]) -> Answer:
-        return self._answer(TYPE_SRV, [r.srv for r in rows], [r.extra for r in rows],
-                            [r.point for r in rows])
-
     def _rebuild(self, name: str, service: _Service) -> None:
-        """Re-assemble a service's answers from its instances' records, and swap them in."""
-        rows = self._rows(service)
+        """Swap in the answers of a service's changed groups, and its names."""
         table: dict[bytes, Answer] = {}
-        if rows:
+        if service.everyone:
             d = self.domain
             base = f"{name}.service.{d}"
-            everyone = self._host_answers(rows)
+            everyone = self._group_answers(service.everyone)
             srv = {TYPE_SRV: everyone[TYPE_SRV], TYPE_ANY: everyone[TYPE_SRV]}
             owned: dict[str, dict[int, Answer]] = {base: everyone}
             for protocol in PROTOCOLS:
                 owned[f"_{name}._{protocol}.service.{d}"] = srv
-            tagged: dict[str, list[_Records]] = {}
-            for row in rows:
-                for label in row.labels:
-                    tagged.setdefault(label, []).append(row)
-            for label, group in tagged.items():
-                answers = owned[f"{label}.{base}"] = self._host_answers(group)
+            for label, group in list(service.tags.items()):
+                if not group:
+                    del service.tags[label]
+                    continue
+                answers = owned[f"{label}.{base}"] = self._group_answers(group)
                 if label not in PROTOCOLS:
                     owned[f"_{name}._{label}.service.{d}"] = {
                         TYPE_SRV: answers[TYPE_SRV], TYPE_ANY: answers[TYPE_SRV]}
-            names = {encode(owner): answers for owner, answers in owned.items()}
-            for wire, answers in names.items():
+            for owner, answers in owned.items():
+                wire = encode(owner)
                 for qtype, answer in answers.items():
                     table[key(wire, qtype)] = answer
-            new_names = set(names)
+            new_names = {k[:-4] for k in table}
         else:
+            service.tags.clear()
             new_names = set()
-        new_hosts = {host for row in rows for host in row.hosts}
         for gone in service.keys.difference(table):
             self.table.pop(gone, None)
         self.table.update(table)
@@ -313,11 +385,6 @@ class Zone:
         for wire in service.names - new_names:
             self._ref(wire, -1)
         service.names = new_names
-        for host in new_hosts - service.hosts:
-            self._host_ref(*host, +1)
-        for host in service.hosts - new_hosts:
-            self._host_ref(*host, -1)
-        service.hosts = new_hosts
 
     def _host_ref(self, wire: bytes, address: str, delta: int) -> None:
         """Count the services naming an address; its name lives while any does."""
@@ -340,35 +407,37 @@ class Zone:
         """Re-assemble the services whose instances changed; a view listener."""
         started = time.perf_counter()
         new, old = snapshot.instances, self._instances
-        changed: set[str] = set()
+        changed: dict[str, list[tuple[str, Instance | None]]] = {}
         if new is not old:
-            services = self._services
-            get = old.get
+            # the identity comparison runs in C: a snapshot shares every unchanged Instance
+            ids = list(new)
+            before = list(map(old.get, ids))
             added = 0
-            for instance_id, instance in new.items():
-                previous = get(instance_id)
-                if previous is instance:
-                    continue
+            for at in itertools.compress(range(len(ids)),
+                                         map(operator.is_not, new.values(), before)):
+                instance_id, instance, previous = ids[at], new[ids[at]], before[at]
                 if previous is None:
                     added += 1
                 elif previous == instance:
                     continue
-                else:
-                    services[previous.service].members.pop(instance_id, None)
-                    changed.add(previous.service)
-                service = services.get(instance.service)
-                if service is None:
-                    service = services[instance.service] = _Service()
-                service.members[instance_id] = instance
-                changed.add(instance.service)
+                elif previous.service != instance.service:
+                    changed.setdefault(previous.service, []).append((instance_id, None))
+                changed.setdefault(instance.service, []).append((instance_id, instance))
             if len(old) + added != len(new):  # some are gone
-                for instance_id, previous in old.items():
-                    if instance_id not in new:
-                        services[previous.service].members.pop(instance_id, None)
-                        changed.add(previous.service)
+                for instance_id in old.keys() - new.keys():
+                    changed.setdefault(old[instance_id].service, []).append((instance_id, None))
             self._instances = new
+            services = self._services
             for name in sorted(changed):
-                service = services[name]
+                service = services.get(name)
+                if service is None:
+                    service = services[name] = _Service()
+                for instance_id, now in changed[name]:
+                    if now is None:
+                        service.members.pop(instance_id, None)
+                    else:
+                        service.members[instance_id] = now
+                    self._place(service, instance_id, now)
                 self._rebuild(name, service)
                 if not service.members:
                     del services[name]
@@ -377,4 +446,3 @@ class Zone:
         if changed:
             log.debug("dns zone: %d services re-assembled at index %d in %.1f ms", len(changed),
                       snapshot.index, (time.perf_counter() - started) * 1000)
-
