@@ -6,6 +6,7 @@ section shows.
 
 from __future__ import annotations
 
+import http.server
 import shutil
 import socket
 import socketserver
@@ -23,6 +24,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import httpx
 import pytest
 
 from tests.dns.conftest import DOMAIN, DnsStack, start_stack
@@ -304,3 +306,62 @@ def test_unbound_with_strict_qname_minimisation_resolves_through_pilotfish(
             assert missing.rcode() == dns.rcode.NXDOMAIN
         finally:
             terminate(unbound)
+
+
+
+needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None,
+                                 reason="nginx is not installed (scripts/test installs it)")
+
+
+class _HelloHttp(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        body = str(self.server.server_address[1]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@needs_nginx
+def test_nginx_resolver_follows_the_service(stack: DnsStack) -> None:
+    """The README's nginx snippet: `resolver` with a port, the upstream in a variable."""
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HelloHttp)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    port = backend.server_address[1]
+    listen = free_port()
+    try:
+        with tempfile.TemporaryDirectory(prefix="pilotfish-nginx-") as tmp:
+            stack.register("ngx", "ngx-1", "127.0.0.1", port)
+            stack.wait_for(f"ngx.service.{DOMAIN}", "A", 1)
+            conf = Path(tmp) / "nginx.conf"
+            conf.write_text(
+                f"daemon off;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log;\n"
+                f"events {{}}\nhttp {{\n  access_log off;\n"
+                f"  resolver {stack.host}:{stack.port} valid=1s ipv6=off;\n"
+                f"  server {{\n    listen 127.0.0.1:{listen};\n    location / {{\n"
+                f"      set $web ngx.service.{DOMAIN};\n"
+                f"      proxy_pass http://$web:{port};\n    }}\n  }}\n}}\n")
+            nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", tmp],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+            def status() -> int:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{listen}/", timeout=2).status_code
+                except httpx.HTTPError:
+                    return 0
+
+            try:
+                wait_until(lambda: status() == 200, 10)
+                stack.deregister("ngx", "ngx-1")  # NXDOMAIN: nginx answers 502 within ~1 s
+                took = wait_until(lambda: status() == 502, 5)
+                stack.register("ngx", "ngx-2", "127.0.0.1", port)
+                took = max(took, wait_until(lambda: status() == 200, 5))
+                print(f"nginx followed a removal and an addition, each within {took:.2f} s")
+            finally:
+                terminate(nginx)
+    finally:
+        backend.shutdown()
+        backend.server_close()
