@@ -81,7 +81,7 @@ LABELS = st.sampled_from(["web", "_web", "_tcp", "_udp", "service", "addr", "blu
                           "db", "tcp"])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(INSTANCES, st.lists(st.lists(LABELS, min_size=1, max_size=4), max_size=20),
        st.sampled_from(["A", "AAAA", "SRV", "TXT"]))
 def test_a_name_exists_exactly_when_it_or_a_descendant_is_registered(
