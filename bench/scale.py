@@ -143,7 +143,7 @@ async def write_steadily(api: str, lease: str, rows: list[tuple[str, str, str, i
 
 
 PROBE = inspect.getsource(query) + r"""
-import socket, sys, time
+import random, socket, sys, time
 port, seconds, small = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.settimeout(1)

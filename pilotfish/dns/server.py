@@ -8,6 +8,7 @@ import functools
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -32,6 +33,8 @@ TCP_BATCH = 32  # queries answered per connection per turn of the loop
 UDP_BUFFER = 4 << 20
 MAX_FORWARDS = 1024  # relayed queries in flight at once; more are dropped
 COALESCE = 0.003  # seconds: catalog changes arriving within this are applied together
+ZONE_SHARE = 0.2  # at most this share of the loop goes to applying a stream of changes...
+MAX_COALESCE = 0.05  # ...but a change waits no longer than this
 
 
 class _UdpReader:
@@ -215,6 +218,7 @@ class DnsServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: Snapshot | None = None
         self._flush: asyncio.TimerHandle | None = None
+        self._apply_cost = 0.0  # seconds the last zone update took
 
     async def start(self) -> None:
         """Follow the catalog, then bind UDP and TCP on the same port (port 0: one is picked)."""
@@ -278,10 +282,16 @@ class DnsServer:
             await self.view.stop()
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
-        """Apply a burst of changes once, COALESCE seconds after its first one."""
+        """Apply a burst of changes once, COALESCE seconds after its first one.
+
+        When updates are costly (a big service changing), the wait grows with their cost, so
+        a stream of writes cannot keep the loop from answering queries.
+        """
         self._pending = snapshot
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(COALESCE, self._apply)
+            delay = min(MAX_COALESCE,
+                        max(COALESCE, self._apply_cost * (1 - ZONE_SHARE) / ZONE_SHARE))
+            self._flush = asyncio.get_running_loop().call_later(delay, self._apply)
 
     def _apply(self) -> None:
         if self._flush is not None:
@@ -289,7 +299,9 @@ class DnsServer:
             self._flush = None
         snapshot, self._pending = self._pending, None
         if snapshot is not None:
+            started = time.perf_counter()
             self.zone.update(snapshot)
+            self._apply_cost = time.perf_counter() - started
 
     def admit(self, connection: _Tcp) -> None:
         """Take a new TCP connection; when full, close the one whose last query is oldest."""
