@@ -168,8 +168,25 @@ while time.perf_counter() < end:
 """
 
 
-def dnsperf_qps(port: int, name: str, seconds: float) -> float:
-    """Queries/s dnsperf gets for one SRV name (UDP, EDNS0)."""
+def wait_answered(port: int, name: str, timeout: float = 120) -> None:
+    """Wait until the SRV name has records (the zone has caught up with the registrations)."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(1)
+        while time.monotonic() < deadline:
+            sock.sendto(query(name, 33), ("127.0.0.1", port))
+            try:
+                reply = sock.recv(65535)
+            except TimeoutError:
+                continue
+            if reply[3] & 0x0F == 0 and reply[6:8] != b"\x00\x00":
+                return
+            time.sleep(0.2)
+    raise RuntimeError(f"{name} SRV has no records after {timeout:g} s")
+
+
+def dnsperf_qps(port: int, name: str, seconds: float) -> tuple[float, str]:
+    """Queries/s dnsperf gets for one SRV name (UDP, EDNS0), and the response size."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as queries:
         queries.write(f"{name} SRV\n")
         queries.flush()
@@ -178,7 +195,9 @@ def dnsperf_qps(port: int, name: str, seconds: float) -> float:
              str(seconds), "-c", "2", "-T", "2", "-q", "50", "-e"],
             capture_output=True, text=True, timeout=seconds + 60).stdout
     match = re.search(r"Queries per second:\s+([\d.]+)", out)
-    return float(match.group(1)) if match else float("nan")
+    size = re.search(r"Average packet size:.*response\s+(\d+)", out)
+    return (float(match.group(1)) if match else float("nan"),
+            size.group(1) if size else "?")
 
 
 def main() -> int:
@@ -207,16 +226,8 @@ def main() -> int:
                       f"{rates[dns_on]:8.0f}", flush=True)
                 if not dns_on or port is None:
                     continue
-                for service in ("small", "big"):
-                    name = "_s0000._tcp" if service == "small" else "_big._tcp"
-                    resolved = False
-                    deadline = time.monotonic() + 30
-                    while not resolved and time.monotonic() < deadline:
-                        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                            sock.settimeout(1)
-                            wire = query(f"{name}.service.{DOMAIN}", 33)
-                            sock.sendto(wire, ("127.0.0.1", port))
-                            resolved = sock.recv(65535)[3] & 0x0F == 0
+                for name in ("_s0000._tcp", "_three._tcp", "_big._tcp"):
+                    wait_answered(port, f"{name}.service.{DOMAIN}")
                 probe = subprocess.Popen(
                     [sys.executable, "-c", PROBE, str(port), str(args.seconds),
                      str(args.small)], stdout=subprocess.PIPE, text=True)
@@ -228,10 +239,13 @@ def main() -> int:
                 p99 = latencies[int(len(latencies) * 0.99)]
                 print(f"DNS during {done / args.seconds:.0f} writes/s: p50 {p50:.3f} ms  "
                       f"p99 {p99:.3f} ms  ({len(latencies)} queries)", flush=True)
-                small_qps = dnsperf_qps(port, f"_three._tcp.service.{DOMAIN}", args.seconds)
-                big_qps = dnsperf_qps(port, f"_big._tcp.service.{DOMAIN}", args.seconds)
-                print(f"SRV q/s: 3-instance service {small_qps:,.0f}, {args.big}-instance "
-                      f"service {big_qps:,.0f} (ratio {big_qps / small_qps:.2f})", flush=True)
+                small_qps, small_size = dnsperf_qps(port, f"_three._tcp.service.{DOMAIN}",
+                                                    args.seconds)
+                big_qps, big_size = dnsperf_qps(port, f"_big._tcp.service.{DOMAIN}",
+                                                args.seconds)
+                print(f"SRV q/s: 3-instance service {small_qps:,.0f} ({small_size} B answers), "
+                      f"{args.big}-instance service {big_qps:,.0f} ({big_size} B answers); "
+                      f"ratio {big_qps / small_qps:.2f}", flush=True)
             finally:
                 stop(process)
     print(f"registrations/s DNS on / off: {rates[True] / rates[False]:.2f}")

@@ -266,7 +266,7 @@ class Zone:
         apex = {
             TYPE_SOA: self._answer(TYPE_SOA, [soa]),
             TYPE_NS: self._answer(TYPE_NS, [ns_record(QUESTION_NAME, d, s.ttl)],
-                                  [b"".join(glue)] if glue else None),
+                                  glue[:1]),  # one listen address, so one glue record
             TYPE_ANY: self._answer(TYPE_ANY, [soa]),  # RFC 8482: one RRset is enough
         }
         own = {qtype: [address_record(QUESTION_NAME, a, s.ttl) for a in s.ns_addresses

@@ -7,10 +7,12 @@ section shows.
 from __future__ import annotations
 
 import http.server
+import json
 import shutil
 import socket
 import socketserver
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -365,3 +367,76 @@ def test_nginx_resolver_follows_the_service(stack: DnsStack) -> None:
     finally:
         backend.shutdown()
         backend.server_close()
+
+
+needs_prometheus = pytest.mark.skipif(
+    shutil.which("prometheus") is None or shutil.which("ip") is None,
+    reason="Prometheus or iproute2 is not installed")
+
+PROMETHEUS = """
+global:
+  scrape_interval: 1h
+scrape_configs:
+  - job_name: prom
+    dns_sd_configs:
+      - names: [_prom._tcp.service.{domain}]
+        type: SRV
+        refresh_interval: 1s
+"""
+
+
+@needs_prometheus
+def test_prometheus_dns_sd_finds_every_instance() -> None:
+    """Prometheus resolves through the system resolver (port 53), so everything runs in a
+    network namespace of the test's own whose resolv.conf names pilotfish on 127.0.0.1:53."""
+    netns = f"pf-prom-{free_port()}"
+    etc = Path("/etc/netns") / netns
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        etc.mkdir(parents=True)
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        inside = ["ip", "netns", "exec", netns]
+        subprocess.run([*inside, "ip", "link", "set", "lo", "up"], check=True)
+        with tempfile.TemporaryDirectory(prefix="pilotfish-prometheus-") as tmp:
+            processes.append(subprocess.Popen(
+                [*inside, sys.executable, "-m", "pilotfish", "up", "--api", "127.0.0.1:8500",
+                 "--dns", "127.0.0.1:53", "--domain", DOMAIN],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+            def curl(*args: str) -> str:
+                result = subprocess.run([*inside, "curl", "-sf", "--max-time", "2", *args],
+                                        capture_output=True, text=True)
+                return result.stdout if result.returncode == 0 else ""
+
+            wait_until(lambda: curl("http://127.0.0.1:8500/v1/services"), 20, step=0.2)
+            for n in range(3):  # three instances on one host
+                body = json.dumps({"address": "10.50.0.1", "port": 9100 + n, "ttl": 60})
+                assert curl("-X", "PUT", "-H", "content-type: application/json", "-d", body,
+                            f"http://127.0.0.1:8500/v1/services/prom/instances/prom-{n}")
+            config = Path(tmp) / "prometheus.yml"
+            config.write_text(PROMETHEUS.format(domain=DOMAIN))
+            processes.append(subprocess.Popen(
+                [*inside, "prometheus", f"--config.file={config}",
+                 f"--storage.tsdb.path={tmp}/data", "--web.listen-address=127.0.0.1:9090"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+            def targets() -> set[str]:
+                text = curl("http://127.0.0.1:9090/api/v1/targets")
+                if not text:
+                    return set()
+                active = json.loads(text)["data"]["activeTargets"]
+                return {t["labels"]["instance"] for t in active}
+
+            wait_until(lambda: len(targets()) == 3, 30, step=0.5)
+            names = {f"{9100 + n}.0a320001.addr.{DOMAIN}" for n in range(3)}
+            assert targets() == {f"{name}:{name.split('.')[0]}" for name in names}
+            for name in names:  # what Prometheus scrapes: glibc resolves the SRV targets
+                lookup = subprocess.run([*inside, "getent", "hosts", name],
+                                        capture_output=True, text=True)
+                assert lookup.stdout.split()[:1] == ["10.50.0.1"], lookup
+    finally:
+        for process in processes:
+            terminate(process)
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+        shutil.rmtree(etc, ignore_errors=True)
