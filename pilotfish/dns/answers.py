@@ -102,7 +102,7 @@ class Answer:
         self.whole_counts = (_COUNTS.pack(1, n, self.count, len(unique_extras)),
                              _COUNTS.pack(1, n, self.count, len(unique_extras) + 1))
         self.variants: tuple[Variant, ...] = ()
-        if 1 < n <= PERMUTE_UP_TO and self.cap == n:
+        if 0 < n <= PERMUTE_UP_TO and self.cap == n:
             self.variants = tuple(
                 (*self.whole_counts, b"".join(self.answers[i] for i in order) + self.authority
                  + self.extra_body)
