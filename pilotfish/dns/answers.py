@@ -31,6 +31,7 @@ RCODE_NAMES = {NOERROR: "NOERROR", FORMERR: "FORMERR", SERVFAIL: "SERVFAIL",
 
 # Every permutation is pre-built up to this many records; bigger sets are rotated.
 PERMUTE_UP_TO = 4
+WINDOWS_KEPT = 1024  # cut windows remembered per answer (by start record and room)
 
 _COUNTS = struct.Struct("!HHHH")
 
@@ -64,7 +65,7 @@ class Answer:
 
     __slots__ = ("rcode", "stat", "answers", "extras", "authority", "count", "cap", "flags",
                  "truncated_flags", "variants", "body", "offsets", "points", "extra_body",
-                 "extra_offsets", "whole_counts", "min_extra")
+                 "extra_offsets", "whole_counts", "min_extra", "windows")
 
     def __init__(
         self,
@@ -91,6 +92,23 @@ class Answer:
         self.cap = cap if 0 < cap < n else n
         self.flags = flag_table(rcode, authoritative, recursion)
         self.truncated_flags = flag_table(rcode, authoritative, recursion, truncated=True)
+        self.windows: dict[tuple[int, int], tuple[bytes, bytes, bytes, bool]] = {}
+        self.variants: tuple[Variant, ...] = ()
+        self.body = b""
+        self.offsets: list[int] = []
+        if n <= PERMUTE_UP_TO:
+            self._join()
+            if n and self.cap == n:
+                self.variants = tuple(
+                    (*self.whole_counts, b"".join(self.answers[i] for i in order)
+                     + self.authority + self.extra_body)
+                    for order in itertools.permutations(range(n)))
+        # bigger answers are joined on first use: a burst of changes to a big service joins
+        # its records once, for the first query after it, not once per change
+
+    def _join(self) -> None:
+        """Join the records and note where each starts, for rotations and windows."""
+        n = len(self.answers)
         self.body = b"".join(self.answers)
         # offsets[i]: where record i starts in body, over the ring twice so windows can wrap
         sizes = list(map(len, self.answers))
@@ -101,17 +119,13 @@ class Answer:
         self.min_extra = min(map(len, unique_extras), default=0)
         self.whole_counts = (_COUNTS.pack(1, n, self.count, len(unique_extras)),
                              _COUNTS.pack(1, n, self.count, len(unique_extras) + 1))
-        self.variants: tuple[Variant, ...] = ()
-        if 0 < n <= PERMUTE_UP_TO and self.cap == n:
-            self.variants = tuple(
-                (*self.whole_counts, b"".join(self.answers[i] for i in order) + self.authority
-                 + self.extra_body)
-                for order in itertools.permutations(range(n)))
 
     def render(self, query_id: bytes, flag_index: int, question: bytes, opt: bytes,
                limit: int, client: Hashable | None = None) -> tuple[bytes, bool]:
         """The response for a query and whether it is truncated (TC) to fit `limit` octets."""
         n = len(self.answers)
+        if not self.offsets:
+            self._join()
         if self.cap == n:
             variants = self.variants
             if variants:
@@ -158,9 +172,23 @@ class Answer:
     def window(self, query_id: bytes, flag_index: int, question: bytes, opt: bytes,
                limit: int, client: Hashable | None = None) -> tuple[bytes, bool]:
         """The client's window: up to `cap` records in ring order, TC when fewer fit."""
-        n = len(self.answers)
+        if not self.offsets:
+            self._join()
         room = limit - 12 - len(question) - len(opt)
-        start = self.start(client) if n else 0
+        start = self.start(client) if self.answers else 0
+        cut = self.windows.get((start, room))
+        if cut is None:
+            if len(self.windows) >= WINDOWS_KEPT:
+                self.windows.clear()
+            cut = self.windows[(start, room)] = self._cut(start, room)
+        counts, counts_edns, tail, truncated = cut
+        flags = self.truncated_flags if truncated else self.flags
+        return b"".join((query_id, flags[flag_index], counts_edns if opt else counts, question,
+                         tail, opt)), truncated
+
+    def _cut(self, start: int, room: int) -> tuple[bytes, bytes, bytes, bool]:
+        """Counts (without and with OPT), sections and TC of the window at `start` in `room`."""
+        n = len(self.answers)
         offsets = self.offsets
         first = offsets[start]
         # the most records from `start` whose bytes fit in the room, at most cap
@@ -184,8 +212,7 @@ class Answer:
                 if extra and len(extra) <= room:
                     extras.append(extra)
                     room -= len(extra)
-        counts = _COUNTS.pack(1, kept, self.count if authority else 0,
-                              len(extras) + (1 if opt else 0))
-        flags = self.truncated_flags if truncated else self.flags
-        return b"".join((query_id, flags[flag_index], counts, question, records, authority,
-                         *extras, opt)), truncated
+        nscount = self.count if authority else 0
+        return (_COUNTS.pack(1, kept, nscount, len(extras)),
+                _COUNTS.pack(1, kept, nscount, len(extras) + 1),
+                b"".join((records, authority, *extras)), truncated)
