@@ -17,8 +17,8 @@ exists as an empty non-terminal: NOERROR without records. Anything else is NXDOM
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 
 from pilotfish.config import ConfigError
 
@@ -59,9 +59,14 @@ def encode(name: str) -> bytes:
     return bytes(out)
 
 
+def packed_address(address: str) -> bytes:
+    """The 4 or 16 octets of an IP literal (inet_pton: far cheaper than ipaddress)."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+
+
 def addr_label(address: str) -> str:
     """The label of an address's name: its octets in hex, 7f000001 for 127.0.0.1."""
-    return ipaddress.ip_address(address).packed.hex()
+    return packed_address(address).hex()
 
 
 def read_name(data: bytes, offset: int) -> tuple[list[bytes], int]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 
-from pilotfish.dns.names import encode
+from pilotfish.dns.names import encode, packed_address
 
 # Record types pilotfish answers, and the classes it knows.
 TYPE_A = 1
@@ -32,9 +31,9 @@ def record(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
     return owner + _RR_HEADER.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata
 
 
-def address_record(owner: bytes, address: str, ttl: int) -> bytes:
-    """An A or AAAA record, whichever the address is."""
-    packed = ipaddress.ip_address(address).packed
+def address_record(owner: bytes, address: str | bytes, ttl: int) -> bytes:
+    """An A or AAAA record, whichever the address (an IP literal, or packed) is."""
+    packed = address if isinstance(address, bytes) else packed_address(address)
     return record(owner, TYPE_AAAA if len(packed) == 16 else TYPE_A, ttl, packed)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pilotfish.dns.answers import NOERROR, NXDOMAIN, RCODE_NAMES, REFUSED, Answer
-from pilotfish.dns.names import addr_label, encode, tag_label
+from pilotfish.dns.names import encode, packed_address, tag_label
 from pilotfish.dns.records import (
     CLASS_IN,
     QUESTION_NAME,
@@ -185,6 +185,8 @@ class Zone:
         self._instances: Mapping[str, Instance] = {}
         self._services: dict[str, _Service] = {}
         self._hosts: dict[bytes, int] = {}
+        self._address_answers: dict[str, Answer] = {}  # shared by the names of an address
+        self._address_names: dict[str, int] = {}
         self._empty_answers: dict[tuple[int, str], Answer] = {}
         self._soa = soa_record(self.apex, self.domain, self.serial, settings.negative_ttl,
                                settings.negative_ttl)
@@ -283,16 +285,17 @@ class Zone:
 
     def _records(self, instance: Instance) -> _Records:
         ttl = self.settings.ttl
-        hex_name = f"{addr_label(instance.address)}.addr.{self.domain}"
+        packed = packed_address(instance.address)
+        hex_name = f"{packed.hex()}.addr.{self.domain}"
         target = encode(f"{instance.port}.{hex_name}")
         labels = tuple(dict.fromkeys(
             label for label in map(tag_label, instance.tags) if label is not None))
         return _Records(
             srv_record(QUESTION_NAME, srv_priority(instance.meta), instance.weight,
                        instance.port, target, ttl),
-            address_record(target, instance.address, ttl),
-            address_record(QUESTION_NAME, instance.address, ttl), instance.address,
-            ":" in instance.address, ring_point(instance.id), ring_point(instance.address),
+            address_record(target, packed, ttl),
+            address_record(QUESTION_NAME, packed, ttl), instance.address,
+            len(packed) == 16, ring_point(instance.id), ring_point(instance.address),
             labels, ((encode(hex_name), instance.address), (target, instance.address)))
 
     def _place(self, service: _Service, instance_id: str, instance: Instance | None) -> None:
@@ -394,11 +397,19 @@ class Zone:
             self._ref(wire, -1)
             for qtype in (TYPE_A, TYPE_AAAA, TYPE_ANY):
                 self.table.pop(key(wire, qtype), None)
+            users = self._address_names.pop(address) - 1
+            if users:
+                self._address_names[address] = users
+            else:
+                del self._address_answers[address]
             return
         if wire not in self._hosts:
             qtype = TYPE_AAAA if ":" in address else TYPE_A
-            answer = self._answer(qtype, [address_record(QUESTION_NAME, address,
-                                                         self.settings.ttl)])
+            answer = self._address_answers.get(address)
+            if answer is None:
+                answer = self._address_answers[address] = self._answer(
+                    qtype, [address_record(QUESTION_NAME, address, self.settings.ttl)])
+            self._address_names[address] = self._address_names.get(address, 0) + 1
             self.table[key(wire, qtype)] = self.table[key(wire, TYPE_ANY)] = answer
             self._ref(wire, +1)
         self._hosts[wire] = count
