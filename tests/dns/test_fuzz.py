@@ -92,7 +92,7 @@ def test_responder_never_raises_and_replies_are_valid(packet: bytes, tcp: bool) 
 def fuzz_stack() -> Iterator[DnsStack]:
     process, running = start_stack()
     try:
-        running.register("web", "web-1", "10.0.0.1", 80, tags=["blue"])
+        running.register("web", "web-1", "10.0.0.1", 80, tags=["blue"], ttl=600)  # outlives the run
         running.wait_for(f"web.service.{DOMAIN}", "A", 1)
         yield running
     finally:
