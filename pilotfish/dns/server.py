@@ -33,7 +33,7 @@ TCP_BATCH = 32  # queries answered per connection per turn of the loop
 UDP_BUFFER = 4 << 20
 MAX_FORWARDS = 1024  # relayed queries in flight at once; more are dropped
 COALESCE = 0.003  # seconds: catalog changes arriving within this are applied together
-ZONE_SHARE = 0.1  # at most this share of the loop goes to applying a stream of changes...
+ZONE_SHARE = 0.05  # at most this share of the loop goes to applying a stream of changes...
 MAX_COALESCE = 0.05  # ...but a change waits no longer than this
 
 
