@@ -262,6 +262,10 @@ def main() -> int:
                       f"p99 {statistics.median(r.p99_ms for r in results):6.3f} ms  "
                       f"cpu {statistics.median(r.cpu_per_100k for r in results):5.2f} s/100k")
             print(f"  ratio pilotfish/dnsmasq {statistics.median(ratios):.2f}")
+            cpu = {name: statistics.median(r.cpu_per_100k for r in results)
+                   for name, results in table.items()}
+            print(f"  CPU per query dnsmasq/pilotfish {cpu['dnsmasq'] / cpu['pilotfish']:.2f} "
+                  "(less sensitive to other load on the machine than q/s)")
         finally:
             if pilotfish is not None:
                 stop(pilotfish)

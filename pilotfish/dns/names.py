@@ -5,15 +5,20 @@ Under a domain D (default `pilotfish`):
 - `<service>.service.D`          A/AAAA/SRV of the serving instances
 - `<tag>.<service>.service.D`    the same, only instances with that tag
 - `_<service>._tcp.service.D`    SRV (RFC 2782; `_udp` likewise; `_<tag>` filters by tag)
-- `<hex>.addr.D`                 A/AAAA of an address (8 hex digits for IPv4, 32 for IPv6);
-                                 the target of every SRV record
+- `<hex>.addr.D`                 A/AAAA of an address (8 hex digits for IPv4, 32 for IPv6)
+- `<port>.<hex>.addr.D`          the same address: the target of the SRV record of an
+                                 instance on that port, so instances sharing a host have
+                                 distinct targets (HAProxy refuses one target twice)
 - `D`                            SOA and NS; `ns.D` is the name server
+
+Every name above them that has descendants (`service.D`, `_tcp.service.D`, `addr.D`, ...)
+exists as an empty non-terminal: NOERROR without records. Anything else is NXDOMAIN.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 
 from pilotfish.config import ConfigError
 
@@ -54,9 +59,14 @@ def encode(name: str) -> bytes:
     return bytes(out)
 
 
+def packed_address(address: str) -> bytes:
+    """The 4 or 16 octets of an IP literal (inet_pton: far cheaper than ipaddress)."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+
+
 def addr_label(address: str) -> str:
     """The label of an address's name: its octets in hex, 7f000001 for 127.0.0.1."""
-    return ipaddress.ip_address(address).packed.hex()
+    return packed_address(address).hex()
 
 
 def read_name(data: bytes, offset: int) -> tuple[list[bytes], int]:
@@ -86,3 +96,21 @@ def read_name(data: bytes, offset: int) -> tuple[list[bytes], int]:
 def wire(labels: list[bytes]) -> bytes:
     """The wire form of labels read by read_name."""
     return b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+
+
+def skip_name(data: bytes, offset: int) -> int:
+    """The offset after a name in a record (which may end in a compression pointer)."""
+    end = len(data)
+    while True:
+        if offset >= end:
+            raise BadName("name runs past the end of the packet")
+        length = data[offset]
+        if length == 0:
+            return offset + 1
+        if length >= 0xC0:
+            if offset + 2 > end:
+                raise BadName("pointer runs past the end of the packet")
+            return offset + 2
+        if length > 63:
+            raise BadName("extended label")
+        offset += length + 1

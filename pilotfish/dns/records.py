@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from dnslib import AAAA, NS, SRV, A, DNSBuffer, DNSLabel
-from dnslib.dns import RD
-
-from pilotfish.dns.names import encode
+from pilotfish.dns.names import encode, packed_address
 
 # Record types pilotfish answers, and the classes it knows.
 TYPE_A = 1
@@ -26,12 +23,7 @@ QUESTION_NAME = b"\xc0\x0c"
 
 _RR_HEADER = struct.Struct("!HHIH")
 _SOA_TIMES = struct.Struct("!IIIII")
-
-
-def _rdata(rd: RD) -> bytes:
-    buffer = DNSBuffer()
-    rd.pack(buffer)
-    return bytes(buffer.data)
+_SRV_FIELDS = struct.Struct("!HHH")
 
 
 def record(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
@@ -39,25 +31,20 @@ def record(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
     return owner + _RR_HEADER.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata
 
 
-def address_record(owner: bytes, address: str, ttl: int) -> bytes:
-    """An A or AAAA record, whichever the address is."""
-    if ":" in address:
-        return record(owner, TYPE_AAAA, ttl, _rdata(AAAA(address)))
-    return record(owner, TYPE_A, ttl, _rdata(A(address)))
+def address_record(owner: bytes, address: str | bytes, ttl: int) -> bytes:
+    """An A or AAAA record, whichever the address (an IP literal, or packed) is."""
+    packed = address if isinstance(address, bytes) else packed_address(address)
+    return record(owner, TYPE_AAAA if len(packed) == 16 else TYPE_A, ttl, packed)
 
 
-def srv_record(owner: bytes, priority: int, weight: int, port: int, target: str,
+def srv_record(owner: bytes, priority: int, weight: int, port: int, target: bytes,
                ttl: int) -> bytes:
-    """An SRV record; the target is never compressed (RFC 2782)."""
-    return record(owner, TYPE_SRV, ttl, _rdata(SRV(priority, weight, port, DNSLabel(target))))
+    """An SRV record; the target (a wire name) is never compressed (RFC 2782)."""
+    return record(owner, TYPE_SRV, ttl, _SRV_FIELDS.pack(priority, weight, port) + target)
 
 
 def soa_record(owner: bytes, apex: str, serial: int, minimum: int, ttl: int) -> bytes:
-    """The zone's SOA; `minimum` is the negative-caching TTL (RFC 2308).
-
-    Encoded by hand: dnslib would compress RNAME against MNAME inside a buffer of its own,
-    leaving a pointer that means nothing once the RDATA moves into a message.
-    """
+    """The zone's SOA; `minimum` is the negative-caching TTL (RFC 2308); names uncompressed."""
     rdata = (encode(f"ns.{apex}") + encode(f"hostmaster.{apex}")
              + _SOA_TIMES.pack(serial & 0xFFFFFFFF, 3600, 600, 86400, minimum))
     return record(owner, TYPE_SOA, ttl, rdata)
@@ -65,7 +52,7 @@ def soa_record(owner: bytes, apex: str, serial: int, minimum: int, ttl: int) -> 
 
 def ns_record(owner: bytes, apex: str, ttl: int) -> bytes:
     """The zone's single NS record, naming ns.<domain>."""
-    return record(owner, TYPE_NS, ttl, _rdata(NS(f"ns.{apex}")))
+    return record(owner, TYPE_NS, ttl, encode(f"ns.{apex}"))
 
 
 def opt_record(udp_size: int, do_bit: bool, extended_rcode: int = 0) -> bytes:

@@ -8,27 +8,33 @@ import functools
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from pilotfish.config import HostPort
 from pilotfish.dns.answers import RCODE_NAMES
 from pilotfish.dns.forward import Forwarder
 from pilotfish.dns.names import read_name
-from pilotfish.dns.responder import DEFAULT_UDP_SIZE, FORWARD, Responder
+from pilotfish.dns.responder import DEFAULT_UDP_SIZE, FORWARD, MAX_UDP_QUERY, Responder
 from pilotfish.dns.stats import DnsStats
 from pilotfish.dns.zone import Zone, ZoneSettings, type_name
 from pilotfish.metrics import Metrics, Sample
-from pilotfish.registry.catalog import Catalog
+from pilotfish.registry.catalog import Catalog, Snapshot
 from pilotfish.registry.view import CatalogView
 
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("!H")
-TCP_IDLE = 10.0  # seconds a TCP connection may sit without a query (RFC 7766 suggests ~10 s)
-TCP_MAX_CONNECTIONS = 512
+TCP_IDLE = 5.0  # a TCP connection that completes no query for this long is closed
+TCP_MAX_CONNECTIONS = 512  # when full, the connection idle the longest makes room
+TCP_WRITE_HIGH = 256 * 1024  # unsent octets per connection before it stops reading queries
+TCP_BATCH = 32  # queries answered per connection per turn of the loop
 UDP_BUFFER = 4 << 20
 MAX_FORWARDS = 1024  # relayed queries in flight at once; more are dropped
+COALESCE = 0.003  # seconds: catalog changes arriving within this are applied together
+ZONE_SHARE = 0.05  # at most this share of the loop goes to applying a stream of changes...
+MAX_COALESCE = 0.05  # ...but a change waits no longer than this
 
 
 class _UdpReader:
@@ -39,7 +45,7 @@ class _UdpReader:
     """
 
     BATCH = 64
-    MAX_QUERY = 4096  # larger UDP queries arrive cut short and get FORMERR
+    READ_SIZE = MAX_UDP_QUERY + 1  # one octet more, so an oversized query is seen as such
 
     def __init__(self, server: DnsServer, sock: socket.socket) -> None:
         self.server = server
@@ -50,7 +56,7 @@ class _UdpReader:
     def _readable(self) -> None:
         recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
         answer = self.server.responder.answer
-        size = self.MAX_QUERY
+        size = self.READ_SIZE
         for _ in range(self.BATCH):
             try:
                 data, addr = recvfrom(size)
@@ -59,7 +65,7 @@ class _UdpReader:
             except OSError:  # an ICMP error queued on the socket; nothing to answer
                 continue
             try:
-                response = answer(data)
+                response = answer(data, False, addr)
             except Exception:
                 self.server.failed(data)
                 continue
@@ -82,59 +88,108 @@ class _UdpReader:
 
 
 class _Tcp(asyncio.Protocol):
-    """Length-prefixed queries (RFC 1035 4.2.2, RFC 7766), pipelined, with an idle timeout."""
+    """Length-prefixed queries (RFC 1035 4.2.2, RFC 7766), pipelined, with backpressure.
+
+    A connection must complete a query (or read a buffer's worth of answers) every TCP_IDLE
+    seconds, whatever trickles in. Answers
+    are written as queries are read, a batch per turn of the loop; while the client leaves
+    more than TCP_WRITE_HIGH octets unread, no more queries are read from it.
+    """
 
     def __init__(self, server: DnsServer) -> None:
         self.server = server
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.idle: asyncio.TimerHandle | None = None
+        self.peer: Any = None
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()  # when the last query was completed (or the connection made)
+        self.timer: asyncio.TimerHandle | None = None
+        self.write_paused = False
+        self.scheduled = False
+        self.reading = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if len(self.server.connections) >= TCP_MAX_CONNECTIONS:
-            transport.close()
-            return
-        self.server.connections.add(self)
-        self._arm()
+        self.transport = stream = cast(asyncio.Transport, transport)
+        self.peer = stream.get_extra_info("peername")
+        stream.set_write_buffer_limits(high=TCP_WRITE_HIGH)
+        self.server.admit(self)
+        self.timer = self.loop.call_at(self.last + TCP_IDLE, self._check_idle)
 
-    def _arm(self) -> None:
-        if self.idle is not None:
-            self.idle.cancel()
-        self.idle = asyncio.get_running_loop().call_later(TCP_IDLE, self.close)
+    def _check_idle(self) -> None:
+        deadline = self.last + TCP_IDLE
+        if self.loop.time() >= deadline:
+            self.close()
+        else:
+            self.timer = self.loop.call_at(deadline, self._check_idle)
 
     def close(self) -> None:
-        """End the connection (idle, shutdown or a framing error)."""
+        """End the connection (idle, making room, shutdown or a framing error)."""
         if self.transport is not None:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.idle is not None:
-            self.idle.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
         self.server.connections.discard(self)
+        self.buffer.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._reading(False)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.last = self.loop.time()  # the client read our answers: it is not idle
+        self._drain()
+
+    def _reading(self, on: bool) -> None:
+        transport = self.transport
+        if on != self.reading and transport is not None and not transport.is_closing():
+            self.reading = on
+            if on:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        self._arm()
-        while len(self.buffer) >= 2:
-            (length,) = _LENGTH.unpack_from(self.buffer)
+        if not self.scheduled:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Answer the complete queries in the buffer, a batch at a time, while writes flow."""
+        self.scheduled = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        buffer, server = self.buffer, self.server
+        answered = 0
+        while not self.write_paused and len(buffer) >= 2:
+            if answered == TCP_BATCH:
+                self.scheduled = True
+                self.loop.call_soon(self._drain)
+                break
+            (length,) = _LENGTH.unpack_from(buffer)
             if length == 0:
                 self.close()
                 return
-            if len(self.buffer) < 2 + length:
-                return
-            query = bytes(self.buffer[2:2 + length])
-            del self.buffer[:2 + length]
-            self.server.stats.tcp += 1
+            if len(buffer) < 2 + length:
+                break
+            query = bytes(buffer[2:2 + length])
+            del buffer[:2 + length]
+            answered += 1
+            self.last = self.loop.time()
+            server.stats.tcp += 1
             try:
-                response = self.server.responder.answer(query, tcp=True)
+                response = server.responder.answer(query, True, self.peer)
             except Exception:
-                self.server.failed(query)
+                server.failed(query)
                 continue
             if type(response) is bytes:
                 self.send(response)
             elif response is FORWARD:
-                self.server.forward(query, True, self.send)
+                server.forward(query, True, self.send)
+        self._reading(not (self.write_paused or self.scheduled))
 
     def send(self, response: bytes) -> None:
         """Write one length-prefixed response, unless the connection has gone."""
@@ -161,12 +216,16 @@ class DnsServer:
         self._udp: _UdpReader | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: Snapshot | None = None
+        self._flush: asyncio.TimerHandle | None = None
+        self._apply_cost = 0.0  # seconds the last zone update took
 
     async def start(self) -> None:
         """Follow the catalog, then bind UDP and TCP on the same port (port 0: one is picked)."""
         self.view.subscribe(self._on_snapshot)
         if self._own_view:
             await self.view.start()
+        self._apply()  # the first view is served from the first query on
         if self.view.stale:
             log.warning("dns: catalog not reachable yet; answering from an empty view")
         loop = asyncio.get_running_loop()
@@ -212,6 +271,9 @@ class DnsServer:
                 connection.close()
             await self._tcp.wait_closed()
             self._tcp = None
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -219,8 +281,36 @@ class DnsServer:
         if self._own_view:
             await self.view.stop()
 
-    def _on_snapshot(self, snapshot: Any) -> None:
-        self.zone.update(snapshot)
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        """Apply a burst of changes once, COALESCE seconds after its first one.
+
+        When updates are costly (a big service changing), the wait grows with their cost, so
+        a stream of writes cannot keep the loop from answering queries.
+        """
+        self._pending = snapshot
+        if self._flush is None:
+            delay = min(MAX_COALESCE,
+                        max(COALESCE, self._apply_cost * (1 - ZONE_SHARE) / ZONE_SHARE))
+            self._flush = asyncio.get_running_loop().call_later(delay, self._apply)
+
+    def _apply(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        snapshot, self._pending = self._pending, None
+        if snapshot is not None:
+            started = time.perf_counter()
+            self.zone.update(snapshot)
+            self._apply_cost = time.perf_counter() - started
+
+    def admit(self, connection: _Tcp) -> None:
+        """Take a new TCP connection; when full, close the one whose last query is oldest."""
+        connections = self.connections
+        if len(connections) >= TCP_MAX_CONNECTIONS:
+            oldest = min(connections, key=lambda c: c.last)
+            connections.discard(oldest)
+            oldest.close()
+        connections.add(connection)
 
     def failed(self, data: bytes) -> None:
         """Count and log a query the responder could not handle (a bug, never bad input)."""

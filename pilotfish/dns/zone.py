@@ -1,15 +1,24 @@
-"""The zone: pre-encoded answers for every name and hot type, rebuilt per changed service."""
+"""The zone: pre-encoded answers for every name and hot type, rebuilt per changed service.
+
+Each instance's records are encoded once and kept while the instance is unchanged; a change
+re-assembles only its service's answers from them. Every name holds a reference on itself and
+on each of its ancestors, so a name with descendants exists (NODATA) and nothing else does.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import struct
 import time
-from collections.abc import Iterable
+import zlib
+from bisect import bisect_left
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pilotfish.dns.answers import NOERROR, NXDOMAIN, RCODE_NAMES, REFUSED, Answer
-from pilotfish.dns.names import addr_label, encode, tag_label
+from pilotfish.dns.names import encode, packed_address, tag_label
 from pilotfish.dns.records import (
     CLASS_IN,
     QUESTION_NAME,
@@ -31,9 +40,8 @@ from pilotfish.registry.model import Instance
 
 log = logging.getLogger(__name__)
 
-# Types answered straight from the table; any other type at a name that exists is NODATA.
-HOT_TYPES = (TYPE_A, TYPE_AAAA, TYPE_SRV, TYPE_ANY)
 PROTOCOLS = ("tcp", "udp")
+MAX_PRIORITY = 65535
 _QUESTION_TAIL = struct.Struct("!HH")
 
 
@@ -59,29 +67,109 @@ def type_name(qtype: int) -> str:
     return TYPE_NAMES.get(qtype, "other")
 
 
-@dataclass(slots=True)
-class _Service:
-    instances: tuple[Instance, ...]
-    keys: list[bytes] = field(default_factory=list)
-    names: list[bytes] = field(default_factory=list)
-    addresses: set[str] = field(default_factory=set)
+def srv_priority(meta: Mapping[str, str]) -> int:
+    """The SRV priority an instance asks for in meta.priority; 1 when absent or unusable."""
+    value = meta.get("priority", "1")
+    if value.isascii() and value.isdigit() and len(value) <= 5 and int(value) <= MAX_PRIORITY:
+        return int(value)
+    return 1
+
+
+def ring_point(value: str) -> int:
+    """A stable 32-bit position on the answer ring for an instance id or an address."""
+    return zlib.crc32(value.encode())
 
 
 @dataclass(slots=True)
 class _Records:
     """The encoded records of one instance, shared by every name it appears under."""
 
-    srv: bytes
-    target: bytes  # the A/AAAA of the SRV target, for the additional section
-    address: bytes  # the same address owned by the question name
+    srv: bytes  # owned by the question name
+    extra: bytes  # the SRV target's A/AAAA, for the additional section
+    address: bytes  # the address owned by the question name
+    address_text: str
     v6: bool
+    point: int  # where the instance sits on the ring
+    address_point: int
+    labels: tuple[str, ...]  # its tags that are DNS labels
+    hosts: tuple[tuple[bytes, str], ...]  # (<hex>.addr name, address), (target name, address)
+
+
+class _Group:
+    """Instances answered under one set of names (a service, or one tag of it), in ring order.
+
+    Adding or removing one instance is a bisect and a list insertion; the answers are joined
+    again from these lists only when asked for after a change.
+    """
+
+    __slots__ = ("keys", "points", "srv", "extras", "address_keys", "address_points",
+                 "address_records", "address_counts", "cached")
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, str]] = []  # (ring point, instance id), sorted
+        self.points: list[int] = []
+        self.srv: list[bytes] = []
+        self.extras: list[bytes] = []
+        self.address_keys: tuple[list[tuple[int, str]], list[tuple[int, str]]] = ([], [])
+        self.address_points: tuple[list[int], list[int]] = ([], [])
+        self.address_records: tuple[list[bytes], list[bytes]] = ([], [])
+        self.address_counts: dict[str, int] = {}
+        self.cached: dict[int, Answer] | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, instance_id: str, records: _Records) -> None:
+        """Place an instance's records on the ring."""
+        entry = (records.point, instance_id)
+        at = bisect_left(self.keys, entry)
+        self.keys.insert(at, entry)
+        self.points.insert(at, records.point)
+        self.srv.insert(at, records.srv)
+        self.extras.insert(at, records.extra)
+        count = self.address_counts.get(records.address_text, 0)
+        self.address_counts[records.address_text] = count + 1
+        if not count:
+            keys, rrs = self.address_keys[records.v6], self.address_records[records.v6]
+            entry = (records.address_point, records.address_text)
+            at = bisect_left(keys, entry)
+            keys.insert(at, entry)
+            self.address_points[records.v6].insert(at, records.address_point)
+            rrs.insert(at, records.address)
+        self.cached = None
+
+    def remove(self, instance_id: str, records: _Records) -> None:
+        """Take an instance's records off the ring."""
+        at = bisect_left(self.keys, (records.point, instance_id))
+        del self.keys[at], self.points[at], self.srv[at], self.extras[at]
+        count = self.address_counts[records.address_text] - 1
+        if count:
+            self.address_counts[records.address_text] = count
+        else:
+            del self.address_counts[records.address_text]
+            keys, rrs = self.address_keys[records.v6], self.address_records[records.v6]
+            at = bisect_left(keys, (records.address_point, records.address_text))
+            del keys[at], rrs[at], self.address_points[records.v6][at]
+        self.cached = None
+
+
+@dataclass(slots=True)
+class _Service:
+    members: dict[str, Instance] = field(default_factory=dict)
+    placed: dict[str, _Records] = field(default_factory=dict)  # what the groups hold now
+    everyone: _Group = field(default_factory=_Group)
+    tags: dict[str, _Group] = field(default_factory=dict)
+    hosts: dict[tuple[bytes, str], int] = field(default_factory=dict)
+    keys: set[bytes] = field(default_factory=set)
+    names: set[bytes] = field(default_factory=set)
 
 
 class Zone:
     """Answers for the whole domain, keyed by lower-cased question bytes.
 
-    `table` maps a question (name, type, class) to its Answer; `names` holds every name that
-    exists, so other types get NODATA and everything else under the apex gets NXDOMAIN.
+    `table` maps a question (name, type, class) to its Answer; `names` counts references to
+    every name that exists, so other types get NODATA and everything else under the apex
+    gets NXDOMAIN.
     """
 
     def __init__(self, settings: ZoneSettings, stats: DnsStats) -> None:
@@ -92,10 +180,13 @@ class Zone:
         self.apex_labels = tuple(self.domain.split("."))
         self.serial = int(time.time())  # the zone is not transferred; the serial stays put
         self.table: dict[bytes, Answer] = {}
-        self.names: set[bytes] = set()
+        self.names: dict[bytes, int] = {}
         self.index = 0
+        self._instances: Mapping[str, Instance] = {}
         self._services: dict[str, _Service] = {}
-        self._addresses: dict[str, int] = {}
+        self._hosts: dict[bytes, int] = {}
+        self._address_answers: dict[str, Answer] = {}  # shared by the names of an address
+        self._address_names: dict[str, int] = {}
         self._empty_answers: dict[tuple[int, str], Answer] = {}
         self._soa = soa_record(self.apex, self.domain, self.serial, settings.negative_ttl,
                                settings.negative_ttl)
@@ -147,161 +238,222 @@ class Zone:
         tail = labels[len(labels) - len(apex):]
         return tuple(label.lower() for label in tail) == tuple(a.encode() for a in apex)
 
-    # building
+    # names and their ancestors
 
-    def _answer(self, qtype: int, answers: list[bytes], extras: Iterable[Iterable[bytes]] = (),
-                cap: int = 0) -> Answer:
-        if not answers:
-            return self.nodata(qtype)
+    def _ref(self, wire: bytes, delta: int) -> None:
+        """Count a reference to a name and to each name between it and the apex."""
+        names, apex_length, offset = self.names, len(self.apex), 0
+        while True:
+            suffix = wire[offset:] if offset else wire
+            count = names.get(suffix, 0) + delta
+            if count > 0:
+                names[suffix] = count
+            else:
+                names.pop(suffix, None)
+            if len(suffix) <= apex_length:
+                return
+            offset += wire[offset] + 1
+
+    def _answer(self, qtype: int, answers: list[bytes], extras: list[bytes] | None = None,
+                points: list[int] | None = None, cap: int = 0) -> Answer:
         return Answer(NOERROR, self.stats.slot(type_name(qtype), "NOERROR"), answers,
-                      [tuple(e) for e in extras], cap=cap, recursion=self.settings.recursion)
-
-    def _put(self, name: str, answers: dict[int, Answer], owner: _Service | None = None) -> None:
-        wire = encode(name)
-        self.names.add(wire)
-        if owner is not None:
-            owner.names.append(wire)
-        for qtype, answer in answers.items():
-            k = key(wire, qtype)
-            self.table[k] = answer
-            if owner is not None:
-                owner.keys.append(k)
+                      extras or (), cap=cap, recursion=self.settings.recursion,
+                      points=points or ())
 
     def _build_static(self) -> None:
         s, d = self.settings, self.domain
         ns_name = encode(f"ns.{d}")
-        glue = [address_record(ns_name, a, s.ttl) for a in s.ns_addresses]
-        own = [address_record(QUESTION_NAME, a, s.ttl) for a in s.ns_addresses]
         soa = soa_record(QUESTION_NAME, d, self.serial, s.negative_ttl, s.ttl)
-        self._put(d, {
+        glue = [address_record(ns_name, a, s.ttl) for a in s.ns_addresses]
+        apex = {
             TYPE_SOA: self._answer(TYPE_SOA, [soa]),
-            TYPE_NS: self._answer(TYPE_NS, [ns_record(QUESTION_NAME, d, s.ttl)], [glue]),
+            TYPE_NS: self._answer(TYPE_NS, [ns_record(QUESTION_NAME, d, s.ttl)],
+                                  glue[:1]),  # one listen address, so one glue record
             TYPE_ANY: self._answer(TYPE_ANY, [soa]),  # RFC 8482: one RRset is enough
-            TYPE_A: self.nodata(TYPE_A), TYPE_AAAA: self.nodata(TYPE_AAAA),
-            TYPE_SRV: self.nodata(TYPE_SRV),
-        })
-        v6 = [":" in a for a in s.ns_addresses]
-        self._put(f"ns.{d}", self._host_answers(
-            [rr for rr, six in zip(own, v6, strict=True) if not six],
-            [rr for rr, six in zip(own, v6, strict=True) if six], [], []))
-        self._put(f"service.{d}", {})
-        self._put(f"addr.{d}", {})
-
-    def _host_answers(self, v4: list[bytes], v6: list[bytes], srv: list[bytes],
-                      targets: list[bytes]) -> dict[int, Answer]:
-        """A, AAAA, SRV and ANY at a name that stands for a set of instances."""
-        cap = self.settings.max_answers
-        return {
-            TYPE_A: self._answer(TYPE_A, v4, cap=cap),
-            TYPE_AAAA: self._answer(TYPE_AAAA, v6, cap=cap),
-            TYPE_SRV: self._answer(TYPE_SRV, srv, [(t,) for t in targets]),
-            TYPE_ANY: self._answer(TYPE_ANY, v4 or v6, cap=cap),
         }
+        own = {qtype: [address_record(QUESTION_NAME, a, s.ttl) for a in s.ns_addresses
+                       if (":" in a) == (qtype == TYPE_AAAA)] for qtype in (TYPE_A, TYPE_AAAA)}
+        ns = {qtype: self._answer(qtype, rrs) for qtype, rrs in own.items() if rrs}
+        if ns:
+            ns[TYPE_ANY] = ns.get(TYPE_A) or ns[TYPE_AAAA]
+        for wire, answers in ((self.apex, apex), (ns_name, ns)):
+            self._ref(wire, +1)
+            for qtype, answer in answers.items():
+                self.table[key(wire, qtype)] = answer
 
-    def _srv_answers(self, srv: list[bytes], targets: list[bytes]) -> dict[int, Answer]:
-        """An RFC 2782 name: SRV only (ANY gets the SRV set too)."""
-        extras = [(t,) for t in targets]
-        return {
-            TYPE_SRV: self._answer(TYPE_SRV, srv, extras),
-            TYPE_ANY: self._answer(TYPE_ANY, srv, extras),
-            TYPE_A: self.nodata(TYPE_A), TYPE_AAAA: self.nodata(TYPE_AAAA),
-        }
+    # instances
 
     def _records(self, instance: Instance) -> _Records:
         ttl = self.settings.ttl
-        target = f"{addr_label(instance.address)}.addr.{self.domain}"
-        priority = instance.meta.get("priority", "1")
-        srv = srv_record(QUESTION_NAME, int(priority) if priority.isdigit()
-                         and int(priority) <= 65535 else 1,
-                         instance.weight, instance.port, target, ttl)
-        return _Records(srv, address_record(encode(target), instance.address, ttl),
-                        address_record(QUESTION_NAME, instance.address, ttl),
-                        ":" in instance.address)
+        packed = packed_address(instance.address)
+        hex_name = f"{packed.hex()}.addr.{self.domain}"
+        target = encode(f"{instance.port}.{hex_name}")
+        labels = tuple(dict.fromkeys(
+            label for label in map(tag_label, instance.tags) if label is not None))
+        return _Records(
+            srv_record(QUESTION_NAME, srv_priority(instance.meta), instance.weight,
+                       instance.port, target, ttl),
+            address_record(target, packed, ttl),
+            address_record(QUESTION_NAME, packed, ttl), instance.address,
+            len(packed) == 16, ring_point(instance.id), ring_point(instance.address),
+            labels, ((encode(hex_name), instance.address), (target, instance.address)))
 
-    def _add_service(self, name: str, service: _Service) -> None:
-        serving = [i for i in service.instances if i.serving]
-        if not serving:
+    def _place(self, service: _Service, instance_id: str, instance: Instance | None) -> None:
+        """Move one instance's records into (or out of) its service's groups."""
+        old = service.placed.pop(instance_id, None)
+        if old is not None:
+            service.everyone.remove(instance_id, old)
+            for label in old.labels:
+                service.tags[label].remove(instance_id, old)
+            self._count_hosts(service, old.hosts, -1)
+        if instance is None or not instance.serving:
             return
-        records = {i.id: self._records(i) for i in serving}
-        base = f"{name}.service.{self.domain}"
+        try:
+            records = self._records(instance)
+        except Exception:  # one bad instance must not take its service down
+            log.exception("dns: instance %r of %r left out of the zone", instance_id,
+                          instance.service)
+            return
+        service.placed[instance_id] = records
+        service.everyone.add(instance_id, records)
+        for label in records.labels:
+            group = service.tags.get(label)
+            if group is None:
+                group = service.tags[label] = _Group()
+            group.add(instance_id, records)
+        self._count_hosts(service, records.hosts, +1)
 
-        def encoded(group: list[Instance]) -> tuple[list[bytes], ...]:
-            rows = [records[i.id] for i in group]
-            return (list(dict.fromkeys(r.address for r in rows if not r.v6)),
-                    list(dict.fromkeys(r.address for r in rows if r.v6)),
-                    [r.srv for r in rows], [r.target for r in rows])
+    def _count_hosts(self, service: _Service, hosts: tuple[tuple[bytes, str], ...],
+                     delta: int) -> None:
+        counts = service.hosts
+        for host in hosts:
+            count = counts.get(host, 0) + delta
+            if count > 0:
+                counts[host] = count
+                if count == delta:  # first use by this service
+                    self._host_ref(*host, +1)
+            else:
+                counts.pop(host, None)
+                self._host_ref(*host, -1)
 
-        everyone = encoded(serving)
-        self._put(base, self._host_answers(*everyone), service)
-        self._put(f"_{name}.service.{self.domain}", {}, service)  # empty non-terminal
-        for protocol in PROTOCOLS:
-            self._put(f"_{name}._{protocol}.service.{self.domain}",
-                      self._srv_answers(everyone[2], everyone[3]), service)
-        tagged: dict[str, list[Instance]] = {}
-        for instance in serving:
-            for tag in instance.tags:
-                label = tag_label(tag)
-                group = tagged.setdefault(label, []) if label is not None else None
-                if group is not None and (not group or group[-1] is not instance):
-                    group.append(instance)
-        for label, group in tagged.items():
-            part = encoded(group)
-            self._put(f"{label}.{base}", self._host_answers(*part), service)
-            if label not in PROTOCOLS:
-                self._put(f"_{name}._{label}.service.{self.domain}",
-                          self._srv_answers(part[2], part[3]), service)
-        for address in {i.address for i in serving}:
-            self._address_ref(address, +1)
-            service.addresses.add(address)
+    def _group_answers(self, group: _Group) -> dict[int, Answer]:
+        """A, AAAA, SRV and ANY at a name that stands for a group; joined again after a change."""
+        if group.cached is not None:
+            return group.cached
+        cap = self.settings.max_answers
+        answers: dict[int, Answer] = {}
+        for qtype, v6 in ((TYPE_A, False), (TYPE_AAAA, True)):
+            if group.address_records[v6]:
+                answers[qtype] = self._answer(qtype, group.address_records[v6],
+                                              points=group.address_points[v6], cap=cap)
+        if answers:
+            answers[TYPE_ANY] = answers.get(TYPE_A) or answers[TYPE_AAAA]
+        answers[TYPE_SRV] = self._answer(TYPE_SRV, group.srv, group.extras, group.points)
+        group.cached = answers
+        return answers
 
-    def _remove_service(self, service: _Service) -> None:
-        for k in service.keys:
-            self.table.pop(k, None)
-        for wire in service.names:
-            self.names.discard(wire)
-        for address in service.addresses:
-            self._address_ref(address, -1)
-
-    def _address_ref(self, address: str, delta: int) -> None:
-        count = self._addresses.get(address, 0) + delta
-        name = f"{addr_label(address)}.addr.{self.domain}"
-        if count <= 0:
-            self._addresses.pop(address, None)
-            wire = encode(name)
-            self.names.discard(wire)
-            for qtype in HOT_TYPES:
-                self.table.pop(key(wire, qtype), None)
+    def _rebuild(self, name: str, service: _Service) -> None:
+        """Swap in the answers of a service's changed groups, and its names."""
+        table: dict[bytes, Answer] = {}
+        if service.everyone:
+            d = self.domain
+            base = f"{name}.service.{d}"
+            everyone = self._group_answers(service.everyone)
+            srv = {TYPE_SRV: everyone[TYPE_SRV], TYPE_ANY: everyone[TYPE_SRV]}
+            owned: dict[str, dict[int, Answer]] = {base: everyone}
+            for protocol in PROTOCOLS:
+                owned[f"_{name}._{protocol}.service.{d}"] = srv
+            for label, group in list(service.tags.items()):
+                if not group:
+                    del service.tags[label]
+                    continue
+                answers = owned[f"{label}.{base}"] = self._group_answers(group)
+                if label not in PROTOCOLS:
+                    owned[f"_{name}._{label}.service.{d}"] = {
+                        TYPE_SRV: answers[TYPE_SRV], TYPE_ANY: answers[TYPE_SRV]}
+            for owner, answers in owned.items():
+                wire = encode(owner)
+                for qtype, answer in answers.items():
+                    table[key(wire, qtype)] = answer
+            new_names = {k[:-4] for k in table}
         else:
-            if address not in self._addresses:
-                rr = [address_record(QUESTION_NAME, address, self.settings.ttl)]
-                v6 = ":" in address
-                self._put(name, self._host_answers([] if v6 else rr, rr if v6 else [], [], []))
-            self._addresses[address] = count
+            service.tags.clear()
+            new_names = set()
+        for gone in service.keys.difference(table):
+            self.table.pop(gone, None)
+        self.table.update(table)
+        service.keys = set(table)
+        for wire in new_names - service.names:
+            self._ref(wire, +1)
+        for wire in service.names - new_names:
+            self._ref(wire, -1)
+        service.names = new_names
+
+    def _host_ref(self, wire: bytes, address: str, delta: int) -> None:
+        """Count the services naming an address; its name lives while any does."""
+        count = self._hosts.get(wire, 0) + delta
+        if count <= 0:
+            self._hosts.pop(wire, None)
+            self._ref(wire, -1)
+            for qtype in (TYPE_A, TYPE_AAAA, TYPE_ANY):
+                self.table.pop(key(wire, qtype), None)
+            users = self._address_names.pop(address) - 1
+            if users:
+                self._address_names[address] = users
+            else:
+                del self._address_answers[address]
+            return
+        if wire not in self._hosts:
+            qtype = TYPE_AAAA if ":" in address else TYPE_A
+            answer = self._address_answers.get(address)
+            if answer is None:
+                answer = self._address_answers[address] = self._answer(
+                    qtype, [address_record(QUESTION_NAME, address, self.settings.ttl)])
+            self._address_names[address] = self._address_names.get(address, 0) + 1
+            self.table[key(wire, qtype)] = self.table[key(wire, TYPE_ANY)] = answer
+            self._ref(wire, +1)
+        self._hosts[wire] = count
 
     def update(self, snapshot: Snapshot) -> None:
-        """Re-encode the services whose instances changed; a view listener."""
+        """Re-assemble the services whose instances changed; a view listener."""
         started = time.perf_counter()
-        groups = snapshot.by_service()
-        changed = 0
-        for name in [n for n in self._services if n not in groups]:
-            self._remove_service(self._services.pop(name))
-            changed += 1
-        for name, instances in groups.items():
-            current = self._services.get(name)
-            if current is not None and current.instances == instances:
-                continue
-            if current is not None:
-                self._remove_service(current)
-            service = self._services[name] = _Service(instances)
-            try:
-                self._add_service(name, service)
-            except Exception:  # one bad record must not take the others down
-                log.exception("cannot encode DNS answers for service %r", name)
-                self._remove_service(service)
-                service.keys, service.names, service.addresses = [], [], set()
-            changed += 1
+        new, old = snapshot.instances, self._instances
+        changed: dict[str, list[tuple[str, Instance | None]]] = {}
+        if new is not old:
+            # the identity comparison runs in C: a snapshot shares every unchanged Instance
+            ids = list(new)
+            before = list(map(old.get, ids))
+            added = 0
+            for at in itertools.compress(range(len(ids)),
+                                         map(operator.is_not, new.values(), before)):
+                instance_id, instance, previous = ids[at], new[ids[at]], before[at]
+                if previous is None:
+                    added += 1
+                elif previous == instance:
+                    continue
+                elif previous.service != instance.service:
+                    changed.setdefault(previous.service, []).append((instance_id, None))
+                changed.setdefault(instance.service, []).append((instance_id, instance))
+            if len(old) + added != len(new):  # some are gone
+                for instance_id in old.keys() - new.keys():
+                    changed.setdefault(old[instance_id].service, []).append((instance_id, None))
+            self._instances = new
+            services = self._services
+            for name in sorted(changed):
+                service = services.get(name)
+                if service is None:
+                    service = services[name] = _Service()
+                for instance_id, now in changed[name]:
+                    if now is None:
+                        service.members.pop(instance_id, None)
+                    else:
+                        service.members[instance_id] = now
+                    self._place(service, instance_id, now)
+                self._rebuild(name, service)
+                if not service.members:
+                    del services[name]
         self.index = snapshot.index
         self.stats.names = len(self.table)
         if changed:
-            log.debug("dns zone: %d services re-encoded at index %d in %.1f ms", changed,
+            log.debug("dns zone: %d services re-assembled at index %d in %.1f ms", len(changed),
                       snapshot.index, (time.perf_counter() - started) * 1000)

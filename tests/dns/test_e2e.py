@@ -26,9 +26,10 @@ def addresses(message: dns.message.Message, rdtype: int = dns.rdatatype.A) -> li
     return [rr.address for rrset in message.answer if rrset.rdtype == rdtype for rr in rrset]
 
 
-def hexname(address: str) -> str:
-    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET,
+def hexname(address: str, port: int | None = None) -> str:
+    name = socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET,
                             address).hex() + f".addr.{DOMAIN}."
+    return name if port is None else f"{port}.{name}"
 
 
 def test_a_and_aaaa_with_dig(stack: DnsStack) -> None:
@@ -52,11 +53,13 @@ def test_srv_with_additional_addresses(stack: DnsStack) -> None:
         answer = stack.query(name, "SRV")
         records = {(rr.port, rr.priority, rr.weight, rr.target.to_text())
                    for rrset in answer.answer for rr in rrset}
-        assert records == {(9001, 1, 5, hexname("10.2.0.1")), (9002, 3, 7, hexname("10.2.0.2")),
-                           (9006, 1, 1, hexname("fd00::2"))}
+        assert records == {(9001, 1, 5, hexname("10.2.0.1", 9001)),
+                           (9002, 3, 7, hexname("10.2.0.2", 9002)),
+                           (9006, 1, 1, hexname("fd00::2", 9006))}
         extra = {(rrset.name.to_text(), rr.address) for rrset in answer.additional for rr in rrset}
-        assert extra == {(hexname("10.2.0.1"), "10.2.0.1"), (hexname("10.2.0.2"), "10.2.0.2"),
-                         (hexname("fd00::2"), "fd00::2")}
+        assert extra == {(hexname("10.2.0.1", 9001), "10.2.0.1"),
+                         (hexname("10.2.0.2", 9002), "10.2.0.2"),
+                         (hexname("fd00::2", 9006), "fd00::2")}
     # the targets resolve on their own too
     assert addresses(stack.query(hexname("10.2.0.2"), "A")) == ["10.2.0.2"]
     assert addresses(stack.query(hexname("fd00::2"), "AAAA"), dns.rdatatype.AAAA) == ["fd00::2"]
@@ -77,7 +80,7 @@ def test_tag_filters_and_rfc2782_names(stack: DnsStack) -> None:
         "10.3.0.1", "10.3.0.2"]
     srv = stack.query(f"_db._replica.service.{DOMAIN}", "SRV")
     assert sorted(rr.target.to_text() for rrset in srv.answer for rr in rrset) == [
-        hexname("10.3.0.2"), hexname("10.3.0.3")]
+        hexname("10.3.0.2", 5432), hexname("10.3.0.3", 5432)]
     assert len(stack.query(f"_db._tcp.service.{DOMAIN}", "SRV").answer[0]) == 3
     assert len(stack.query(f"_db._udp.service.{DOMAIN}", "SRV").answer[0]) == 3
     assert stack.query(f"nosuch.db.service.{DOMAIN}", "A").rcode() == dns.rcode.NXDOMAIN

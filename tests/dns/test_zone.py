@@ -73,8 +73,9 @@ def test_a_aaaa_srv_and_additional() -> None:
     assert rrs(ask(responder, f"web.service.{D}")) == ["10.0.0.1", "10.0.0.2"]
     assert rrs(ask(responder, f"web.service.{D}", "AAAA")) == ["2001:db8::3"]
     srv = ask(responder, f"_web._tcp.service.{D}", "SRV")
-    assert rrs(srv) == [f"1 1 81 0a000001.addr.{D}.", f"1 1 83 20010db8000000000000000000000003"
-                        f".addr.{D}.", f"1 9 82 0a000002.addr.{D}."]
+    assert rrs(srv) == [f"1 1 81 81.0a000001.addr.{D}.",
+                        f"1 1 83 83.20010db8000000000000000000000003.addr.{D}.",
+                        f"1 9 82 82.0a000002.addr.{D}."]
     assert rrs(srv, "additional") == ["10.0.0.1", "10.0.0.2", "2001:db8::3"]
     assert srv.flags & dns.flags.AA and not srv.flags & dns.flags.RA
     assert stats.queries("SRV", "NOERROR") == 1 and stats.queries("A", "NOERROR") == 1
@@ -93,7 +94,10 @@ def test_tags_and_rfc2782() -> None:
     (f"nope.service.{D}", "A", dns.rcode.NXDOMAIN),
     (f"web.service.{D}", "MX", dns.rcode.NOERROR),
     (f"web.service.{D}", "TXT", dns.rcode.NOERROR),
-    (f"_web.service.{D}", "A", dns.rcode.NOERROR),  # empty non-terminal
+    (f"_web.service.{D}", "A", dns.rcode.NXDOMAIN),  # nothing below it
+    (f"_tcp.service.{D}", "A", dns.rcode.NOERROR),  # empty non-terminal
+    (f"_blue.service.{D}", "SRV", dns.rcode.NOERROR),
+    (f"81.0a000001.addr.{D}", "AAAA", dns.rcode.NOERROR),
     (f"addr.{D}", "A", dns.rcode.NOERROR),
     (f"0a000009.addr.{D}", "A", dns.rcode.NXDOMAIN),
     (f"0a000001.addr.{D}", "AAAA", dns.rcode.NOERROR),
@@ -145,8 +149,8 @@ def test_incremental_update_touches_only_changed_services() -> None:
     assert rrs(ask(responder, f"0a000002.addr.{D}")) == ["10.0.0.2"]
     zone.update(Snapshot(4, ()))
     assert ask(responder, f"web.service.{D}").rcode() == dns.rcode.NXDOMAIN
-    assert all(k.endswith(b"\x00\x01") for k in zone.table)  # only the static names remain
-    assert len(zone.table) == 10
+    assert {k[:-4] for k in zone.table} == {encode(D)}  # only the apex remains
+    assert set(zone.names) == {encode(D), encode(f"ns.{D}")}
 
 
 def test_critical_instances_are_skipped() -> None:
@@ -157,16 +161,39 @@ def test_critical_instances_are_skipped() -> None:
     assert ask(responder, f"h.service.{D}").rcode() == dns.rcode.NXDOMAIN
 
 
-def test_cap_and_shuffle() -> None:
+def test_cap_gives_each_client_a_stable_window() -> None:
     many = [inst("m", f"m{i}", f"10.1.0.{i}") for i in range(1, 11)]
-    _, responder, _ = build(*many, max_answers=3)
-    subsets = {tuple(rrs(ask(responder, f"m.service.{D}"))) for _ in range(50)}
-    assert all(len(s) == 3 for s in subsets) and len(subsets) > 10
+    zone, responder, _ = build(*many, max_answers=3)
+    plain = {tuple(rrs(ask(responder, f"m.service.{D}"))) for _ in range(200)}
+    assert all(len(s) == 3 for s in plain)
+    assert {a for s in plain for a in s} == {f"10.1.0.{i}" for i in range(1, 11)}
+    assert len(plain) == 10  # one window per starting record, so plain clients spread
     assert len(rrs(ask(responder, f"m.service.{D}", "SRV"))) == 10  # the cap is A/AAAA only
+    wire = dns.message.make_query(f"m.service.{D}", "A").to_wire()
+    clients = [("10.9.0.1", port) for port in range(1000, 1040)]
+
+    def window(client: tuple[str, int]) -> set[str]:
+        return set(rrs(dns.message.from_wire(responder.answer(wire, client=client))))  # type: ignore[arg-type]
+
+    before = {client: window(client) for client in clients}
+    assert all(window(client) == seen for client, seen in before.items())  # stable
+    assert len({frozenset(s) for s in before.values()}) > 3  # and not the same for everyone
+    zone.update(Snapshot(2, many[1:]))  # one instance leaves: each window moves by one at most
+    for client, seen in before.items():
+        assert len(window(client) - seen) <= 1 and "10.1.0.1" not in window(client)
     _, responder, _ = build(*many[:3])
     orders = {tuple(rr.to_text() for rr in ask(responder, f"m.service.{D}").answer[0])
               for _ in range(100)}
     assert len(orders) == 6
+
+
+def test_whole_answers_rotate() -> None:
+    many = [inst("r", f"r{i}", f"10.1.0.{i}") for i in range(1, 9)]
+    _, responder, _ = build(*many, max_answers=0)
+    orders = [[rr.to_text() for rr in ask(responder, f"r.service.{D}").answer[0]]
+              for _ in range(100)]
+    assert all(sorted(order) == sorted(orders[0]) for order in orders)
+    assert len({order[0] for order in orders}) == 8  # every record gets to be first
 
 
 def test_truncation_keeps_whole_records() -> None:
@@ -191,8 +218,9 @@ def test_answer_truncate_with_nothing_fitting() -> None:
     rr = address_record(QUESTION_NAME, "10.0.0.1", 0)
     answer = Answer(0, 0, [rr] * 3)
     question = encode("x.y") + b"\x00\x01\x00\x01"
-    raw = answer.truncate(b"\x00\x01", 0, question, b"", 12 + len(question) + 5, (0, 1, 2))
+    raw, truncated = answer.render(b"\x00\x01", 0, question, b"", 12 + len(question) + 5)
     parsed = DNSRecord.parse(raw)
+    assert truncated
     assert parsed.header.tc == 1 and parsed.header.a == 0
 
 
@@ -240,7 +268,7 @@ def test_priority_from_meta_and_ttl() -> None:
     _, responder, _ = build(inst("p", "p1", "10.0.0.1", meta={"priority": "7"}, weight=3),
                             inst("p", "p2", "10.0.0.2"), ttl=2)  # no priority: 1
     srv = ask(responder, f"p.service.{D}", "SRV")
-    assert rrs(srv) == [f"1 1 80 0a000002.addr.{D}.", f"7 3 80 0a000001.addr.{D}."]
+    assert rrs(srv) == [f"1 1 80 80.0a000002.addr.{D}.", f"7 3 80 80.0a000001.addr.{D}."]
     assert srv.answer[0].ttl == 2 and srv.additional[0].ttl == 2
 
 
