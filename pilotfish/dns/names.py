@@ -23,7 +23,7 @@ import socket
 from pilotfish.config import ConfigError
 
 MAX_NAME = 255  # wire octets, RFC 1035 2.3.4
-_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")  # matched whole
 
 
 class BadName(ValueError):
@@ -34,7 +34,7 @@ def domain_name(value: str) -> str:
     """The canonical form (lower case, no trailing dot) of a --domain value, or ConfigError."""
     name = value.strip().lower().rstrip(".")
     labels = name.split(".") if name else []
-    if not labels or not all(_LABEL.match(label) for label in labels):
+    if not labels or not all(_LABEL.fullmatch(label) for label in labels):
         raise ConfigError(f"--domain: {value!r} is not a domain name like pilotfish or sd.local")
     if len(encode(name)) > MAX_NAME - 80:  # leave room for service, tag and addr labels
         raise ConfigError(f"--domain: {value!r} is too long")
@@ -44,7 +44,7 @@ def domain_name(value: str) -> str:
 def tag_label(tag: str) -> str | None:
     """The DNS label a tag is reachable under (lower-cased), or None when it cannot be one."""
     label = tag.lower()
-    return label if _LABEL.match(label) else None
+    return label if _LABEL.fullmatch(label) else None
 
 
 def encode(name: str) -> bytes:
