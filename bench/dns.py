@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from registering import register_all
 
 DOMAIN = "bench"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -141,22 +141,6 @@ def start_pilotfish(workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     return process, dns, api
 
 
-async def register(api: str, services: int, per_service: int) -> None:
-    """Register every instance on one long lease through the HTTP API."""
-    async with httpx.AsyncClient(base_url=api, timeout=30) as client:
-        lease = (await client.post("/v1/leases", json={"ttl": 3600, "owner": "bench"})).json()
-        semaphore = asyncio.Semaphore(32)
-
-        async def one(service: str, instance_id: str, address: str, port: int) -> None:
-            async with semaphore:
-                response = await client.put(
-                    f"/v1/services/{service}/instances/{instance_id}",
-                    json={"address": address, "port": port, "lease": lease["id"]})
-                response.raise_for_status()
-
-        await asyncio.gather(*(one(*row) for row in instances(services, per_service)))
-
-
 def wait_resolvable(port: int, name: str, rtype: str, expect: int, timeout: float = 30) -> None:
     """Poll with dig until `name` has `expect` answers."""
     deadline = time.monotonic() + timeout
@@ -235,7 +219,7 @@ def main() -> int:
         try:
             pilotfish, pilotfish_port, api = start_pilotfish(workdir)
             started = time.monotonic()
-            asyncio.run(register(api, args.services, args.instances))
+            asyncio.run(register_all(api, list(instances(args.services, args.instances))))
             last = f"svc{args.services - 1:04d}"
             for port in (pilotfish_port, dnsmasq_port):
                 wait_resolvable(port, f"_{last}._tcp.service.{DOMAIN}", "SRV", args.instances)

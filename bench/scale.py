@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from registering import register_all
 
 DOMAIN = "bench"
 
@@ -90,24 +91,6 @@ def catalog(big: int, small: int) -> Iterator[tuple[str, str, str, int]]:
             yield f"s{s:04d}", f"s{s:04d}-{i}", f"10.2.{n >> 8 & 255}.{n & 255}", 9000
     for i in range(3):
         yield "three", f"three-{i}", f"10.3.0.{i + 1}", 7000
-
-
-async def register_all(api: str, rows: list[tuple[str, str, str, int]]) -> tuple[float, str]:
-    """PUT every row on one lease, 32 in flight; returns (registrations/s, lease id)."""
-    async with httpx.AsyncClient(base_url=api, timeout=60) as client:
-        lease = (await client.post("/v1/leases", json={"ttl": 3600, "owner": "bench"})).json()
-        semaphore = asyncio.Semaphore(32)
-
-        async def one(service: str, instance_id: str, address: str, port: int) -> None:
-            async with semaphore:
-                response = await client.put(
-                    f"/v1/services/{service}/instances/{instance_id}",
-                    json={"address": address, "port": port, "lease": lease["id"]})
-                response.raise_for_status()
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one(*row) for row in rows))
-        return len(rows) / (time.perf_counter() - started), str(lease["id"])
 
 
 async def write_steadily(api: str, lease: str, rows: list[tuple[str, str, str, int]],
