@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 from pilotfish.config import HostPort
 from pilotfish.lb.balancers import Balancer, make_balancer
-from pilotfish.lb.pool import Backend, Pool
-from pilotfish.lb.proxy import Connection, Side
+from pilotfish.lb.connect import Attempt
+from pilotfish.lb.pool import Pool
+from pilotfish.lb.proxy import Connection
 from pilotfish.lb.proxy_protocol import header
 from pilotfish.lb.refuse import refuse_now
 from pilotfish.lb.routes import Route
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_CONNECT_ERRORS = (OSError, TimeoutError)
+_CONNECT_ERRORS = (OSError, asyncio.CancelledError)  # refused, unreachable, timed out
 
 
 class RouteStats:
@@ -102,58 +103,70 @@ class RouteListener:
         owner.active += 1
         self.connections.add(connection)
         self.stats.accepted += 1
-        connection.task = self._loop.create_task(self._connect(connection))
-        return True
-
-    async def _connect(self, connection: Connection) -> None:
-        settings = self.settings
         route = self.route
-        client = ""
         if route.balance == "hash" or route.proxy_protocol:
             transport = connection.client.transport
             if transport is not None:
                 connection.peername = transport.get_extra_info("peername")
                 connection.sockname = transport.get_extra_info("sockname")
-                client = connection.peername[0] if connection.peername else ""
-        tried: list[Backend] = []
-        for attempt in range(settings.retries + 1):
-            backend = self.picker.pick(self.pool.candidates(), client, tried)
-            if backend is None:
-                break
-            if attempt:
-                self.stats.retries += 1
-            server = Side(connection, connection.client)  # the backend may speak first
-            backend.active += 1
-            try:
-                async with asyncio.timeout(settings.connect_timeout):
-                    await self._loop.create_connection(lambda s=server: s,  # type: ignore[misc]
-                                                       backend.address, backend.port)
-            except _CONNECT_ERRORS:
-                backend.active -= 1
-                self.pool.connect_failed(backend)
-                tried.append(backend)
-                continue
-            except asyncio.CancelledError:  # the client left while we connected
-                backend.active -= 1
-                if server.transport is not None:
-                    server.transport.abort()
-                raise
-            backend.total += 1
-            self.pool.connect_succeeded(backend)
-            if connection.closed or server.transport is None or \
-                    server.transport.is_closing():
-                backend.active -= 1
-                if server.transport is not None:
-                    server.transport.close()
+        self.connect(connection)
+        return True
+
+    def connect(self, connection: Connection) -> None:
+        """Start connecting to the backend the balancer picks; none left: refuse the client."""
+        tried = connection.tried
+        if len(tried) <= self.settings.retries:
+            peer = connection.peername
+            backend = self.picker.pick(self.pool.candidates(), peer[0] if peer else "", tried)
+            if backend is not None:
+                if tried:
+                    self.stats.retries += 1
+                backend.active += 1
+                attempt = Attempt(self, connection, backend, self._loop,
+                                  self.settings.connect_timeout)
+                connection.attempt = attempt
+                attempt.step()
                 return
-            if self.route.proxy_protocol:
-                server.transport.write(header(self.route.proxy_protocol,
-                                              connection.peername, connection.sockname))
-            connection.attach(server, backend)
-            return
         self.refuse("no_instance" if not tried else "connect_failed")
         if connection.client.transport is not None:
             refuse_now(connection.client.transport)
+
+    def failed(self, attempt: Attempt, error: BaseException) -> None:
+        """A connect failed (or the client left while it ran): retry on another instance."""
+        connection = attempt.connection
+        connection.attempt = None
+        backend = attempt.backend
+        backend.active -= 1
+        if connection.closed:  # the client left while we connected
+            if attempt.server.transport is not None:
+                attempt.server.transport.abort()
+            return
+        if not isinstance(error, _CONNECT_ERRORS):
+            log.error("lb: connect to %s failed: %r", backend.name, error)
+        self.pool.connect_failed(backend)
+        if not connection.tried:
+            connection.tried = []
+        connection.tried.append(backend)
+        self.connect(connection)
+
+    def connected(self, attempt: Attempt) -> None:
+        """The backend connection is up: join it to the client, PROXY header first."""
+        connection = attempt.connection
+        connection.attempt = None
+        backend = attempt.backend
+        backend.total += 1
+        self.pool.connect_succeeded(backend)
+        server = attempt.server
+        transport = server.transport
+        if connection.closed or transport is None or transport.is_closing():
+            backend.active -= 1
+            if transport is not None:
+                transport.close()
+            return
+        proxy_protocol = self.route.proxy_protocol
+        if proxy_protocol:
+            transport.write(header(proxy_protocol, connection.peername, connection.sockname))
+        connection.attach(server, backend)
 
     def finished(self, connection: Connection) -> None:
         """A connection ended: release its counters and its place in the limits."""
@@ -162,9 +175,9 @@ class RouteListener:
         owner.active -= 1
         if owner.stopping and not owner.active:
             owner.all_closed.set()
-        task = connection.task
-        if task is not None and not task.done():
-            task.cancel()
+        attempt = connection.attempt
+        if attempt is not None:
+            attempt.cancel()
         backend = connection.backend
         if backend is not None:
             backend.active -= 1

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any, cast
 from pilotfish.lb.refuse import refuse_now
 
 if TYPE_CHECKING:
+    from pilotfish.lb.connect import Attempt
     from pilotfish.lb.listener import RouteListener
     from pilotfish.lb.pool import Backend
 
+HOLD_LIMIT = 64 << 10  # bytes held from a client while its backend connect runs
 EOF_RETRY = 0.005  # seconds between looks at a write buffer that must drain before a half-close
 
 
@@ -65,9 +67,14 @@ class Side(asyncio.Protocol):
         self.write(data)  # the peer transport's write, bound once: this is the hot path
 
     def _hold(self, data: bytes) -> None:
-        """A client that spoke before its backend connection is up: keep it until then."""
+        """A client that spoke before its backend connection is up: keep it until then.
+
+        Reading goes on up to HOLD_LIMIT bytes: pausing for the first request would cost
+        two epoll changes per connection.
+        """
         self.connection.pending.append(data)
-        self.transport.pause_reading()  # type: ignore[union-attr]
+        if self.received >= HOLD_LIMIT:
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -109,7 +116,7 @@ class Connection:
     """A client connection and (once connected) its backend connection."""
 
     __slots__ = ("listener", "client", "server", "backend", "closed", "peername",
-                 "sockname", "task", "idle", "seen", "pending")
+                 "sockname", "attempt", "tried", "idle", "seen", "pending")
 
     def __init__(self, listener: RouteListener) -> None:
         self.listener = listener
@@ -119,7 +126,8 @@ class Connection:
         self.closed = False
         self.peername: Any = None  # read only when needed (hashing, PROXY header)
         self.sockname: Any = None
-        self.task: asyncio.Task[None] | None = None
+        self.attempt: Attempt | None = None  # the backend connect under way
+        self.tried: list[Backend] | tuple[()] = ()  # backends whose connect failed
         self.idle = 0  # idle sweeps in a row without data
         self.seen = 0  # bytes moved as of the last idle sweep
         self.pending: list[bytes] = []
