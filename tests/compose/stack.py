@@ -149,7 +149,16 @@ class ComposeStack:
         """`docker-compose down` with volumes, remembering every container it had first."""
         self.seen.update(self.engine.docker(
             "ps", "-aq", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={self.project}").split())
-        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "10")
+        for attempt in range(5):
+            try:
+                self.compose("down", "--volumes", "--remove-orphans", "--timeout", "10")
+                return
+            except AssertionError as failed:
+                # dockerd can still be releasing the last endpoints when compose removes the
+                # network ("has active endpoints"); a second `down` finds them gone.
+                if "has active endpoints" not in str(failed) or attempt == 4:
+                    raise
+                time.sleep(1.0)
 
     def leftovers(self) -> list[str]:
         """What is left of the stack: containers, networks, volumes, processes, addresses."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from pilotfish.registry import BackendUnavailable, Catalog, open_catalog
+from pilotfish.registry.catalog import Snapshot
 from pilotfish.registry.registrar import Registrar
 from tests.fixtures.consul import ConsulDouble
 from tests.fixtures.etcd import EtcdServer
@@ -116,10 +117,13 @@ async def test_a_restarted_registrar_claims_what_its_predecessor_left(
                        claims=mine)
     await second.start()
     try:
-        snapshot = await wait_until(
-            catalog, lambda s: ids(s, service) == {kept.id, other.id, stranger.id}, 5)
-        held = snapshot.get(kept.id)
-        assert held is not None and held.lease == second.lease_id
+        def claimed(s: Snapshot) -> bool:
+            held = s.get(kept.id)
+            return (ids(s, service) == {kept.id, other.id, stranger.id}
+                    and held is not None and held.lease == second.lease_id)
+
+        # The withdrawal and the move onto the new lease are separate writes: wait for both.
+        await wait_until(catalog, claimed, 5)
         assert second.in_sync
     finally:
         await second.stop()
