@@ -37,11 +37,8 @@ class RoundRobin:
         return allowed[self.cursor % len(allowed)]
 
 
-class LeastConnections:
+class LeastConnections(RoundRobin):
     """The backend with the fewest active connections; ties go round robin."""
-
-    def __init__(self) -> None:
-        self.cursor = random.randrange(1 << 30)
 
     def pick(self, candidates: Sequence[Backend], client: str,
              exclude: Sequence[Backend]) -> Backend | None:

@@ -29,7 +29,7 @@ import dns.rdatatype
 import httpx
 import pytest
 
-from tests.dns.conftest import DOMAIN, DnsStack, start_stack
+from tests.dns.conftest import DOMAIN, DnsStack
 from tests.fixtures.servers import free_port, terminate
 
 needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None,
@@ -53,17 +53,6 @@ resolvers {name}
     hold refused 1s
     hold timeout 10s
 """
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[DnsStack]:
-    """A server of this module's own."""
-    process, running = start_stack("--dns-max-answers", "0")
-    try:
-        yield running
-    finally:
-        running.client.close()
-        process.stop()
 
 
 class Backend(socketserver.ThreadingTCPServer):
