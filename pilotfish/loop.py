@@ -37,3 +37,16 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
             pass
         except Exception:
             log.exception("background task %s had failed", task.get_name())
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until `event` is set or `timeout` passes (False then). Unlike 3.11's wait_for,
+    never swallows a cancel that arrives as the event is set: a background loop built on
+    it always ends when cancelled."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+

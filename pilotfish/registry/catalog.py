@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Self
 
+from pilotfish.loop import wait_event
 from pilotfish.registry.model import Instance, Lease
 
 
@@ -84,11 +85,7 @@ class ChangeSignal:
         """Wait until the generation moves past `generation`; False on timeout."""
         if self.generation != generation:
             return True
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self._event, timeout)
 
 
 class Catalog(ABC):

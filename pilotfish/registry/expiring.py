@@ -20,8 +20,7 @@ from pilotfish.registry.model import Instance
 ExpiryOf = Callable[[str], "float | None"]
 
 FRESH_BOUND = 1.0  # expiry runs only while the cache was proven current this recently
-RECOVERY_GRACE = 1.5  # after a stale spell, leases that ran out meanwhile get this long...
-LATEST_SERVED = 0.9  # ...but never more than this past their expiry (DESIGN.md guarantee 1)
+RECOVERY_GRACE = 2.0  # after a stale spell, leases that ran out meanwhile get this long
 
 
 class Freshness:
@@ -31,23 +30,20 @@ class Freshness:
     Older, the clock stops at proof + bound: nothing expires that the reader cannot see
     being renewed. When proof returns after such a stale spell, expiry catches up at
     once, except that a lease that ran out during the spell stays served until `grace`
-    after the proof or `latest_served` after its expiry, whichever is first: a registrar
-    whose renewal was held up by the same fault gets that much time. With the default
-    cap an instance is never served later than its expiry + 1 s once the reader sees the
-    backend (etcd, whose server keeps leases through a leader change anyway); a backend
-    whose leases cannot be renewed at all while it takes no writes (ZooKeeper) lifts the
-    cap, so a write outage longer than a TTL does not empty the catalog when it ends.
+    after the proof: the fault that hid renewals from this reader (a frozen leader, a
+    lost quorum) usually stopped every registrar's writes too, and a live registrar
+    renews or registers again within one retry (0.5 s) plus one call once writes are
+    back. Without that grace a write outage longer than a TTL would empty the catalog
+    at the moment the backend returns (issue 16's frozen leader).
 
     The bound must stay below the smallest TTL minus the keepalive interval (2/3 of a
     TTL of 2 s is 1.33 s): a live lease's expiry, as last seen, is then always later
     than the frozen clock.
     """
 
-    def __init__(self, bound: float = FRESH_BOUND, grace: float = RECOVERY_GRACE,
-                 latest_served: float = LATEST_SERVED) -> None:
+    def __init__(self, bound: float = FRESH_BOUND, grace: float = RECOVERY_GRACE) -> None:
         self.bound = bound
         self.grace = grace
-        self.latest_served = latest_served
         self._proof_mono: float | None = None
         self._proof_wall = 0.0
         self._window: tuple[float, float] | None = None  # last stale spell (wall clock)
@@ -99,10 +95,10 @@ class Freshness:
 
     def expiry(self, expires_at: float) -> float:
         """A lease's effective expiry: one that ran out during the last stale spell gets
-        until `grace` after the proof that ended it, at most LATEST_SERVED past its own."""
+        until `grace` after the proof that ended it."""
         window = self._window
         if window is not None and window[0] <= expires_at < window[1] + self.grace:
-            return max(expires_at, min(window[1] + self.grace, expires_at + self.latest_served))
+            return window[1] + self.grace
         return expires_at
 
     def alive(self, expires_at: float) -> bool:

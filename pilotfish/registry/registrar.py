@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TypeVar
 
-from pilotfish.loop import cancel_and_wait
-from pilotfish.registry.catalog import Catalog, UnknownLease
+from pilotfish.loop import cancel_and_wait, wait_event
+from pilotfish.registry.catalog import Catalog, CatalogError, UnknownLease
 from pilotfish.registry.model import Instance, ttl_seconds
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,9 @@ T = TypeVar("T")
 WRITES = 16
 """Backend calls one converge pass keeps in flight (a burst of containers is written in
 parallel, not one round trip after another)."""
+
+LOOKOUT_PAUSE = 0.05
+"""Catalog changes closer together than this are looked at once."""
 
 Vouch = Callable[[], bool]
 """Whether the registrar may renew its lease and register now (a sidecar that lost sight of
@@ -69,6 +72,8 @@ class Registrar:
         self._passed = asyncio.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._lookout: asyncio.Task[None] | None = None
+        self._renew_now = False  # the lookout saw our instances vanish: keepalive at once
         self._silent = False
 
     @property
@@ -122,11 +127,12 @@ class Registrar:
         log.info("registrar %s holds %d instances on lease %s (ttl %ds)",
                  self.owner, len(self._desired), self.lease_id, self.ttl)
         self._task = asyncio.create_task(self._run(), name=f"registrar-{self.owner}")
+        self._lookout = asyncio.create_task(self._look_out(), name=f"lookout-{self.owner}")
 
     async def stop(self, revoke: bool = True) -> None:
         """Stop converging; revoke the lease (removing its instances) unless told not to."""
-        await cancel_and_wait(self._task)
-        self._task = None
+        await cancel_and_wait(self._task, self._lookout)
+        self._task = self._lookout = None
         if revoke and self.lease_id is not None:
             with contextlib.suppress(Exception):
                 await self.catalog.revoke(self.lease_id)
@@ -188,13 +194,13 @@ class Registrar:
         retry_at = None if self.in_sync else time.monotonic() + self.retry
         while True:
             wake_at = next_keepalive if retry_at is None else min(next_keepalive, retry_at)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, wake_at - time.monotonic()))
+            await wait_event(self._wake, max(0.0, wake_at - time.monotonic()))
             self._wake.clear()
             started_from = self._changes
             failure: BaseException | None = None
             try:
-                if time.monotonic() >= next_keepalive:
+                if self._renew_now or time.monotonic() >= next_keepalive:
+                    self._renew_now = False
                     # Until it succeeds (or while the registrar cannot vouch), try again soon.
                     next_keepalive = time.monotonic() + self.retry
                     if await self._keepalive():
@@ -211,6 +217,33 @@ class Registrar:
                 time.monotonic() + self.retry
             self._done, self._failure = started_from, failure
             self._passed.set()
+
+    async def _look_out(self) -> None:
+        """Renew at once when instances on the current lease vanish from the catalog: a
+        lease revoked under a live registrar (by an operator, or by etcd 3.4's resuming old
+        leader, see docs/faults.md) is replaced within a few round trips, not at the next
+        keepalive. A lease that is fine costs one extra keepalive."""
+        changes = self.catalog.changes
+        generation = changes.generation
+        while True:
+            await changes.wait_past(generation, self.interval)
+            generation = changes.generation
+            if not self._renew_now and await self._lost_sight():
+                self._renew_now = True
+                self._wake.set()
+            await asyncio.sleep(max(LOOKOUT_PAUSE, self.retry if self._renew_now else 0.0))
+
+    async def _lost_sight(self) -> bool:
+        """Whether the catalog lacks an instance this registrar holds on its current lease."""
+        lease = self.lease_id
+        if lease is None or not self._held:
+            return False
+        try:
+            snapshot = await self.catalog.snapshot()
+        except CatalogError:
+            return False  # an outage: keepalives retry on their own
+        return any(held.lease == lease and snapshot.get(key) is None
+                   for key, held in self._held.items())
 
     async def _keepalive(self) -> bool:
         """Renew the lease; False when the registrar cannot vouch for its instances now."""

@@ -23,6 +23,8 @@ import httpx
 import pytest
 
 from pilotfish.registry import Catalog, open_catalog
+from pilotfish.registry.backends.etcd import EtcdCatalog
+from pilotfish.registry.expiring import RECOVERY_GRACE
 from tests.backends.scenarios import (
     Churn,
     Server,
@@ -105,7 +107,7 @@ async def test_outage_longer_than_a_ttl(lone_server: EtcdServer, pilotfish: Star
 async def test_a_registrar_killed_during_an_outage_stays_gone(
     lone_server: EtcdServer, pilotfish: StartPilotfish, unique: str
 ) -> None:
-    ttl = 4
+    ttl = 6  # long enough that etcd still holds the revived lease after the reader's grace
     url = lone_server.url(f"k-{unique}")
     service = f"kd-{unique}"
     registrar = pilotfish("register", "--registry", url, "--ttl", str(ttl),
@@ -122,10 +124,13 @@ async def test_a_registrar_killed_during_an_outage_stays_gone(
         await asyncio.sleep(ttl - 1.0)
         lone_server.start_member(0)
 
-        # Past the last published expiry + 1 s, while etcd still holds the revived lease:
-        # every successful read leaves the instance out.
-        served_until = killed + ttl + 1.0
+        # Past the last published expiry + 1 s, and past the grace a lease that ran out
+        # during the outage gets once the reader sees etcd again (Freshness), while etcd
+        # still holds the revived lease: every successful read leaves the instance out.
         await wait_until_back(reader, lambda s: True, 10)
+        assert isinstance(reader, EtcdCatalog)
+        await eventually(lambda: not reader.freshness.stale, 5, "the reader's proof of etcd")
+        served_until = max(killed + ttl + 1.0, time.monotonic() + RECOVERY_GRACE)
         checked = 0
         while time.monotonic() < served_until + 1.5:
             snapshot = await reader.snapshot()

@@ -82,7 +82,7 @@ async def test_expiry_freezes_without_proof_and_catches_up_when_it_returns() -> 
     assert set(snapshots.build(cache, expiry.get).instances) == {"live"}
 
     # Proof returns: a lapsed during the stale spell, so it gets the grace to be renewed
-    # (here 0.3 s, below the cap of expiry + 0.9 s) ...
+    # (here 0.3 s) ...
     generation = signal.generation
     freshness.proved()
     assert signal.generation > generation, "watchers are woken to catch up"

@@ -71,6 +71,7 @@ STALE_GRACE = 1.0  # how long reads are served from the cache while the watch re
 PROGRESS_EVERY = 0.25  # a progress request on the watch stream this often...
 STALL_AFTER = 1.0  # ...and a member that leaves one unanswered this long is frozen or cut off
 MIN_KEEPALIVE_TIMEOUT = 0.3
+REVOKE_LAPSED_AFTER = 2.0  # the registrar moves the instances to a new lease meanwhile
 OUTAGE_MEMORY = 32  # past outages remembered for the lapsed-lease check
 
 GRPC_OPTIONS: dict[str, Any] = {
@@ -460,8 +461,6 @@ class EtcdCatalog(Catalog):
         return self._snapshots.build(self._instances.values(), self._expiry_of)
 
     def _expiry_of(self, lease_id: str) -> float | None:
-        if lease_id in self._lapsed:
-            return None
         return self._expiry.get(lease_id, math.inf)  # no expiry key: trust etcd to delete
 
     async def healthy(self) -> bool:
@@ -831,19 +830,23 @@ class EtcdCatalog(Catalog):
         return any(start <= held.expires <= end for start, end in self._outages)
 
     def _mark_lapsed(self, lease_id: str) -> None:
-        """Stop serving a lease that ran out during an outage, and revoke what etcd kept."""
+        """Refuse keepalives on a lease that ran out during an outage, and revoke what etcd
+        kept. Readers drop its instances by their published expiry (after the recovery
+        grace, see Freshness) unless the registrar, told UnknownLease, registers them again
+        on a new lease first; the revoke waits for that, so it never deletes them under a
+        live registrar."""
         self._held.pop(lease_id, None)
         if lease_id in self._lapsed:
             return
         log.info("lease %s ran out (by this process's clock) while etcd could not be reached "
                  "or took no writes; revoking what etcd kept", lease_id)
         self._lapsed.add(lease_id)
-        self._snapshots.changed()
         number = _lease_number(lease_id)
         if number is not None:
             self._spawn(self._revoke_lapsed(lease_id, number))
 
     async def _revoke_lapsed(self, lease_id: str, number: int) -> None:
+        await asyncio.sleep(REVOKE_LAPSED_AFTER)
         for _ in range(60):
             try:
                 await self._revoke_number(number)

@@ -222,9 +222,7 @@ class ZooKeeperCatalog(Catalog):
         self._watched: set[str] = set()  # nodes with a data watch set (or a read on its way)
         self._orphan_since: dict[str, float] = {}
         # Expiry runs only while a recent sync through the leader proves the cache current.
-        # No keepalive can be written while ZooKeeper has no leader, so a lease that ran out
-        # during such a spell is served until RECOVERY_GRACE after it ends (uncapped).
-        self.freshness = Freshness(latest_served=math.inf)
+        self.freshness = Freshness()
         self._snapshots = ExpiringSnapshots(self.changes.notify, self.freshness)
         self._probe_task: asyncio.Task[None] | None = None
         self._stale_reported = False
