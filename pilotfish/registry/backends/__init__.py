@@ -17,8 +17,12 @@ BACKENDS: dict[str, str] = {
 }
 
 
-async def open_catalog(url: str) -> Catalog:
-    """Open the catalog a URL names: memory://, etcd://, zk://, consul://, http(s)://."""
+async def open_catalog(url: str, token_file: str | None = None,
+                       ca_file: str | None = None) -> Catalog:
+    """Open the catalog a URL names: memory://, etcd://, zk://, consul://, http(s)://.
+
+    `token_file` and `ca_file` are for an http(s):// registry API (its client's token and CA).
+    """
     scheme = urlsplit(url).scheme.lower()
     target = BACKENDS.get(scheme)
     if target is None:
@@ -26,5 +30,8 @@ async def open_catalog(url: str) -> Catalog:
         raise ValueError(f"registry URL {url!r}: unknown scheme {scheme!r} (known: {known})")
     module_name, class_name = target.split(":")
     catalog_class = getattr(importlib.import_module(module_name), class_name)
+    if scheme in ("http", "https"):
+        http_catalog: Catalog = await catalog_class.from_url(url, token_file, ca_file)
+        return http_catalog
     catalog: Catalog = await catalog_class.from_url(url)
     return catalog
