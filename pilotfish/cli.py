@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from pilotfish.config import ConfigError, env
 from pilotfish.dns import options as dns_options
+from pilotfish.http import add_tls_flags
 from pilotfish.lb import options as lb_options
 from pilotfish.loop import run
 from pilotfish.registry import hold as register_options
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="file holding the token for an http(s):// registry (else "
                                   "?token= in the URL, else PILOTFISH_TOKEN) "
                                   "[PILOTFISH_TOKEN_FILE]")
+        if registry_options in parts or lb_options in parts:
+            add_tls_flags(sub)
         sub.add_argument("--ca-file", default=env("ca_file"),
                          help="CA certificate(s) that verify an https:// registry API "
                               "[PILOTFISH_CA_FILE]")

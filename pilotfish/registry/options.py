@@ -7,7 +7,7 @@ import asyncio
 import signal
 
 from pilotfish.config import env, parse_hostport, read_token
-from pilotfish.http import HttpServer
+from pilotfish.http import HttpServer, tls_settings
 from pilotfish.registry.acl import AccessPolicy
 from pilotfish.stack import Component, Stack
 
@@ -50,7 +50,8 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     access = AccessPolicy(args.acl, read_token(args.token_file))
     api = RegistryApi(stack.catalog, metrics=stack.metrics, max_body=args.max_body,
                       access=access)
-    server = HttpServer(api.app, parse_hostport(args.api, "--api"), before_stop=api.stop_waiting)
+    server = HttpServer(api.app, parse_hostport(args.api, "--api"), before_stop=api.stop_waiting,
+                        tls=tls_settings(args))
     return [AclReloader(access), server] if args.acl else [server]
 
 

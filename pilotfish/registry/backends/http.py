@@ -71,8 +71,9 @@ class HttpCatalog(Catalog):
         self.base_url = redact_url(real_url)  # what messages and logs show
         self.token_source = token_source if token else None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        verify = client_tls(ca_file, client_cert, client_key) if real_url.startswith(
-            "https:") else True
+        https = real_url.startswith("https:")
+        self._tls_without_cert = https and not client_cert
+        verify = client_tls(ca_file, client_cert, client_key) if https else True
         self._client = httpx.AsyncClient(base_url=real_url, headers=headers,
                                          timeout=WRITE_TIMEOUT, verify=verify)
         self._poll_client = httpx.AsyncClient(base_url=real_url, headers=headers,
@@ -244,7 +245,7 @@ class HttpCatalog(Catalog):
                 "/v1/catalog", params=params,
                 timeout=WRITE_TIMEOUT if index is None else POLL_TIMEOUT)
         except httpx.HTTPError as exc:
-            raise BackendUnavailable(_transport_error(self.base_url, exc)) from exc
+            raise BackendUnavailable(self._transport_error(exc)) from exc
         if response.status_code != 200:
             self._fail(response)
         body: dict[str, Any] = response.json()
@@ -303,7 +304,7 @@ class HttpCatalog(Catalog):
         try:
             return await self._client.request(method, path, json=json)
         except httpx.HTTPError as exc:
-            raise BackendUnavailable(_transport_error(self.base_url, exc)) from exc
+            raise BackendUnavailable(self._transport_error(exc)) from exc
 
     def _fail(self, response: httpx.Response, lease_id: str = "") -> NoReturn:
         """Raise the catalog error an API error response stands for."""
@@ -321,6 +322,9 @@ class HttpCatalog(Catalog):
             raise BackendUnavailable(f"registry API {self.base_url}: {status} {message}".rstrip())
         raise CatalogError(f"registry API {self.base_url}: unexpected {status} {message}".rstrip())
 
+
+    def _transport_error(self, exc: httpx.HTTPError) -> str:
+        return _transport_error(self.base_url, exc, self._tls_without_cert)
 
     def _refusal(self, status: int, body: Mapping[str, Any], message: str) -> str:
         """Which token was refused and why, from the API's answer: names, never the secret."""
@@ -373,12 +377,14 @@ def _error_body(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _transport_error(base_url: str, exc: httpx.HTTPError) -> str:
+def _transport_error(base_url: str, exc: httpx.HTTPError,
+                     tls_without_cert: bool = False) -> str:
     text = f"registry API {base_url} unreachable: {type(exc).__name__}: {exc}".rstrip(": ")
     if "CERTIFICATE_VERIFY_FAILED" in text:
         text += " (TLS: the API's certificate is not signed by the CA of --ca-file / " \
                 "PILOTFISH_CA_FILE, or its name does not match the URL's host)"
-    elif "CERTIFICATE_REQUIRED" in text or "certificate required" in text:
-        text += " (TLS: the API requires a client certificate: set PILOTFISH_CLIENT_CERT " \
-                "and PILOTFISH_CLIENT_KEY)"
+    elif tls_without_cert and isinstance(exc, (httpx.ReadError, httpx.RemoteProtocolError)):
+        # a server requiring client certificates hangs up after the handshake, unexplained
+        text += " (TLS: no client certificate was offered; if the API requires one " \
+                "(--tls-client-ca), set PILOTFISH_CLIENT_CERT and PILOTFISH_CLIENT_KEY)"
     return text
