@@ -218,8 +218,10 @@ class AccessPolicy:
                  acl.default_read if acl is not None else True)
         return True
 
-    def authenticate(self, secret: str | None, write: bool) -> Token | None:
-        """The caller's token; Denied(401) when it is unknown or needed and missing.
+    def authenticate(self, secret: str | None, write: bool,
+                     needs_read: bool = True) -> Token | None:
+        """The caller's token; Denied(401) when it is unknown or needed and missing, 403 for a
+        read (`needs_read`) by a token without scope read.
 
         None means "anonymous and allowed" (an open API, or a read with default_read).
         """
@@ -230,7 +232,7 @@ class AccessPolicy:
             token = acl.identify(secret)
             if token is None:
                 raise Denied(401, "unknown token")
-            if not write and not token.can_read():
+            if not write and needs_read and not token.can_read():
                 raise forbidden(token, READ, "reads")
             return token
         if write:

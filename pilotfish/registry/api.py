@@ -719,6 +719,7 @@ OPEN_PATHS = frozenset({"/metrics", "/v1/health", "/v1/docs", "/v1/openapi.json"
                         "/v1/docs/oauth2-redirect"})
 READ_METHODS = frozenset({"GET", "HEAD"})
 CALLER = "pilotfish.caller"
+LEASE_PATHS = "/v1/leases/"
 
 
 def presented_token(scope: Scope) -> str | None:
@@ -781,7 +782,8 @@ class AccessControl:
             return
         try:
             scope[CALLER] = self.access.authenticate(
-                presented_token(scope), write=scope["method"] not in READ_METHODS)
+                presented_token(scope), write=scope["method"] not in READ_METHODS,
+                needs_read=not scope["path"].startswith(LEASE_PATHS))  # those: by ownership
         except Denied as exc:
             from pilotfish.registry.consul.routes import consul_denied, is_consul_path
             response = consul_denied(exc) if is_consul_path(scope["path"]) else (
@@ -799,7 +801,7 @@ class LeaseTokens:
     lease falls back to the claim rule).
     """
 
-    def __init__(self, limit: int = 1_000_000) -> None:
+    def __init__(self, limit: int = 200_000) -> None:
         self.limit = limit
         self._holders: dict[str, str] = {}
 

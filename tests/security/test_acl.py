@@ -252,6 +252,14 @@ async def test_team_a_cannot_keep_alive_revoke_or_register_onto_team_b_lease(api
     assert (await api.as_("web-other", "DELETE", f"/v1/leases/{b_lease}")).status_code == 204
 
 
+async def test_a_holder_without_read_scope_may_still_read_its_own_lease(api: Api) -> None:
+    made = await api.as_("writer-only", "POST", "/v1/leases", {"ttl": 30})
+    assert made.status_code == 201
+    mine = await api.as_("writer-only", "GET", f"/v1/leases/{made.json()['id']}")
+    assert mine.status_code == 200 and mine.json()["id"] == made.json()["id"]
+    assert (await api.as_("writer-only", "GET", "/v1/services")).status_code == 403
+
+
 async def test_moving_an_instance_needs_write_on_the_service_it_leaves(api: Api) -> None:
     made = await api.as_("db-team", "PUT", "/v1/services/db/instances/shared-id",
                          {"address": "10.0.0.9", "port": 5432, "ttl": 30})
