@@ -5,15 +5,19 @@ Different clients are different loopback source addresses (127.0.0.2, 127.0.0.3,
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Iterator
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
 import dns.rrset
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pilotfish.config import ConfigError
 from pilotfish.dns.access import (
@@ -24,6 +28,11 @@ from pilotfish.dns.access import (
     parse_rate,
     slip,
 )
+from pilotfish.dns.responder import FORWARD, Responder
+from pilotfish.dns.stats import DnsStats
+from pilotfish.dns.zone import Zone, ZoneSettings
+from pilotfish.registry.catalog import Snapshot
+from pilotfish.registry.model import Instance
 from tests.fixtures.process import PilotfishProcess, start_pilotfish
 
 DOMAIN = "sec.test"
@@ -142,3 +151,62 @@ def test_a_bucket_refills_at_the_rate_and_slip_keeps_only_the_question() -> None
     slipped = dns.message.from_wire(slip(response.to_wire()))
     assert slipped.flags & dns.flags.TC and slipped.id == query.id
     assert slipped.question == query.question and not slipped.answer
+
+
+def _forwarding_responder() -> Responder:
+    stats = DnsStats()
+    zone = Zone(ZoneSettings(domain="pilotfish", recursion=True), stats)
+    zone.update(Snapshot(1, [Instance(service="web", id="w1", address="10.0.0.1", port=80,
+                                      lease="l")]))
+    allow = ForwardAllow(parse_networks("127.0.0.0/8", "--dns-forward-allow"))
+    return Responder(zone, stats, forwarding=True, forward_allow=allow)
+
+
+HEADER = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)  # one question, RD
+HOSTILE = {
+    "pointer loop in the question": HEADER + b"\xc0\x0c" + b"\x00\x01\x00\x01",
+    "pointer forward past the end": HEADER + b"\xc0\xff" + b"\x00\x01\x00\x01",
+    "label longer than the packet": HEADER + b"\x3fabc",
+    "reserved label type 0x40": HEADER + b"\x41a\x00\x00\x01\x00\x01",
+    "name over 255 octets": HEADER + b"\x3f" + b"a" * 63 + b"\x3f" + b"b" * 63 + b"\x3f"
+    + b"c" * 63 + b"\x3f" + b"d" * 63 + b"\x01e\x00\x00\x01\x00\x01",
+    "EDNS option longer than its record": struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 1)
+    + b"\x03web\x07service\x09pilotfish\x00\x00\x01\x00\x01"
+    + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x08\x00\x0a\x00\x40abcd",
+    "OPT owner a pointer loop": struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 1)
+    + b"\x03web\x07service\x09pilotfish\x00\x00\x01\x00\x01"
+    + b"\xc0\x2d\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00",
+}
+
+
+@pytest.mark.parametrize("packet", HOSTILE.values(), ids=list(HOSTILE))
+def test_hostile_packets_get_formerr_or_nothing_never_a_relay(packet: bytes) -> None:
+    responder = _forwarding_responder()
+    for client in (("8.8.8.8", 53), ("127.0.0.1", 53)):
+        reply = responder.answer(packet, False, client)
+        assert reply is None or (isinstance(reply, bytes)
+                                 and reply[3] & 0x0F == dns.rcode.FORMERR), (reply, client)
+
+
+def test_many_and_unknown_edns_options_are_answered_within_the_udp_limit() -> None:
+    responder = _forwarding_responder()
+    query = dns.message.make_query("web.service.pilotfish", "A", use_edns=0, payload=65535,
+                                   options=[dns.edns.GenericOption(65001, b"x" * 4)
+                                            for _ in range(100)])
+    reply = responder.answer(query.to_wire(), False, ("8.8.8.8", 53))
+    assert isinstance(reply, bytes) and len(reply) <= 1232
+    answer = dns.message.from_wire(reply)
+    assert answer.rcode() == dns.rcode.NOERROR and answer.answer
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(max_size=300), st.sampled_from(["example.org", "web.service.pilotfish"]),
+       st.booleans())
+def test_no_packet_from_outside_the_allowed_networks_is_ever_relayed(
+        noise: bytes, name: str, tcp: bool) -> None:
+    responder = _forwarding_responder()
+    query = bytearray(dns.message.make_query(name, "A").to_wire())
+    for packet in (noise, bytes(query) + noise[:8], noise[:12] + bytes(query[12:])):
+        assert responder.answer(packet, tcp, ("203.0.113.9", 53)) is not FORWARD
+    assert responder.answer(dns.message.make_query("example.org", "A").to_wire(), tcp,
+                            ("127.0.0.1", 53)) is FORWARD
