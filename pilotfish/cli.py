@@ -11,11 +11,14 @@ from collections.abc import Sequence
 
 from pilotfish.config import ConfigError, env
 from pilotfish.dns import options as dns_options
+from pilotfish.http import add_tls_flags
 from pilotfish.lb import options as lb_options
 from pilotfish.loop import run
 from pilotfish.registry import hold as register_options
 from pilotfish.registry import options as registry_options
 from pilotfish.registry.backends import open_catalog
+from pilotfish.registry.backends.http import Unauthorized
+from pilotfish.registry.redact import redact_url
 from pilotfish.sidecar import options as sidecar_options
 from pilotfish.stack import Component, ComponentOptions, Stack
 
@@ -51,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="use the stdlib event loop [PILOTFISH_NO_UVLOOP]")
         for part in parts:
             part.add_flags(sub)
+        if registry_options not in parts:  # `registry`/`up` have a server-side --token-file
+            sub.add_argument("--token-file", default=env("token_file"),
+                             help="file holding the token for an http(s):// registry (else "
+                                  "?token= in the URL, else PILOTFISH_TOKEN) "
+                                  "[PILOTFISH_TOKEN_FILE]")
+        if registry_options in parts or lb_options in parts:
+            add_tls_flags(sub)
+        sub.add_argument("--ca-file", default=env("ca_file"),
+                         help="CA certificate(s) that verify an https:// registry API "
+                              "[PILOTFISH_CA_FILE]")
     return parser
 
 
@@ -70,13 +83,15 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    catalog = await open_catalog(args.registry)
+    client_token = None if args.command in ("up", "registry") else args.token_file
+    catalog = await open_catalog(args.registry, client_token, args.ca_file)
     started: list[Component] = []
     try:
         for component in build_components(args, Stack(catalog)):
             await component.start()
             started.append(component)
-        log.info("pilotfish %s running on registry %s", args.command, args.registry)
+        log.info("pilotfish %s running on registry %s", args.command,
+                 redact_url(args.registry))
         await stop.wait()
         log.info("pilotfish stopping")
     finally:
@@ -96,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     try:
         return run(serve(args), use_uvloop=not args.no_uvloop)
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, Unauthorized) as exc:  # a refused token: no traceback
         print(f"pilotfish: {exc}", file=sys.stderr)
         return 2
 

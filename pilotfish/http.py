@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import logging
+import os
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 
-from pilotfish.config import HostPort
+from pilotfish.config import ConfigError, HostPort, env
 from pilotfish.http_limits import HttpLimits, protocol_for
 from pilotfish.metrics import Metrics
 
@@ -21,6 +25,60 @@ Health = Callable[[], tuple[bool, dict[str, Any]]]
 """Returns (healthy, body): 200 with the body when healthy, else 503."""
 
 ASGIApp = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """A listener's certificate and key, and the CA its clients' certificates must chain to."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+    def check(self) -> None:
+        """Load them once now, so a wrong path or a key not matching is a clear start-up error."""
+        for flag, path in (("--tls-cert", self.cert), ("--tls-key", self.key),
+                           ("--tls-client-ca", self.client_ca)):
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigError(f"{flag}: cannot read {path!r}")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"--tls-cert/--tls-key: {exc.reason or exc}: not a certificate "
+                              "and the private key that goes with it (PEM)") from None
+        if self.client_ca is not None:
+            try:
+                context.load_verify_locations(self.client_ca)
+            except ssl.SSLError as exc:
+                raise ConfigError(f"--tls-client-ca: {exc.reason or exc}") from None
+
+
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    """--tls-cert, --tls-key, --tls-client-ca: TLS for the registry API and the LB's HTTP port."""
+    group = parser.add_argument_group("TLS (the registry API and the LB's HTTP port)")
+    group.add_argument("--tls-cert", default=env("tls_cert"), metavar="PEM",
+                       help="serve HTTPS with this certificate (chain) [PILOTFISH_TLS_CERT]")
+    group.add_argument("--tls-key", default=env("tls_key"), metavar="PEM",
+                       help="its private key [PILOTFISH_TLS_KEY]")
+    group.add_argument("--tls-client-ca", default=env("tls_client_ca"), metavar="PEM",
+                       help="require client certificates signed by this CA "
+                            "[PILOTFISH_TLS_CLIENT_CA]")
+
+
+def tls_settings(args: argparse.Namespace) -> TlsSettings | None:
+    """The TLS flags as settings (None: plain HTTP); both cert and key or neither."""
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    client_ca = getattr(args, "tls_client_ca", None)
+    if not cert and not key:
+        if client_ca:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not cert or not key:
+        raise ConfigError("--tls-cert and --tls-key go together")
+    settings = TlsSettings(cert, key, client_ca or None)
+    settings.check()
+    return settings
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -35,13 +93,20 @@ class HttpServer:
 
     def __init__(self, app: Any, listen: HostPort, what: str = "registry API",
                  before_stop: Callable[[], None] | None = None,
-                 limits: HttpLimits | None = None) -> None:
+                 limits: HttpLimits | None = None, tls: TlsSettings | None = None) -> None:
         self.limits = limits if limits is not None else HttpLimits()
         protocol, self.listener = protocol_for(self.limits)
+        ssl_options: dict[str, Any] = {}
+        if tls is not None:
+            ssl_options = {"ssl_certfile": tls.cert, "ssl_keyfile": tls.key}
+            if tls.client_ca is not None:
+                ssl_options.update(ssl_ca_certs=tls.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+        self.scheme = "https" if tls is not None else "http"
         config = uvicorn.Config(
             app, host=listen.host, port=listen.port, log_level="warning", access_log=False,
             lifespan="off", loop="none", http=protocol, timeout_keep_alive=self.limits.keep_alive,
             timeout_graceful_shutdown=2,  # long-polls (?wait=) must not hold up SIGTERM
+            **ssl_options,
         )
         self.server = _EmbeddedServer(config)
         self.what = what
@@ -60,7 +125,7 @@ class HttpServer:
         sock = self.server.servers[0].sockets[0]
         host, port = sock.getsockname()[:2]
         self.address = HostPort(host, port)
-        log.info("%s listening on http://%s", self.what, self.address)
+        log.info("%s listening on %s://%s", self.what, self.scheme, self.address)
 
     async def stop(self) -> None:
         """Finish in-flight requests and close the listener."""

@@ -6,6 +6,13 @@ import argparse
 import ipaddress
 
 from pilotfish.config import ConfigError, HostPort, env, parse_hostport
+from pilotfish.dns.access import (
+    DEFAULT_FORWARD_ALLOW,
+    ForwardAllow,
+    RateLimit,
+    parse_networks,
+    parse_rate,
+)
 from pilotfish.dns.names import domain_name
 from pilotfish.dns.server import DnsServer
 from pilotfish.dns.zone import ZoneSettings
@@ -43,6 +50,16 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dns-forward", default=env("dns_forward", ""),
                        help="comma-separated upstream resolvers HOST:PORT for names outside "
                             "the domain; without it they get REFUSED [PILOTFISH_DNS_FORWARD]")
+    group.add_argument("--dns-forward-allow", default=env("dns_forward_allow",
+                                                          ",".join(DEFAULT_FORWARD_ALLOW)),
+                       metavar="NETWORKS",
+                       help="comma-separated client networks whose out-of-zone queries are "
+                            "forwarded; others get REFUSED (default loopback, RFC 1918, "
+                            "fc00::/7, link-local) [PILOTFISH_DNS_FORWARD_ALLOW]")
+    group.add_argument("--dns-rrl", default=env("dns_rrl"), metavar="N/s",
+                       help="response-rate limit per client address over UDP: beyond N "
+                            "responses a second, answers go out empty with TC (BIND RRL's "
+                            "slip), so real clients retry over TCP [PILOTFISH_DNS_RRL]")
     group.add_argument("--dns-metrics", default=env("dns_metrics"),
                        help="HOST:PORT for an HTTP listener serving DNS /metrics and /health "
                             "[PILOTFISH_DNS_METRICS]")
@@ -75,8 +92,11 @@ def dns_server(args: argparse.Namespace, stack: Stack) -> DnsServer:
         domain=domain_name(args.domain), ttl=args.dns_ttl, negative_ttl=args.dns_negative_ttl,
         max_answers=args.dns_max_answers, ns_addresses=_ns_addresses(listen),
         recursion=bool(forward))
+    allow = ForwardAllow(parse_networks(args.dns_forward_allow or "", "--dns-forward-allow"))
+    rate_limit = RateLimit(parse_rate(args.dns_rrl, "--dns-rrl")) if args.dns_rrl else None
     return DnsServer(stack.catalog, listen, settings, forward=forward,
-                     udp_size=args.dns_udp_size, view=stack.view())
+                     udp_size=args.dns_udp_size, view=stack.view(), forward_allow=allow,
+                     rate_limit=rate_limit)
 
 
 def build(args: argparse.Namespace, stack: Stack) -> list[Component]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from random import random
 from typing import Final
 
@@ -81,8 +81,10 @@ class Responder:
     """
 
     def __init__(self, zone: Zone, stats: DnsStats, udp_size: int = DEFAULT_UDP_SIZE,
-                 forwarding: bool = False) -> None:
+                 forwarding: bool = False,
+                 forward_allow: Callable[[Hashable | None], bool] | None = None) -> None:
         self.zone = zone
+        self.forward_allow = forward_allow  # None: every client (tests); else only these
         self.stats = stats
         self.udp_size = udp_size
         self.forwarding = forwarding
@@ -206,8 +208,9 @@ class Responder:
             answer = zone.refused(qtype)
         else:
             found = zone.lookup(labels, qtype)
-            if found is None and self.forwarding:
-                return FORWARD
+            if found is None and self.forwarding and (
+                    self.forward_allow is None or self.forward_allow(client)):
+                return FORWARD  # not an open resolver: others get REFUSED
             answer = found if found is not None else zone.refused(qtype)
         stats.counts[answer.stat] += 1
         response, truncated = answer.render(

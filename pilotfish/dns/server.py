@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from pilotfish.config import HostPort
+from pilotfish.dns.access import RateLimit, slip
 from pilotfish.dns.answers import RCODE_NAMES
 from pilotfish.dns.forward import Forwarder
 from pilotfish.dns.names import read_name
@@ -56,6 +57,7 @@ class _UdpReader:
     def _readable(self) -> None:
         recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
         answer = self.server.responder.answer
+        limit = self.server.rate_limit
         size = self.READ_SIZE
         for _ in range(self.BATCH):
             try:
@@ -70,6 +72,8 @@ class _UdpReader:
                 self.server.failed(data)
                 continue
             if type(response) is bytes:
+                if limit is not None and not limit.allow(addr):
+                    response = slip(response)
                 try:
                     sendto(response, addr)
                 except OSError:  # send buffer full or client gone: UDP may drop
@@ -78,6 +82,9 @@ class _UdpReader:
                 self.server.forward(data, False, functools.partial(self._send, addr=addr))
 
     def _send(self, reply: bytes, addr: Any) -> None:
+        limit = self.server.rate_limit
+        if limit is not None and not limit.allow(addr):
+            reply = slip(reply)
         with contextlib.suppress(OSError, ValueError):  # ValueError: closed meanwhile
             self.sock.sendto(reply, addr)
 
@@ -202,7 +209,9 @@ class DnsServer:
 
     def __init__(self, catalog: Catalog, listen: HostPort, settings: ZoneSettings,
                  forward: tuple[HostPort, ...] = (), udp_size: int = DEFAULT_UDP_SIZE,
-                 view: CatalogView | None = None) -> None:
+                 view: CatalogView | None = None,
+                 forward_allow: Callable[[Any], bool] | None = None,
+                 rate_limit: RateLimit | None = None) -> None:
         self.catalog = catalog
         self.listen = listen
         self.address = listen
@@ -211,7 +220,11 @@ class DnsServer:
         self._own_view = view is None
         self.zone = Zone(settings, self.stats)
         self.forwarder = Forwarder(forward) if forward else None
-        self.responder = Responder(self.zone, self.stats, udp_size, forwarding=bool(forward))
+        self.responder = Responder(self.zone, self.stats, udp_size, forwarding=bool(forward),
+                                   forward_allow=forward_allow)
+        self.rate_limit = rate_limit  # UDP only: TCP clients cannot be spoofed
+        if rate_limit is not None:
+            self.stats.rate_limited = lambda: rate_limit.slipped
         self.connections: set[_Tcp] = set()
         self._udp: _UdpReader | None = None
         self._tcp: asyncio.Server | None = None

@@ -13,6 +13,7 @@ FORWARDED = "pilotfish_dns_forwarded_total"
 TCP_QUERIES = "pilotfish_dns_tcp_queries_total"
 RECORDS = "pilotfish_dns_names"
 STALE = "pilotfish_dns_view_stale"
+RATE_LIMITED = "pilotfish_dns_rate_limited_total"
 
 DESCRIPTIONS = {
     QUERIES: ("counter", "DNS responses by query type and rcode."),
@@ -22,6 +23,7 @@ DESCRIPTIONS = {
     TCP_QUERIES: ("counter", "Queries received over TCP."),
     RECORDS: ("gauge", "Pre-encoded (name, type) answers in the zone."),
     STALE: ("gauge", "1 while the DNS view cannot reach the catalog (serving the last view)."),
+    RATE_LIMITED: ("counter", "UDP responses over --dns-rrl, sent empty with TC instead."),
 }
 
 
@@ -38,6 +40,7 @@ class DnsStats:
         self.forwarded: dict[str, int] = {}
         self.names = 0
         self.stale = False
+        self.rate_limited: Callable[[], int] = lambda: 0
 
     def slot(self, qtype: str, rcode: str) -> int:
         """The counter index for (query type, rcode), allocated on first use."""
@@ -77,3 +80,4 @@ class DnsStats:
         yield TCP_QUERIES, (), float(self.tcp)
         yield RECORDS, (), float(self.names)
         yield STALE, (), 1.0 if self.stale else 0.0
+        yield RATE_LIMITED, (), float(self.rate_limited())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pilotfish.config import ConfigError, env, parse_hostport
-from pilotfish.http import HttpServer, StatusApp
+from pilotfish.http import HttpServer, StatusApp, tls_settings
 from pilotfish.lb.api import RoutesApp
 from pilotfish.lb.balancer import LoadBalancer
 from pilotfish.lb.routes import parse_route
@@ -84,5 +84,5 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     if args.lb_api not in (None, "", "off"):
         app = StatusApp(stack.metrics, balancer.health, RoutesApp(balancer))
         components.append(HttpServer(app, parse_hostport(args.lb_api, "--lb-api"),
-                                     what="lb API"))
+                                     what="lb API", tls=tls_settings(args)))
     return components

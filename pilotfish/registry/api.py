@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import re
 import time
 from collections.abc import Awaitable
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import unquote_plus
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +32,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pilotfish.metrics import Metrics
+from pilotfish.registry.acl import ADMIN, ANY_WRITE, WRITE, AccessPolicy, Denied, Token, forbidden
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
 from pilotfish.registry.model import (
     ID_PATTERN,
@@ -48,6 +49,7 @@ from pilotfish.registry.model import (
     TAG_PATTERN,
     Instance,
     InvalidField,
+    Lease,
     identifier,
     service_name,
     ttl_seconds,
@@ -135,6 +137,10 @@ class ErrorBody(BaseModel):
     error: str
     code: str
     field: str | None = Field(default=None, json_schema_extra=_no_default)
+    token: str | None = Field(default=None, json_schema_extra=_no_default,
+                              description="403: the name of the token refused")
+    scope: str | None = Field(default=None, json_schema_extra=_no_default,
+                              description="403: the scope the token lacks")
 
 
 class LeaseOut(BaseModel):
@@ -263,8 +269,13 @@ def _error_doc(description: str) -> dict[str, Any]:
 _INVALID: Docs = {400: _error_doc("a field is invalid (`field` names it)"),
             422: _error_doc("a field is malformed or missing (`field` names it)")}
 _UNAVAILABLE: Docs = {503: _error_doc("the catalog backend does not answer")}
+_READ: Docs = {401: _error_doc("an unknown token, or none where reads need one (--acl "
+                               "default_read = false)"),
+               403: _error_doc("the token lacks scope `read`")}
 _WRITE: Docs = {401: _error_doc("writes need `Authorization: Bearer <token>` when the registry has "
-                          "a token"),
+                          "a token (or an ACL); an unknown token"),
+          403: _error_doc("the token lacks a scope (`scope` names it), or the lease belongs to "
+                          "another token"),
           413: _error_doc("the body is over the size limit")}
 _INDEX_HEADER = {"X-Pilotfish-Index": {"description": "catalog index of this answer",
                                        "schema": {"type": "integer"}}}
@@ -282,14 +293,17 @@ class RegistryApi:
     """Route handlers bound to one catalog; `app` is the ASGI application."""
 
     def __init__(self, catalog: Catalog, token: str | None = None,
-                 metrics: Metrics | None = None, max_body: int = DEFAULT_MAX_BODY) -> None:
+                 metrics: Metrics | None = None, max_body: int = DEFAULT_MAX_BODY,
+                 access: AccessPolicy | None = None) -> None:
         self.catalog = catalog
         self.metrics = metrics if metrics is not None else Metrics()
         self.max_body = max_body
+        self.access = access if access is not None else AccessPolicy(token_secret=token)
+        self.lease_tokens = LeaseTokens()
         self._encoded_catalog: tuple[int, bytes] = (-1, b"")
         self._stopping = asyncio.Event()
         self._describe_metrics()
-        self.app = self._build(token)
+        self.app = self._build()
 
     async def _call(self, call: Awaitable[T]) -> T:
         """A catalog call that answers 503 (through the BackendUnavailable handler) when slow."""
@@ -298,25 +312,75 @@ class RegistryApi:
         except TimeoutError:
             raise BackendUnavailable(f"no answer within {BACKEND_TIMEOUT:g}s") from None
 
+    # access control (the middleware has already answered 401 and read-scope 403s)
+
+    def _require_write(self, request: Request, service: str) -> Token | None:
+        """The caller, who must hold write:<a glob matching service> (or admin)."""
+        token = caller(request)
+        if token is not None and not token.can_write(service):
+            raise forbidden(token, f"{WRITE}{service}", f"writes to service {service!r}")
+        return token
+
+    async def _require_lease(self, request: Request, lease_id: str) -> Token | None:
+        """The caller, who must hold the lease (have created it) or be admin.
+
+        A lease this process has no record of (made before it started, or by another API
+        process on the same backend) is claimed by the first token whose write scopes cover
+        every instance on it: no token gains a lease holding anything it could not write.
+        """
+        token = caller(request)
+        if token is None and self.access.enabled:  # a read with default_read, no token
+            raise Denied(401, "leases are read only by the token that holds them")
+        if token is None or token.admin:
+            return token
+        holder = self.lease_tokens.holder(lease_id)
+        if holder == token.name:
+            return token
+        if holder is None:
+            snapshot = await self._call(self.catalog.snapshot())
+            services = {i.service for i in snapshot.instances.values() if i.lease == lease_id}
+            if token.can_write_any() and all(token.can_write(s) for s in services):
+                self.lease_tokens.hold(lease_id, token.name)
+                return token
+        raise forbidden(token, ADMIN, f"lease {lease_id!r} belongs to another token")
+
     # leases
 
     async def create_lease(self, request: Request) -> Response:
+        token = caller(request)
+        if token is not None and not token.can_write_any():
+            raise forbidden(token, ANY_WRITE, "creating leases")
         body = await parse_body(request, LeaseBody, self.max_body)
         lease = await self._call(self.catalog.create_lease(ttl_seconds(body.ttl), body.owner))
+        if token is not None:
+            self.lease_tokens.hold(lease.id, token.name)
         return json_response(lease.to_dict(), 201)
 
-    async def get_lease(self, lease_id: LeasePath) -> Response:
+    async def get_lease(self, lease_id: LeasePath, request: Request) -> Response:
+        await self._require_lease(request, lease_id)
         lease = await self._call(self.catalog.lease(lease_id))
         if lease is None:
+            self.lease_tokens.forget(lease_id)
             raise ApiError(404, "unknown_lease", f"lease {lease_id!r} is unknown or has lapsed")
         return json_response(lease.to_dict())
 
-    async def keepalive_lease(self, lease_id: LeasePath) -> Response:
-        lease = await self._call(self.catalog.keepalive(lease_id))
+    async def keepalive_lease(self, lease_id: LeasePath, request: Request) -> Response:
+        await self._require_lease(request, lease_id)
+        lease = await self._keepalive(lease_id)
         return json_response(lease.to_dict())
 
-    async def revoke_lease(self, lease_id: LeasePath) -> Response:
-        if not await self._call(self.catalog.revoke(lease_id)):
+    async def _keepalive(self, lease_id: str) -> Lease:
+        try:
+            return await self._call(self.catalog.keepalive(lease_id))
+        except UnknownLease:
+            self.lease_tokens.forget(lease_id)
+            raise
+
+    async def revoke_lease(self, lease_id: LeasePath, request: Request) -> Response:
+        await self._require_lease(request, lease_id)
+        revoked = await self._call(self.catalog.revoke(lease_id))
+        self.lease_tokens.forget(lease_id)
+        if not revoked:
             raise ApiError(404, "unknown_lease", f"lease {lease_id!r} is unknown or has lapsed")
         return Response(status_code=204)
 
@@ -324,6 +388,7 @@ class RegistryApi:
 
     async def put_instance(self, service: ServicePath, instance_id: InstancePath,
                            request: Request) -> Response:
+        token = self._require_write(request, service_name(service))
         body = await parse_body(request, InstanceBody, self.max_body)
         service = service_name(service)
         identifier(instance_id, "id")
@@ -333,12 +398,23 @@ class RegistryApi:
                 400, "invalid", "give exactly one of lease or ttl: every registration expires "
                 "unless kept alive", "lease" if "lease" in given else "ttl")
         fields = body.model_dump(exclude={"lease", "ttl"})
+        if token is not None:  # an id registered under another service moves: write it too
+            current = (await self._call(self.catalog.snapshot())).get(instance_id)
+            if current is not None and current.service != service:
+                self._require_write(request, current.service)
         if "lease" in given:
+            await self._require_lease(request, body.lease)
             instance = Instance(service=service, id=instance_id, lease=body.lease, **fields)
-            created = await self._call(self.catalog.register(instance))
+            try:
+                created = await self._call(self.catalog.register(instance))
+            except UnknownLease:
+                self.lease_tokens.forget(body.lease)
+                raise
         else:
             instance, created = await self._register_own_lease(
                 service, instance_id, ttl_seconds(body.ttl), fields)
+            if token is not None:
+                self.lease_tokens.hold(instance.lease, token.name)
         return json_response(instance.to_dict(), 201 if created else 200)
 
     async def _register_own_lease(
@@ -376,13 +452,17 @@ class RegistryApi:
         if not any(i.lease == lease_id for i in snapshot.instances.values()):
             await self._call(self.catalog.revoke(lease_id))
 
-    async def keepalive_instance(self, service: ServicePath,
-                                 instance_id: InstancePath) -> Response:
+    async def keepalive_instance(self, service: ServicePath, instance_id: InstancePath,
+                                 request: Request) -> Response:
+        self._require_write(request, service_name(service))
         instance = await self._find(service, instance_id)
-        lease = await self._call(self.catalog.keepalive(instance.lease))
+        await self._require_lease(request, instance.lease)
+        lease = await self._keepalive(instance.lease)
         return json_response(lease.to_dict())
 
-    async def delete_instance(self, service: ServicePath, instance_id: InstancePath) -> Response:
+    async def delete_instance(self, service: ServicePath, instance_id: InstancePath,
+                              request: Request) -> Response:
+        self._require_write(request, service_name(service))
         await self._find(service, instance_id)
         removed = await self._call(self.catalog.deregister(instance_id))
         if removed is None:
@@ -517,7 +597,7 @@ class RegistryApi:
         m.describe("pilotfish_lease_expirations_total", "counter", "Leases that lapsed.")
         m.describe("pilotfish_catalog_index", "gauge", "Index of the last catalog change.")
 
-    def _build(self, token: str | None) -> FastAPI:
+    def _build(self) -> FastAPI:
         app = FastAPI(title="pilotfish registry", version="1", docs_url="/v1/docs",
                       openapi_url="/v1/openapi.json", redoc_url=None)
         r = app.router
@@ -529,7 +609,7 @@ class RegistryApi:
                         responses={**_ok(LeaseOut, 201, description="granted"), **_INVALID,
                                    **_WRITE, **_UNAVAILABLE})
         r.add_api_route("/v1/leases/{lease_id}", self.get_lease, methods=["GET"],
-                        responses={**lease, **lost_lease, **_INVALID, **_UNAVAILABLE})
+                        responses={**lease, **lost_lease, **_INVALID, **_READ, **_UNAVAILABLE})
         r.add_api_route("/v1/leases/{lease_id}/keepalive", self.keepalive_lease, methods=["PUT"],
                         responses={**lease, **lost_lease, **_INVALID, **_WRITE, **_UNAVAILABLE})
         r.add_api_route("/v1/leases/{lease_id}", self.revoke_lease, methods=["DELETE"],
@@ -537,10 +617,10 @@ class RegistryApi:
                         responses={204: {"description": "revoked, with every instance on it"},
                                    **lost_lease, **_INVALID, **_WRITE, **_UNAVAILABLE})
         r.add_api_route("/v1/services", self.list_services, methods=["GET"],
-                        responses={**_ok(ServicesOut, headers=True), **_UNAVAILABLE})
+                        responses={**_ok(ServicesOut, headers=True), **_READ, **_UNAVAILABLE})
         r.add_api_route("/v1/services/{service}", self.get_service, methods=["GET"],
                         responses={**_ok(InstancesOut, headers=True), **_INVALID,
-                                   **_UNAVAILABLE})
+                                   **_READ, **_UNAVAILABLE})
         instance_path = "/v1/services/{service}/instances/{instance_id}"
         r.add_api_route(instance_path, self.put_instance, methods=["PUT"],
                         openapi_extra=_body_schema(InstanceBody),
@@ -556,14 +636,14 @@ class RegistryApi:
                                    **_INVALID, **_WRITE, **_UNAVAILABLE})
         r.add_api_route("/v1/catalog", self.get_catalog, methods=["GET"],
                         responses={**_ok(InstancesOut, headers=True), **_INVALID,
-                                   **_UNAVAILABLE})
+                                   **_READ, **_UNAVAILABLE})
         r.add_api_route("/v1/health", self.health, methods=["GET"],
                         responses={**_ok(HealthOut),
                                    503: {"model": HealthOut,
                                          "description": "the backend does not answer"}})
         r.add_api_route("/metrics", self.metrics_text, methods=["GET"], include_in_schema=False)
         from pilotfish.registry.consul.routes import consul_router  # Consul's read API (issue 14)
-        app.include_router(consul_router(self.catalog, token, self._stopping))
+        app.include_router(consul_router(self.catalog, self._stopping))
 
         @app.exception_handler(ApiError)
         async def api_error(_: Request, exc: ApiError) -> Response:
@@ -610,7 +690,12 @@ class RegistryApi:
             field = ".".join(parts)
             return _error(422, "invalid", f"{field or 'body'}: {first['msg']}", field or None)
 
-        return RequestCounter(BearerToken(app, token), self.metrics)  # type: ignore[return-value]
+        @app.exception_handler(Denied)
+        async def denied(_: Request, exc: Denied) -> Response:
+            return denied_response(exc)
+
+        app_with_acl = AccessControl(app, self.access)
+        return RequestCounter(app_with_acl, self.metrics)  # type: ignore[return-value]
 
 
 def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
@@ -630,27 +715,113 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> Re
     return json_response(body, status)
 
 
-class BearerToken:
-    """Refuses writes without `Authorization: Bearer <token>` when a token is configured."""
+OPEN_PATHS = frozenset({"/metrics", "/v1/health", "/v1/docs", "/v1/openapi.json",
+                        "/v1/docs/oauth2-redirect"})
+READ_METHODS = frozenset({"GET", "HEAD"})
+CALLER = "pilotfish.caller"
+LEASE_PATHS = "/v1/leases/"
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+
+def presented_token(scope: Scope) -> str | None:
+    """The secret a request presents: `Authorization: Bearer`, `X-Consul-Token` or `?token=`."""
+    headers: dict[bytes, bytes] = dict(scope["headers"])
+    authorization = headers.get(b"authorization", b"").decode("latin-1")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    consul = headers.get(b"x-consul-token", b"").decode("latin-1").strip()
+    if consul:
+        return consul
+    query: bytes = scope.get("query_string", b"")
+    for pair in query.decode("latin-1").split("&"):
+        key, _, value = pair.partition("=")
+        if key == "token" and value:
+            return unquote_plus(value)
+    return None
+
+
+def caller(request: Request) -> Token | None:
+    """The token the AccessControl middleware found (None: the API is open, or anonymous)."""
+    token: Token | None = request.scope.get(CALLER)
+    return token
+
+
+def denied_response(exc: Denied) -> Response:
+    """401 with `WWW-Authenticate: Bearer`, or 403 naming the token and the missing scope."""
+    body: dict[str, Any] = {"error": exc.message,
+                            "code": "unauthorized" if exc.status == 401 else "forbidden"}
+    if exc.token is not None:
+        body["token"] = exc.token
+    if exc.scope is not None:
+        body["scope"] = exc.scope
+    challenge = "Bearer"
+    if exc.status == 403 and exc.scope is not None:
+        challenge = f'Bearer error="insufficient_scope", scope="{exc.scope}"'
+    elif exc.status == 401 and exc.message == "unknown token":
+        challenge = 'Bearer error="invalid_token"'
+    return json_response(body, exc.status, headers={"WWW-Authenticate": challenge})
+
+
+class AccessControl:
+    """Identifies the caller's token for every request and answers 401 / read-scope 403 itself.
+
+    Write scopes and lease ownership depend on the path and body: the handlers check those.
+    `/metrics`, `/v1/health` and the OpenAPI document stay open.
+    """
+
+    def __init__(self, app: ASGIApp, access: AccessPolicy) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.access = access
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.app, name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.expected is not None and scope["type"] == "http" and (
-            scope["method"] in WRITE_METHODS
-        ):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                response = _error(401, "unauthorized", "writes need Authorization: Bearer <token>")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                await response(scope, receive, send)
-                return
+        if (scope["type"] != "http" or not self.access.enabled
+                or scope["path"] in OPEN_PATHS):
+            await self.app(scope, receive, send)
+            return
+        try:
+            scope[CALLER] = self.access.authenticate(
+                presented_token(scope), write=scope["method"] not in READ_METHODS,
+                needs_read=not scope["path"].startswith(LEASE_PATHS))  # those: by ownership
+        except Denied as exc:
+            from pilotfish.registry.consul.routes import consul_denied, is_consul_path
+            response = consul_denied(exc) if is_consul_path(scope["path"]) else (
+                denied_response(exc))
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+
+class LeaseTokens:
+    """Which token created each lease (in this API process), so only it (or admin) may use it.
+
+    Entries go when a lease is revoked or found lapsed; a cap keeps a flood of leases that are
+    never touched again from growing it without bound (the oldest record is dropped: that
+    lease falls back to the claim rule).
+    """
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self._holders: dict[str, str] = {}
+
+    def hold(self, lease_id: str, token_name: str) -> None:
+        """Record that `token_name` holds `lease_id`."""
+        self._holders.pop(lease_id, None)
+        self._holders[lease_id] = token_name
+        if len(self._holders) > self.limit:
+            self._holders.pop(next(iter(self._holders)))
+
+    def holder(self, lease_id: str) -> str | None:
+        """The name of the token holding the lease, if known."""
+        return self._holders.get(lease_id)
+
+    def forget(self, lease_id: str) -> None:
+        """The lease is gone."""
+        self._holders.pop(lease_id, None)
+
+    def __len__(self) -> int:
+        return len(self._holders)
 
 
 class RequestCounter:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 
 from pilotfish.config import env, parse_hostport, read_token
-from pilotfish.http import HttpServer
+from pilotfish.http import HttpServer, tls_settings
+from pilotfish.registry.acl import AccessPolicy
 from pilotfish.stack import Component, Stack
 
 DEFAULT_API = "127.0.0.1:8500"
@@ -19,8 +22,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help=f"registry API listen address HOST:PORT (default {DEFAULT_API}; "
                             "'off' for none) [PILOTFISH_API]")
     group.add_argument("--token-file", default=env("token_file"),
-                       help="file holding a bearer token required for writes "
-                            "[PILOTFISH_TOKEN_FILE]")
+                       help="file holding a bearer token required for writes (one admin "
+                            "token, named 'token-file') [PILOTFISH_TOKEN_FILE]")
+    group.add_argument("--acl", default=env("acl"), metavar="FILE",
+                       help="TOML access control list: named tokens with scopes read, "
+                            "write:GLOB, admin (see SECURITY.md); SIGHUP re-reads it "
+                            "[PILOTFISH_ACL]")
     group.add_argument("--max-body", type=_size, default=env("max_body", str(DEFAULT_MAX_BODY)),
                        metavar="BYTES",
                        help=f"largest request body the API reads, in bytes (default "
@@ -40,7 +47,24 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
         return []
     from pilotfish.registry.api import RegistryApi
 
-    api = RegistryApi(stack.catalog, token=read_token(args.token_file), metrics=stack.metrics,
-                      max_body=args.max_body)
-    return [HttpServer(api.app, parse_hostport(args.api, "--api"),
-                       before_stop=api.stop_waiting)]
+    access = AccessPolicy(args.acl, read_token(args.token_file))
+    api = RegistryApi(stack.catalog, metrics=stack.metrics, max_body=args.max_body,
+                      access=access)
+    server = HttpServer(api.app, parse_hostport(args.api, "--api"), before_stop=api.stop_waiting,
+                        tls=tls_settings(args))
+    return [AclReloader(access), server] if args.acl else [server]
+
+
+class AclReloader:
+    """Re-reads the --acl file on SIGHUP (a bad file is logged and the old ACL kept)."""
+
+    def __init__(self, access: AccessPolicy) -> None:
+        self.access = access
+
+    async def start(self) -> None:
+        """Install the SIGHUP handler."""
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.access.reload)
+
+    async def stop(self) -> None:
+        """Remove it."""
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)

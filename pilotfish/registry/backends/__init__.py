@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 from urllib.parse import urlsplit
 
+from pilotfish.config import ConfigError
 from pilotfish.registry.catalog import Catalog
+from pilotfish.registry.redact import redact_url
 
 BACKENDS: dict[str, str] = {
     "memory": "pilotfish.registry.backends.memory:MemoryCatalog",
@@ -17,14 +19,32 @@ BACKENDS: dict[str, str] = {
 }
 
 
-async def open_catalog(url: str) -> Catalog:
-    """Open the catalog a URL names: memory://, etcd://, zk://, consul://, http(s)://."""
+async def open_catalog(url: str, token_file: str | None = None,
+                       ca_file: str | None = None) -> Catalog:
+    """Open the catalog a URL names: memory://, etcd://, zk://, consul://, http(s)://.
+
+    `token_file` and `ca_file` are for an http(s):// registry API (its client's token and CA).
+    """
+    try:
+        return await _open(url, token_file, ca_file)
+    except ValueError as exc:  # errors name the URL: never with its password or token
+        shown = redact_url(url)
+        if shown == url or type(exc) not in (ValueError, ConfigError):
+            raise
+        raise type(exc)(str(exc).replace(url, shown)) from None
+
+
+async def _open(url: str, token_file: str | None, ca_file: str | None) -> Catalog:
     scheme = urlsplit(url).scheme.lower()
     target = BACKENDS.get(scheme)
     if target is None:
         known = ", ".join(f"{name}://" for name in BACKENDS)
-        raise ValueError(f"registry URL {url!r}: unknown scheme {scheme!r} (known: {known})")
+        raise ValueError(f"registry URL {redact_url(url)!r}: unknown scheme {scheme!r} "
+                         f"(known: {known})")
     module_name, class_name = target.split(":")
     catalog_class = getattr(importlib.import_module(module_name), class_name)
+    if scheme in ("http", "https"):
+        http_catalog: Catalog = await catalog_class.from_url(url, token_file, ca_file)
+        return http_catalog
     catalog: Catalog = await catalog_class.from_url(url)
     return catalog

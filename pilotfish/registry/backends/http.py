@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 from collections.abc import Mapping
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
+from pilotfish.config import ConfigError, read_token
 from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import (
     BackendUnavailable,
@@ -28,6 +30,7 @@ from pilotfish.registry.catalog import (
     UnknownLease,
 )
 from pilotfish.registry.model import Instance, InvalidField, Lease, ttl_seconds
+from pilotfish.registry.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ TOKEN_ENV = "PILOTFISH_TOKEN"
 
 
 class Unauthorized(CatalogError):
-    """The API refused a write: it needs `Authorization: Bearer <token>` (see ?token=)."""
+    """The API refused the token (401) or found a scope missing (403); says which, never it."""
 
 
 def _remember(store: dict[str, Any], key: str, value: Any) -> None:
@@ -60,13 +63,21 @@ def _remember(store: dict[str, Any], key: str, value: Any) -> None:
 class HttpCatalog(Catalog):
     """Talks to a pilotfish registry API over HTTP; reads from a long-poll-fed local cache."""
 
-    def __init__(self, base_url: str, token: str | None = None) -> None:
+    def __init__(self, base_url: str, token: str | None = None,
+                 token_source: str = "the token given", ca_file: str | None = None,
+                 client_cert: str | None = None, client_key: str | None = None) -> None:
         super().__init__()
-        self.base_url = base_url.rstrip("/")
+        real_url = base_url.rstrip("/")
+        self.base_url = redact_url(real_url)  # what messages and logs show
+        self.token_source = token_source if token else None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers,
-                                         timeout=WRITE_TIMEOUT)
-        self._poll_client = httpx.AsyncClient(base_url=self.base_url, timeout=POLL_TIMEOUT)
+        https = real_url.startswith("https:")
+        self._tls_without_cert = https and not client_cert
+        verify = client_tls(ca_file, client_cert, client_key) if https else True
+        self._client = httpx.AsyncClient(base_url=real_url, headers=headers,
+                                         timeout=WRITE_TIMEOUT, verify=verify)
+        self._poll_client = httpx.AsyncClient(base_url=real_url, headers=headers,
+                                              timeout=POLL_TIMEOUT, verify=verify)
         self._mine: dict[str, Instance] = {}  # instances registered here, for deregister
         self._snapshot: Snapshot | None = None
         self._raw: dict[str, tuple[Mapping[str, Any], Instance]] = {}
@@ -78,18 +89,32 @@ class HttpCatalog(Catalog):
         self._poller: asyncio.Task[None] | None = None
 
     @classmethod
-    async def from_url(cls, url: str) -> HttpCatalog:
-        """`http(s)://host:port[/path][?token=T]`; the token may also come from PILOTFISH_TOKEN."""
+    async def from_url(cls, url: str, token_file: str | None = None,
+                       ca_file: str | None = None) -> HttpCatalog:
+        """`http(s)://host:port[/path][?token=T]`.
+
+        The token: `?token=`, else the --token-file, else PILOTFISH_TOKEN. For https://,
+        `ca_file` (else PILOTFISH_CA_FILE, else the system's CAs) verifies the API, and
+        PILOTFISH_CLIENT_CERT / PILOTFISH_CLIENT_KEY give a client certificate.
+        """
         parts = urlsplit(url)
+        shown = redact_url(url)
         if not parts.hostname:
-            raise ValueError(f"registry URL {url!r}: give the API as http://HOST:PORT")
+            raise ValueError(f"registry URL {shown!r}: give the API as http://HOST:PORT")
         params = parse_qs(parts.query, keep_blank_values=True)
         unknown = sorted(set(params) - {"token"})
         if unknown:
-            raise ValueError(f"registry URL {url!r}: unknown parameter(s) {', '.join(unknown)} "
-                             "(known: token)")
-        token = params.get("token", [""])[-1] or os.environ.get(TOKEN_ENV) or None
-        return cls(f"{parts.scheme}://{parts.netloc}{parts.path}", token)
+            raise ValueError(f"registry URL {shown!r}: unknown parameter(s) "
+                             f"{', '.join(unknown)} (known: token)")
+        token, source = params.get("token", [""])[-1], "?token= in the registry URL"
+        if not token and token_file:
+            token, source = read_token(token_file) or "", f"--token-file {token_file}"
+        if not token:
+            token, source = os.environ.get(TOKEN_ENV, ""), TOKEN_ENV
+        return cls(f"{parts.scheme}://{parts.netloc}{parts.path}", token or None, source,
+                   ca_file or os.environ.get("PILOTFISH_CA_FILE") or None,
+                   os.environ.get("PILOTFISH_CLIENT_CERT") or None,
+                   os.environ.get("PILOTFISH_CLIENT_KEY") or None)
 
     # leases
 
@@ -220,7 +245,7 @@ class HttpCatalog(Catalog):
                 "/v1/catalog", params=params,
                 timeout=WRITE_TIMEOUT if index is None else POLL_TIMEOUT)
         except httpx.HTTPError as exc:
-            raise BackendUnavailable(_transport_error(self.base_url, exc)) from exc
+            raise BackendUnavailable(self._transport_error(exc)) from exc
         if response.status_code != 200:
             self._fail(response)
         body: dict[str, Any] = response.json()
@@ -279,7 +304,7 @@ class HttpCatalog(Catalog):
         try:
             return await self._client.request(method, path, json=json)
         except httpx.HTTPError as exc:
-            raise BackendUnavailable(_transport_error(self.base_url, exc)) from exc
+            raise BackendUnavailable(self._transport_error(exc)) from exc
 
     def _fail(self, response: httpx.Response, lease_id: str = "") -> NoReturn:
         """Raise the catalog error an API error response stands for."""
@@ -292,10 +317,39 @@ class HttpCatalog(Catalog):
         if status == 404 and code == "unknown_lease":
             raise UnknownLease(lease_id)
         if status in (401, 403):
-            raise Unauthorized(f"registry API {self.base_url}: {message or 'unauthorized'}")
+            raise Unauthorized(self._refusal(status, body, message))
         if status >= 500:
             raise BackendUnavailable(f"registry API {self.base_url}: {status} {message}".rstrip())
         raise CatalogError(f"registry API {self.base_url}: unexpected {status} {message}".rstrip())
+
+
+    def _transport_error(self, exc: httpx.HTTPError) -> str:
+        return _transport_error(self.base_url, exc, self._tls_without_cert)
+
+    def _refusal(self, status: int, body: Mapping[str, Any], message: str) -> str:
+        """Which token was refused and why, from the API's answer: names, never the secret."""
+        where = f"registry API {self.base_url}"
+        if status == 401 and self.token_source is None:
+            return (f"{where}: {message or 'a token is needed'} (no token given: set "
+                    f"{TOKEN_ENV}, --token-file or ?token= in the registry URL)")
+        if status == 401:
+            return f"{where} refused the token from {self.token_source}: {message or 'unknown'}"
+        name, scope = body.get("token"), body.get("scope")
+        if name and scope:  # the API's message names both: "token 'x' lacks scope 'y' (...)"
+            return f"{where}: {message} [token from {self.token_source}]"
+        return f"{where}: forbidden: {message}"
+
+
+def client_tls(ca_file: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
+    """The TLS context of a client of an https:// API: `ca_file` (or the system's) verifies it."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+        if cert:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        what = f"--ca-file {ca_file}" if ca_file else "the client certificate"
+        raise ConfigError(f"{what}: {exc}") from exc
+    return context
 
 
 def _seg(value: str) -> str:
@@ -323,5 +377,14 @@ def _error_body(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _transport_error(base_url: str, exc: httpx.HTTPError) -> str:
-    return f"registry API {base_url} unreachable: {type(exc).__name__}: {exc}".rstrip(": ")
+def _transport_error(base_url: str, exc: httpx.HTTPError,
+                     tls_without_cert: bool = False) -> str:
+    text = f"registry API {base_url} unreachable: {type(exc).__name__}: {exc}".rstrip(": ")
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        text += " (TLS: the API's certificate is not signed by the CA of --ca-file / " \
+                "PILOTFISH_CA_FILE, or its name does not match the URL's host)"
+    elif tls_without_cert and isinstance(exc, (httpx.ReadError, httpx.RemoteProtocolError)):
+        # a server requiring client certificates hangs up after the handshake, unexplained
+        text += " (TLS: no client certificate was offered; if the API requires one " \
+                "(--tls-client-ca), set PILOTFISH_CLIENT_CERT and PILOTFISH_CLIENT_KEY)"
+    return text

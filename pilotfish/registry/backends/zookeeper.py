@@ -77,10 +77,12 @@ from kazoo.exceptions import (
 )
 from kazoo.protocol.states import EventType, ZnodeStat
 from kazoo.retry import KazooRetry
+from kazoo.security import READ_ACL_UNSAFE, make_digest_acl
 
 from pilotfish.config import parse_endpoints
 from pilotfish.loop import cancel_and_wait
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
+from pilotfish.registry.credentials import split_credentials
 from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
 from pilotfish.registry.model import Instance, InvalidField, Lease, ttl_seconds
 
@@ -199,7 +201,8 @@ class ZooKeeperCatalog(Catalog):
     """The catalog on a ZooKeeper ensemble: `zk://h1:2181[,h2:2181...]/chroot`."""
 
     def __init__(self, hosts: list[str], root: str, session_timeout: float = SESSION_TIMEOUT,
-                 op_timeout: float = OP_TIMEOUT, read_grace: float = READ_GRACE) -> None:
+                 op_timeout: float = OP_TIMEOUT, read_grace: float = READ_GRACE,
+                 credentials: tuple[str, str] | None = None) -> None:
         super().__init__()
         self.hosts = hosts
         self.root = root
@@ -212,6 +215,10 @@ class ZooKeeperCatalog(Catalog):
             connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=1.5, max_jitter=0.1,
                                         max_delay=0.25),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=0.5, deadline=2.0),
+            # digest auth: what this catalog creates, only that user may change; all may read
+            auth_data=[("digest", ":".join(credentials))] if credentials else None,
+            default_acl=[make_digest_acl(*credentials, all=True), READ_ACL_UNSAFE[0]]
+            if credentials else None,
         )
         self._loop = asyncio.get_running_loop()
         self._closed = False
@@ -248,10 +255,11 @@ class ZooKeeperCatalog(Catalog):
     @classmethod
     async def from_url(cls, url: str) -> ZooKeeperCatalog:
         """Connect to the ensemble a zk:// URL names (waiting a few seconds for it)."""
+        url, credentials = split_credentials(url)
         hosts, root, options = parse_zk_url(url)
         catalog = cls(hosts, root, session_timeout=options.get("session_timeout",
                                                                 SESSION_TIMEOUT),
-                      op_timeout=options.get("timeout", OP_TIMEOUT))
+                      op_timeout=options.get("timeout", OP_TIMEOUT), credentials=credentials)
         await catalog.open()
         return catalog
 

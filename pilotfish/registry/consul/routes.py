@@ -9,7 +9,6 @@ listener on Consul's port 8500 serves both. Errors are plain text with Consul's 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import socket
 from collections import OrderedDict
@@ -21,6 +20,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from pilotfish.config import env
+from pilotfish.registry.acl import Denied
 from pilotfish.registry.api import BACKEND_TIMEOUT, ApiError, parse_wait
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot
 from pilotfish.registry.consul.blocking import Blocker
@@ -109,13 +109,12 @@ def _encode(data: Any) -> bytes:
 class ConsulApi:
     """Consul's discovery (read) API over one catalog; `router` goes on the registry API app."""
 
-    def __init__(self, catalog: Catalog, token: str | None, stopping: asyncio.Event,
+    def __init__(self, catalog: Catalog, stopping: asyncio.Event,
                  datacenter: str | None = None) -> None:
         self.catalog = catalog
         self.datacenter = datacenter or env("consul_datacenter", DEFAULT_DATACENTER) \
             or DEFAULT_DATACENTER
         self.node_name = socket.gethostname()
-        self.expected_token = token.encode() if token else None
         self.models = ModelBuilder(catalog, self.datacenter)
         self.blocker = Blocker(catalog, stopping, self._call)
         self._bodies: OrderedDict[Hashable, tuple[int, bytes]] = OrderedDict()
@@ -129,23 +128,8 @@ class ConsulApi:
 
     # request plumbing
 
-    def _check_token(self, request: Request) -> None:
-        """X-Consul-Token, ?token= or a bearer token, read as the API's token.
-
-        Reads are open (as on the rest of the API); a token that is given must be the one
-        configured, as Consul refuses an unknown token with 403 "ACL not found".
-        """
-        given = request.headers.get("x-consul-token") or request.query_params.get("token")
-        if not given:
-            authorization = request.headers.get("authorization", "")
-            given = authorization[7:] if authorization.lower().startswith("bearer ") else ""
-        if given and self.expected_token is not None and not hmac.compare_digest(
-                given.encode(), self.expected_token):
-            raise ConsulError(403, "ACL not found")
-
     def _query(self, request: Request) -> Query:
         params = request.query_params
-        self._check_token(request)
         dc = params.get("dc")
         if dc and dc != self.datacenter:
             raise ConsulError(500, f"No path to datacenter {dc!r}")
@@ -206,10 +190,6 @@ class ConsulApi:
 
     def _static(self, request: Request, data: Any) -> Response:
         """An answer that does not depend on the catalog: its index never moves."""
-        try:
-            self._check_token(request)
-        except ConsulError as exc:
-            return _text(exc.status, exc.message)
         return Response(_encode(data), media_type="application/json", headers={
             "X-Consul-Index": "1", "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0",
         })
@@ -362,7 +342,9 @@ class ConsulApi:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"description": description, "content": {"text/plain": {}}}
     for status, description in ((400, "a bad parameter, ?filter= or ?wait= (plain text)"),
-                                (403, "ACL not found: the token is wrong"),
+                                (403, "ACL not found (an unknown token), or Permission denied (a "
+                                      "token without scope read; no token where reads need "
+                                      "one)"),
                                 (500, "the backend did not answer (plain text, as Consul)"))
 }
 
@@ -371,6 +353,29 @@ def _text(status: int, message: str) -> Response:
     return Response(message, status_code=status, media_type="text/plain")
 
 
-def consul_router(catalog: Catalog, token: str | None, stopping: asyncio.Event) -> APIRouter:
-    """The Consul-compatible read routes, for the registry API app to include."""
-    return ConsulApi(catalog, token, stopping).router
+def consul_router(catalog: Catalog, stopping: asyncio.Event) -> APIRouter:
+    """The Consul-compatible read routes, for the registry API app to include.
+
+    Tokens (X-Consul-Token, ?token=, a bearer token) are checked by the API's ACL middleware
+    (pilotfish.registry.acl), which answers these paths through consul_denied.
+    """
+    return ConsulApi(catalog, stopping).router
+
+
+CONSUL_PREFIXES = ("/v1/catalog/", "/v1/health/", "/v1/agent/", "/v1/status/")
+
+
+def is_consul_path(path: str) -> bool:
+    """Whether a path is one of the Consul-compatible routes (answered in Consul's dialect)."""
+    return path.startswith(CONSUL_PREFIXES)
+
+
+def consul_denied(exc: Denied) -> Response:
+    """A refusal as Consul words it: 403 "ACL not found" for an unknown token, else
+    "Permission denied" (Consul never answers 401), naming the token and scope, never a secret.
+    """
+    if exc.status == 401 and exc.message == "unknown token":
+        return _text(403, "ACL not found")
+    if exc.token is not None:
+        return _text(403, f"Permission denied: token {exc.token!r} lacks scope {exc.scope!r}")
+    return _text(403, f"Permission denied: {exc.message}")
