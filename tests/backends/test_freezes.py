@@ -12,11 +12,11 @@ freezes.py): member a frozen 5 s, member b 15 s, then the leader 5 s. What must 
 - registrars on a frozen follower move to another member before their lease lapses.
 
 A frozen leader stops all writes for a few seconds (an election), often longer than the
-2 s a 3 s TTL leaves for a keepalive: registrars then register again on a new lease.
-ZooKeeper readers bridge that (see Freshness); etcd readers, whose grace is capped at
-expiry + 0.9 s, may miss the instances until the new registration lands, and etcd 3.4.23's
-old leader may revoke live leases when it resumes (fixed upstream in 3.4.31 / 3.5.13):
-the etcd leader phase is allowed 1.5 s more. docs/faults.md has the figures.
+2 s a 3 s TTL leaves for a keepalive: registrars then renew late or register again on a
+new lease, and readers bridge that (see Freshness). etcd 3.4.23's old leader may also
+revoke live leases when it resumes (fixed upstream in 3.4.31 / 3.5.13); registrars then
+register again as soon as their catalog shows the instances gone, and the etcd leader
+phase is allowed 1.5 s more of missing instances for it. docs/faults.md has the figures.
 """
 
 from __future__ import annotations

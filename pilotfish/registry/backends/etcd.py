@@ -48,7 +48,7 @@ import grpc
 from aetcd import rpc
 
 from pilotfish.config import ConfigError, parse_endpoints
-from pilotfish.loop import cancel_and_wait
+from pilotfish.loop import cancel_and_wait, wait_event
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
 from pilotfish.registry.credentials import split_credentials
 from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
@@ -578,10 +578,11 @@ class EtcdCatalog(Catalog):
             except Exception as exc:  # a bug must not stop the watch for good
                 log.exception("etcd watch failed")
                 self._watch_error = f"{member.endpoint}: {exc!r}"
+            if self._disconnected_at is None:
+                backoff = 0.1  # it was up: the next member at once, not after old failures' delay
             self._went_down()
             self._rotate(member)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), backoff)
+            await wait_event(self._closed, backoff)
             backoff = min(backoff * 2, 1.0)
 
     async def _relist(self, member: _Member) -> None:
