@@ -86,8 +86,10 @@ async def serve(args: argparse.Namespace) -> int:
     client_token = None if args.command in ("up", "registry") else args.token_file
     catalog = await open_catalog(args.registry, client_token, args.ca_file)
     started: list[Component] = []
+    stack = Stack(catalog)
+    loop.add_signal_handler(signal.SIGHUP, stack.sighup)
     try:
-        for component in build_components(args, Stack(catalog)):
+        for component in build_components(args, stack):
             await component.start()
             started.append(component)
         log.info("pilotfish %s running on registry %s", args.command,

@@ -164,9 +164,10 @@ class StatusApp:
 
 
 async def respond(send: Any, status: int, body: bytes,
-                  content_type: str = "application/json") -> None:
+                  content_type: str = "application/json",
+                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """Send a whole response through a raw ASGI `send`."""
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", content_type.encode()),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})

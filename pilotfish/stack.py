@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Protocol
 
 from pilotfish.metrics import Metrics
@@ -37,6 +38,7 @@ class Stack:
         self.catalog = catalog
         self.metrics = Metrics()
         self._view: CatalogView | None = None
+        self._on_sighup: list[Callable[[], object]] = []
 
     def view(self) -> CatalogView:
         """The process's one CatalogView (made on first use): DNS and the LB both read it."""
@@ -48,3 +50,13 @@ class Stack:
     def has_view(self) -> bool:
         """Whether any component asked for the view (so it must be started first)."""
         return self._view is not None
+
+    def on_sighup(self, callback: Callable[[], object]) -> None:
+        """Call `callback` on SIGHUP (the LB's routes file, an ACL file): one handler for the
+        process runs every component's, where each installing its own would replace the last."""
+        self._on_sighup.append(callback)
+
+    def sighup(self) -> None:
+        """What SIGHUP does: every registered callback, in registration order."""
+        for callback in self._on_sighup:
+            callback()

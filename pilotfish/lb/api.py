@@ -1,4 +1,9 @@
-"""The routes API on the LB's HTTP port: GET/PUT/DELETE /v1/routes/{listen}."""
+"""The routes API on the LB's HTTP port: GET/PUT/DELETE /v1/routes/{listen}.
+
+Whoever can change a route decides where its traffic goes: with `--lb-acl` or
+`--lb-token-file`, changes need an `admin` token and reads follow the ACL's `read` rules
+(the registry API's tokens and answers, pilotfish.acl).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 from typing import Any
 from urllib.parse import unquote
 
+from pilotfish.acl import ADMIN, AccessPolicy, Denied, forbidden, presented_token
 from pilotfish.config import ConfigError
 from pilotfish.http import respond
 from pilotfish.lb.balancer import LoadBalancer
@@ -36,17 +42,29 @@ async def _body(receive: Any) -> bytes | None:
             return b"".join(chunks)
 
 
+async def _deny(send: Any, exc: Denied) -> None:
+    """401 with `WWW-Authenticate: Bearer`, or 403 naming the token and the missing scope."""
+    await respond(send, exc.status, json.dumps(exc.body()).encode(),
+                  headers=[(b"www-authenticate", b"Bearer")])
+
+
 class RoutesApp:
     """ASGI app for the routes of one LoadBalancer (behind StatusApp, beside /metrics)."""
 
-    def __init__(self, balancer: LoadBalancer) -> None:
+    def __init__(self, balancer: LoadBalancer, access: AccessPolicy | None = None) -> None:
         self.balancer = balancer
+        self.access = access
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
         method: str = scope["method"]
+        try:
+            self._authorize(scope, write=method not in ("GET", "HEAD"))
+        except Denied as exc:
+            await _deny(send, exc)
+            return
         if path in (PREFIX, PREFIX + "/"):
             if method != "GET":
                 await respond(send, 405, _error("use GET", "invalid"))
@@ -73,6 +91,14 @@ class RoutesApp:
                 await respond(send, 404, _error(f"no route on {key}", "not_found", "listen"))
         else:
             await respond(send, 405, _error("use GET, PUT or DELETE", "invalid"))
+
+    def _authorize(self, scope: dict[str, Any], write: bool) -> None:
+        """Raise Denied unless the request's token may do this (always, without an ACL)."""
+        if self.access is None or not self.access.enabled:
+            return
+        token = self.access.authenticate(presented_token(scope), write)
+        if write and token is not None and not token.admin:
+            raise forbidden(token, ADMIN, "route changes")
 
     async def _put(self, key: str, receive: Any, send: Any) -> None:
         raw = await _body(receive)

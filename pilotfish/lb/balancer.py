@@ -8,7 +8,6 @@ import gc
 import logging
 import math
 import resource
-import signal
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,7 +48,6 @@ class LoadBalancer:
         self._from_file: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
-        self._sighup = False
         describe(stack.metrics, self.samples)
 
     @property
@@ -84,8 +82,7 @@ class LoadBalancer:
                 check_forever(self._pools, self.settings), name="lb-health"))
         self._tasks.append(asyncio.create_task(self._sweep_idle(), name="lb-idle"))
         if self.routes_file:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
-            self._sighup = True
+            self.stack.on_sighup(self._on_sighup)
         self._check_file_limit()
         gc.freeze()  # what start-up made lives forever: full collections skip it (no stalls)
 
@@ -206,8 +203,6 @@ class LoadBalancer:
     async def stop(self) -> None:
         """Graceful stop: accept no more, let connections finish (up to the stop timeout)."""
         self.stopping = True
-        if self._sighup:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         listeners = [*self.listeners.values(), *self.draining]
         for listener in listeners:
             listener.stop_accepting()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from pilotfish.config import ConfigError, env, parse_hostport
+from pilotfish.acl import AccessPolicy
+from pilotfish.config import ConfigError, env, parse_hostport, read_token
 from pilotfish.http import HttpServer, StatusApp, tls_settings
 from pilotfish.lb.api import RoutesApp
 from pilotfish.lb.balancer import LoadBalancer
@@ -49,6 +50,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lb-api", default=env("lb_api", DEFAULT_LB_API),
                        help=f"HTTP listen address for /v1/routes, /metrics and /health "
                             f"(default {DEFAULT_LB_API}; 'off' for none) [PILOTFISH_LB_API]")
+    group.add_argument("--lb-acl", default=env("lb_acl"), metavar="FILE",
+                       help="TOML access control list for the LB's HTTP port (the registry's "
+                            "--acl format): route changes need an admin token; re-read on "
+                            "SIGHUP [PILOTFISH_LB_ACL]")
+    group.add_argument("--lb-token-file", default=env("lb_token_file"), metavar="FILE",
+                       help="file holding the admin token route changes need "
+                            "[PILOTFISH_LB_TOKEN_FILE]")
     for attribute, flag, kind, help_text in _NUMBERS:
         default = getattr(DEFAULTS, attribute)
         group.add_argument(f"--lb-{flag}", dest=f"lb_{attribute}", type=kind,
@@ -82,7 +90,10 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     balancer = LoadBalancer(stack, routes, settings(args), routes_file=args.routes_file)
     components: list[Component] = [balancer]
     if args.lb_api not in (None, "", "off"):
-        app = StatusApp(stack.metrics, balancer.health, RoutesApp(balancer))
+        access = AccessPolicy(args.lb_acl, read_token(args.lb_token_file))
+        if args.lb_acl:
+            stack.on_sighup(access.reload)
+        app = StatusApp(stack.metrics, balancer.health, RoutesApp(balancer, access))
         components.append(HttpServer(app, parse_hostport(args.lb_api, "--lb-api"),
                                      what="lb API", tls=tls_settings(args)))
     return components

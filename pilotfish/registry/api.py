@@ -9,7 +9,6 @@ import re
 import time
 from collections.abc import Awaitable
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import unquote_plus
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,8 +30,17 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pilotfish.acl import (
+    ADMIN,
+    ANY_WRITE,
+    WRITE,
+    AccessPolicy,
+    Denied,
+    Token,
+    forbidden,
+    presented_token,
+)
 from pilotfish.metrics import Metrics
-from pilotfish.registry.acl import ADMIN, ANY_WRITE, WRITE, AccessPolicy, Denied, Token, forbidden
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
 from pilotfish.registry.model import (
     ID_PATTERN,
@@ -722,23 +730,6 @@ CALLER = "pilotfish.caller"
 LEASE_PATHS = "/v1/leases/"
 
 
-def presented_token(scope: Scope) -> str | None:
-    """The secret a request presents: `Authorization: Bearer`, `X-Consul-Token` or `?token=`."""
-    headers: dict[bytes, bytes] = dict(scope["headers"])
-    authorization = headers.get(b"authorization", b"").decode("latin-1")
-    if authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip() or None
-    consul = headers.get(b"x-consul-token", b"").decode("latin-1").strip()
-    if consul:
-        return consul
-    query: bytes = scope.get("query_string", b"")
-    for pair in query.decode("latin-1").split("&"):
-        key, _, value = pair.partition("=")
-        if key == "token" and value:
-            return unquote_plus(value)
-    return None
-
-
 def caller(request: Request) -> Token | None:
     """The token the AccessControl middleware found (None: the API is open, or anonymous)."""
     token: Token | None = request.scope.get(CALLER)
@@ -747,12 +738,7 @@ def caller(request: Request) -> Token | None:
 
 def denied_response(exc: Denied) -> Response:
     """401 with `WWW-Authenticate: Bearer`, or 403 naming the token and the missing scope."""
-    body: dict[str, Any] = {"error": exc.message,
-                            "code": "unauthorized" if exc.status == 401 else "forbidden"}
-    if exc.token is not None:
-        body["token"] = exc.token
-    if exc.scope is not None:
-        body["scope"] = exc.scope
+    body = exc.body()
     challenge = "Bearer"
     if exc.status == 403 and exc.scope is not None:
         challenge = f'Bearer error="insufficient_scope", scope="{exc.scope}"'

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
+from pilotfish.acl import AccessPolicy
 from pilotfish.config import env, parse_hostport, read_token
 from pilotfish.http import HttpServer, tls_settings
-from pilotfish.registry.acl import AccessPolicy
 from pilotfish.stack import Component, Stack
 
 DEFAULT_API = "127.0.0.1:8500"
@@ -52,19 +50,6 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
                       access=access)
     server = HttpServer(api.app, parse_hostport(args.api, "--api"), before_stop=api.stop_waiting,
                         tls=tls_settings(args))
-    return [AclReloader(access), server] if args.acl else [server]
-
-
-class AclReloader:
-    """Re-reads the --acl file on SIGHUP (a bad file is logged and the old ACL kept)."""
-
-    def __init__(self, access: AccessPolicy) -> None:
-        self.access = access
-
-    async def start(self) -> None:
-        """Install the SIGHUP handler."""
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.access.reload)
-
-    async def stop(self) -> None:
-        """Remove it."""
-        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+    if args.acl:
+        stack.on_sighup(access.reload)
+    return [server]

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from pilotfish.acl import AccessPolicy, digest, parse_acl
 from pilotfish.config import ConfigError
-from pilotfish.registry.acl import AccessPolicy, digest, parse_acl
 from pilotfish.registry.api import RegistryApi
 from pilotfish.registry.backends.memory import MemoryCatalog
 

@@ -19,8 +19,8 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
+from pilotfish.acl import Denied
 from pilotfish.config import env
-from pilotfish.registry.acl import Denied
 from pilotfish.registry.api import BACKEND_TIMEOUT, ApiError, parse_wait
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot
 from pilotfish.registry.consul.blocking import Blocker
@@ -357,7 +357,7 @@ def consul_router(catalog: Catalog, stopping: asyncio.Event) -> APIRouter:
     """The Consul-compatible read routes, for the registry API app to include.
 
     Tokens (X-Consul-Token, ?token=, a bearer token) are checked by the API's ACL middleware
-    (pilotfish.registry.acl), which answers these paths through consul_denied.
+    (pilotfish.acl), which answers these paths through consul_denied.
     """
     return ConsulApi(catalog, stopping).router
 

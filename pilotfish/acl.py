@@ -1,4 +1,6 @@
-"""Who may do what on the registry API: named tokens with scopes, read from a TOML file.
+"""Who may do what on the registry API and the LB's routes API: named tokens with scopes.
+
+The tokens come from a TOML file (`--acl`, `--lb-acl`) or one admin token file.
 
 Scopes: `read` (every GET), `write:GLOB` (instances of services matching the glob, and
 creating leases), `admin` (everything, including other tokens' leases). Secrets are kept
@@ -14,8 +16,10 @@ import hmac
 import logging
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote_plus
 
 from pilotfish.config import ConfigError
 
@@ -177,6 +181,16 @@ class Denied(Exception):
         super().__init__(message)
         self.status, self.message, self.token, self.scope = status, message, token, scope
 
+    def body(self) -> dict[str, str]:
+        """The JSON error answer: the message, the code, and the token's name and scope."""
+        body = {"error": self.message,
+                "code": "unauthorized" if self.status == 401 else "forbidden"}
+        if self.token is not None:
+            body["token"] = self.token
+        if self.scope is not None:
+            body["scope"] = self.scope
+        return body
+
 
 def forbidden(token: Token, scope: str, what: str) -> Denied:
     """403 naming the token and the scope it lacks."""
@@ -241,3 +255,20 @@ class AccessPolicy:
             raise Denied(401, "reads need a token here (default_read is off): "
                               "Authorization: Bearer <token>")
         return None
+
+
+def presented_token(scope: Mapping[str, Any]) -> str | None:
+    """The secret a request presents: `Authorization: Bearer`, `X-Consul-Token` or `?token=`."""
+    headers: dict[bytes, bytes] = dict(scope["headers"])
+    authorization = headers.get(b"authorization", b"").decode("latin-1")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    consul = headers.get(b"x-consul-token", b"").decode("latin-1").strip()
+    if consul:
+        return consul
+    query: bytes = scope.get("query_string", b"")
+    for pair in query.decode("latin-1").split("&"):
+        key, _, value = pair.partition("=")
+        if key == "token" and value:
+            return unquote_plus(value)
+    return None
