@@ -104,6 +104,13 @@ def ttl_seconds(value: object, field: str = "ttl") -> int:
     return bounded_int(value, field, MIN_TTL, MAX_TTL)
 
 
+def owner_text(value: object, field: str = "owner") -> str:
+    """Return a lease owner (printable ASCII, at most MAX_OWNER long), or raise InvalidField."""
+    if not isinstance(value, str) or not _OWNER.fullmatch(value):
+        raise InvalidField(field, f"must be at most {MAX_OWNER} printable ASCII characters")
+    return value
+
+
 def _tags(value: object) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Iterable):
         raise InvalidField("tags", "must be a list of strings")
@@ -208,8 +215,7 @@ class Lease:
     def __post_init__(self) -> None:
         identifier(self.id, "lease")
         ttl_seconds(self.ttl)
-        if not isinstance(self.owner, str) or not _OWNER.fullmatch(self.owner):
-            raise InvalidField("owner", f"must be at most {MAX_OWNER} printable ASCII characters")
+        owner_text(self.owner)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form used by the API."""

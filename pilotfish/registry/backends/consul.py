@@ -60,8 +60,6 @@ from pilotfish.registry.model import (
     Instance,
     InvalidField,
     Lease,
-    identifier,
-    ttl_seconds,
 )
 
 log = logging.getLogger(__name__)
@@ -142,7 +140,8 @@ class ConsulCatalog(Catalog):
         self._closed = False
 
     @classmethod
-    async def from_url(cls, url: str) -> ConsulCatalog:
+    async def from_url(cls, url: str, token_file: str | None = None,
+                       ca_file: str | None = None) -> ConsulCatalog:
         """consul://host[:8500][?token=…&deregister_after=SECONDS]; https via ?scheme=https."""
         parts = urlsplit(url)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -154,7 +153,7 @@ class ConsulCatalog(Catalog):
             raise InvalidField("deregister_after", "must be a positive number of seconds")
         catalog = cls(parts.hostname or "127.0.0.1", parts.port or 8500,
                       query.get("scheme", "http"), query.get("token"), deregister_after)
-        await catalog._start()
+        await catalog.start()
         return catalog
 
     @staticmethod
@@ -171,7 +170,7 @@ class ConsulCatalog(Catalog):
 
     # -- lifecycle -------------------------------------------------------------
 
-    async def _start(self) -> None:
+    async def start(self) -> None:
         """Load the cache once (so the first snapshot is complete), then follow changes."""
         with contextlib.suppress(BackendUnavailable):
             self._node = await self._node_name()
@@ -242,10 +241,8 @@ class ConsulCatalog(Catalog):
 
     # -- leases ----------------------------------------------------------------
 
-    async def create_lease(self, ttl: int, owner: str = "") -> Lease:
-        ttl = ttl_seconds(ttl)
+    async def _create_lease(self, ttl: int, owner: str) -> Lease:
         lease_id = uuid.uuid4().hex
-        Lease(id=lease_id, ttl=ttl, owner=owner)  # validates owner before anything is written
         record = _LeaseRecord(lease_id, ttl, owner, time.time() + ttl)
         if not await self._call(self._writer.kv.put(LEASE_PREFIX + lease_id, record.encode(),
                                                     cas=0)):
@@ -253,8 +250,7 @@ class ConsulCatalog(Catalog):
         self._remember_lease(record)
         return record.lease()
 
-    async def keepalive(self, lease_id: str) -> Lease:
-        identifier(lease_id, "lease")
+    async def _keepalive(self, lease_id: str) -> Lease:
         record = self._leases.get(lease_id)
         for _ in range(4):
             # The cache is only a hint: unknown index, or apparently lapsed (another
@@ -275,15 +271,13 @@ class ConsulCatalog(Catalog):
         await self._pass_checks(lease_id)
         return renewed.lease()
 
-    async def lease(self, lease_id: str) -> Lease | None:
-        identifier(lease_id, "lease")
+    async def _lease(self, lease_id: str) -> Lease | None:
         record = await self._read_lease(lease_id)
         if record is None or not record.live(time.time()):
             return None
         return record.lease()
 
-    async def revoke(self, lease_id: str) -> bool:
-        identifier(lease_id, "lease")
+    async def _revoke(self, lease_id: str) -> bool:
         record = await self._read_lease(lease_id)
         if record is None:
             return False
@@ -329,7 +323,7 @@ class ConsulCatalog(Catalog):
 
     # -- instances ---------------------------------------------------------------
 
-    async def register(self, instance: Instance) -> bool:
+    async def _register(self, instance: Instance) -> bool:
         reserved = {META_LEASE, META_HEALTH} & set(instance.meta)
         if reserved:
             raise InvalidField("meta", f"keys {sorted(reserved)} are reserved by pilotfish")
@@ -376,8 +370,7 @@ class ConsulCatalog(Catalog):
             raise UnknownLease(instance.lease)
         return existing is None
 
-    async def deregister(self, instance_id: str) -> Instance | None:
-        identifier(instance_id, "id")
+    async def _deregister(self, instance_id: str) -> Instance | None:
         existing = await self._call(self._get(f"/v1/agent/service/{instance_id}"))
         instance = _from_agent(existing) if existing else None
         if instance is None:

@@ -53,12 +53,8 @@ from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, Un
 from pilotfish.registry.credentials import split_credentials
 from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
 from pilotfish.registry.model import (
-    MAX_OWNER,
     Instance,
-    InvalidField,
     Lease,
-    identifier,
-    ttl_seconds,
 )
 
 log = logging.getLogger(__name__)
@@ -231,7 +227,8 @@ class EtcdCatalog(Catalog):
         self._closed = asyncio.Event()
 
     @classmethod
-    async def from_url(cls, url: str) -> EtcdCatalog:
+    async def from_url(cls, url: str, token_file: str | None = None,
+                       ca_file: str | None = None) -> EtcdCatalog:
         """etcd://h1:2379[,h2:2379…]/prefix[?timeout=SECONDS]; starts the watch at once."""
         if split_credentials(url)[1] is not None:  # the stubs are called without aetcd's token
             raise ConfigError("etcd:// with user:password@ is not supported yet: secure etcd "
@@ -256,10 +253,7 @@ class EtcdCatalog(Catalog):
 
     # leases
 
-    async def create_lease(self, ttl: int, owner: str = "") -> Lease:
-        ttl = ttl_seconds(ttl)
-        if not isinstance(owner, str) or len(owner) > MAX_OWNER:
-            raise InvalidField("owner", f"must be a string of at most {MAX_OWNER} characters")
+    async def _create_lease(self, ttl: int, owner: str) -> Lease:
         started = time.monotonic()
 
         async def grant(member: _Member, timeout: float) -> Any:
@@ -284,7 +278,7 @@ class EtcdCatalog(Catalog):
         self._held[lease_id] = _Held(actual, started + actual)
         return Lease(id=lease_id, ttl=actual, owner=owner, expires_at=time.time() + actual)
 
-    async def keepalive(self, lease_id: str) -> Lease:
+    async def _keepalive(self, lease_id: str) -> Lease:
         number = _lease_number(lease_id)
         if number is None:
             raise UnknownLease(lease_id)
@@ -334,7 +328,7 @@ class EtcdCatalog(Catalog):
         return Lease(id=lease_id, ttl=ttl, owner=info.owner if info else "",
                      expires_at=time.time() + ttl)
 
-    async def lease(self, lease_id: str) -> Lease | None:
+    async def _lease(self, lease_id: str) -> Lease | None:
         number = _lease_number(lease_id)
         if number is None or lease_id in self._lapsed:
             return None
@@ -355,7 +349,7 @@ class EtcdCatalog(Catalog):
         return Lease(id=lease_id, ttl=ttl, owner=info.owner if info else "",
                      expires_at=time.time() + remaining.TTL)
 
-    async def revoke(self, lease_id: str) -> bool:
+    async def _revoke(self, lease_id: str) -> bool:
         number = _lease_number(lease_id)
         if number is None:
             return False
@@ -377,7 +371,7 @@ class EtcdCatalog(Catalog):
 
     # instances
 
-    async def register(self, instance: Instance) -> bool:
+    async def _register(self, instance: Instance) -> bool:
         number = _lease_number(instance.lease)
         if number is None or instance.lease in self._lapsed:
             raise UnknownLease(instance.lease)
@@ -418,11 +412,7 @@ class EtcdCatalog(Catalog):
             old_service = current[0].value.decode() if current else None
         raise self._unavailable(f"register {instance.id!r}: kept racing with other writers")
 
-    async def deregister(self, instance_id: str) -> Instance | None:
-        try:
-            identifier(instance_id, "id")
-        except InvalidField:
-            return None
+    async def _deregister(self, instance_id: str) -> Instance | None:
         id_key = self._id_key(instance_id)
         cached = self._instances.get(instance_id)
         service = cached.service if cached is not None else None

@@ -253,19 +253,20 @@ class ZooKeeperCatalog(Catalog):
         self._lock: Any = None  # the kazoo Lock being acquired or held
 
     @classmethod
-    async def from_url(cls, url: str) -> ZooKeeperCatalog:
+    async def from_url(cls, url: str, token_file: str | None = None,
+                       ca_file: str | None = None) -> ZooKeeperCatalog:
         """Connect to the ensemble a zk:// URL names (waiting a few seconds for it)."""
         url, credentials = split_credentials(url)
         hosts, root, options = parse_zk_url(url)
         catalog = cls(hosts, root, session_timeout=options.get("session_timeout",
                                                                 SESSION_TIMEOUT),
                       op_timeout=options.get("timeout", OP_TIMEOUT), credentials=credentials)
-        await catalog.open()
+        await catalog.start()
         return catalog
 
     # lifecycle
 
-    async def open(self, wait: float = CONNECT_WAIT) -> None:
+    async def start(self, wait: float = CONNECT_WAIT) -> None:
         """Start the session, the watches and the reaper election.
 
         If ZooKeeper does not answer within `wait`, carry on: calls raise
@@ -334,8 +335,7 @@ class ZooKeeperCatalog(Catalog):
 
     # leases
 
-    async def create_lease(self, ttl: int, owner: str = "") -> Lease:
-        ttl = ttl_seconds(ttl)
+    async def _create_lease(self, ttl: int, owner: str) -> Lease:
         if ttl < self.min_ttl:
             raise InvalidField("ttl", (
                 f"must be at least {self.min_ttl}s on this ZooKeeper catalog: with a session "
@@ -343,7 +343,7 @@ class ZooKeeperCatalog(Catalog):
                 f"{self.session_timeout * 2 / 3:.1f}s (lower session_timeout in the registry URL)"))
         lease_id = uuid.uuid4().hex
         entry = _LeaseEntry(ttl, owner, time.time() + ttl, version=0, mzxid=0)
-        lease = entry.value(lease_id)  # validates owner before anything is written
+        lease = entry.value(lease_id)
         path = self._lease_path(lease_id)
 
         def apply(result: Any) -> None:
@@ -356,7 +356,7 @@ class ZooKeeperCatalog(Catalog):
             pass  # our own create, retried after a connection loss (the id is a fresh uuid)
         return lease
 
-    async def keepalive(self, lease_id: str) -> Lease:
+    async def _keepalive(self, lease_id: str) -> Lease:
         path = self._lease_path(lease_id)
         fresh = False
         for _ in range(MAX_ATTEMPTS):
@@ -383,13 +383,13 @@ class ZooKeeperCatalog(Catalog):
             return renewed.value(lease_id)
         raise self._contention("keepalive", lease_id)
 
-    async def lease(self, lease_id: str) -> Lease | None:
+    async def _lease(self, lease_id: str) -> Lease | None:
         entry = await self._read_lease(lease_id)
         if entry is None or entry.expires_at <= time.time():
             return None  # by the wall clock, as keepalive decides (the grace is for reads)
         return entry.value(lease_id)
 
-    async def revoke(self, lease_id: str) -> bool:
+    async def _revoke(self, lease_id: str) -> bool:
         entry = await self._read_lease(lease_id)
         if entry is None:
             return False
@@ -398,7 +398,7 @@ class ZooKeeperCatalog(Catalog):
 
     # instances
 
-    async def register(self, instance: Instance) -> bool:
+    async def _register(self, instance: Instance) -> bool:
         data = _encode(instance.to_dict())
         path = self._instance_path(instance.id)
         marker = self._marker_path(instance.lease, instance.id)
@@ -443,7 +443,7 @@ class ZooKeeperCatalog(Catalog):
             fresh = True  # somebody else wrote meanwhile: read both again and retry
         raise self._contention("register", instance.id)
 
-    async def deregister(self, instance_id: str) -> Instance | None:
+    async def _deregister(self, instance_id: str) -> Instance | None:
         path = self._instance_path(instance_id)
         fresh = instance_id not in self._instances
         skip_marker = False
