@@ -69,6 +69,7 @@ PROGRESS_EVERY = 0.25  # a progress request on the watch stream this often...
 STALL_AFTER = 1.0  # ...and a member that leaves one unanswered this long is frozen or cut off
 MIN_KEEPALIVE_TIMEOUT = 0.3
 REVOKE_LAPSED_AFTER = 2.0  # the registrar moves the instances to a new lease meanwhile
+LAPSE_SLACK = 0.5  # an expiry key deleted this close before its time still counts as lapsed
 OUTAGE_MEMORY = 32  # past outages remembered for the lapsed-lease check
 
 GRPC_OPTIONS: dict[str, Any] = {
@@ -742,7 +743,9 @@ class EtcdCatalog(Catalog):
         kind, _, rest = key[len(self._root):].decode(errors="replace").partition("/")
         if kind == "expiry":
             if value is None:
-                expiry.pop(rest, None)
+                # The expiry key goes with its lease: lapsed if its time had come.
+                if expiry.pop(rest, math.inf) <= time.time() + LAPSE_SLACK:
+                    self.expirations += 1
                 return False  # etcd deletes the lease's instances in the same revision
             try:
                 expires_at = float(value)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import ssl
+import time
 from collections.abc import Mapping
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, quote, urlsplit
@@ -47,6 +48,9 @@ RETRY_MIN, RETRY_MAX = 0.1, 0.5  # reconnect backoff of the poll loop
 BATCH_GAP = 0.05
 REMEMBERED = 65_536  # cap on the per-process maps of our own leases and instances
 TOKEN_ENV = "PILOTFISH_TOKEN"
+# A lease of ours whose instances vanish less than this before its expiry was revoked
+# elsewhere, not lapsed: the API drops them within a second after expiry.
+LAPSE_SLACK = 0.5
 
 
 class Unauthorized(CatalogError):
@@ -79,6 +83,7 @@ class HttpCatalog(Catalog):
         self._poll_client = httpx.AsyncClient(base_url=real_url, headers=headers,
                                               timeout=POLL_TIMEOUT, verify=verify)
         self._mine: dict[str, Instance] = {}  # instances registered here, for deregister
+        self._held: dict[str, float] = {}  # our leases' expires_at, to count the ones that lapse
         self._snapshot: Snapshot | None = None
         self._raw: dict[str, tuple[Mapping[str, Any], Instance]] = {}
         self._index = 0  # local, never goes backwards even when a restarted API starts over
@@ -124,17 +129,20 @@ class HttpCatalog(Catalog):
         response = await self._request("POST", "/v1/leases", json={"ttl": ttl, "owner": owner})
         if response.status_code != 201:
             self._fail(response)
-        return _lease_from(response.json())
+        return self._holding(_lease_from(response.json()))
 
     async def _keepalive(self, lease_id: str) -> Lease:
         response = await self._request("PUT", f"/v1/leases/{_seg(lease_id)}/keepalive")
         if response.status_code != 200:
+            if response.status_code == 404:
+                self._gone(lease_id)
             self._fail(response, lease_id)
-        return _lease_from(response.json())
+        return self._holding(_lease_from(response.json()))
 
     async def _lease(self, lease_id: str) -> Lease | None:
         response = await self._request("GET", f"/v1/leases/{_seg(lease_id)}")
         if response.status_code == 404:
+            self._gone(lease_id)
             return None
         if response.status_code != 200:
             self._fail(response, lease_id)
@@ -143,10 +151,22 @@ class HttpCatalog(Catalog):
     async def _revoke(self, lease_id: str) -> bool:
         response = await self._request("DELETE", f"/v1/leases/{_seg(lease_id)}")
         if response.status_code == 404:
+            self._gone(lease_id)
             return False
+        self._held.pop(lease_id, None)
         if response.status_code != 204:
             self._fail(response, lease_id)
         return True
+
+    def _holding(self, lease: Lease) -> Lease:
+        _remember(self._held, lease.id, lease.expires_at)
+        return lease
+
+    def _gone(self, lease_id: str) -> None:
+        """A lease of ours is gone: count it as lapsed if its time had run out."""
+        expires_at = self._held.pop(lease_id, None)
+        if expires_at is not None and expires_at <= time.time() + LAPSE_SLACK:
+            self.expirations += 1
 
     # instances
 
@@ -270,6 +290,10 @@ class HttpCatalog(Catalog):
                 raw[item["id"]] = (item, Instance.from_dict(item))
                 changed = True
         changed = changed or raw.keys() != self._raw.keys() or self._snapshot is None
+        if changed and self._held:
+            alive = {item[1].lease for item in raw.values()}
+            for lease_id in {item[1].lease for item in self._raw.values()} - alive:
+                self._gone(lease_id)
         remote_index = int(body["index"])
         if changed:
             self._raw = raw
