@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -52,8 +51,13 @@ from consul.exceptions import (
 )
 
 from pilotfish.loop import cancel_and_wait
-from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
-from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
+from pilotfish.registry.backends.stored import (
+    CachedCatalog,
+    Conflict,
+    StoredLease,
+    retry_on_conflict,
+)
+from pilotfish.registry.catalog import BackendUnavailable, Snapshot, UnknownLease
 from pilotfish.registry.model import (
     MAX_META,
     Health,
@@ -82,33 +86,6 @@ REAP_PERIOD = 1.0
 
 
 @dataclass(frozen=True, slots=True)
-class _LeaseRecord:
-    """A lease as stored in KV, with the ModifyIndex used for check-and-set (0 = unknown)."""
-
-    id: str
-    ttl: int
-    owner: str
-    expires_at: float
-    modify_index: int = 0
-
-    def encode(self) -> bytes:
-        return json.dumps({"ttl": self.ttl, "owner": self.owner,
-                           "expires_at": self.expires_at}).encode()
-
-    @classmethod
-    def decode(cls, lease_id: str, value: bytes | None, modify_index: int) -> _LeaseRecord:
-        data = json.loads(value or b"{}")
-        return cls(lease_id, int(data["ttl"]), str(data.get("owner", "")),
-                   float(data["expires_at"]), modify_index)
-
-    def live(self, now: float) -> bool:
-        return self.expires_at > now
-
-    def lease(self) -> Lease:
-        return Lease(id=self.id, ttl=self.ttl, owner=self.owner, expires_at=self.expires_at)
-
-
-@dataclass(frozen=True, slots=True)
 class _Entry:
     """One pilotfish instance as the health endpoint reported it."""
 
@@ -117,7 +94,7 @@ class _Entry:
     version: tuple[Any, ...] = ()  # what Consul reported, to skip rebuilding unchanged ones
 
 
-class ConsulCatalog(Catalog):
+class ConsulCatalog(CachedCatalog):
     """A catalog on a Consul agent, readable by Consul's own catalog, UI and DNS."""
 
     def __init__(self, host: str, port: int, scheme: str = "http", token: str | None = None,
@@ -129,14 +106,11 @@ class ConsulCatalog(Catalog):
         self._writer = self._client(host, port, scheme, token)
         self._watcher = self._client(host, port, scheme, token, connections=100_000)
         self._node: str | None = None
-        self._leases: dict[str, _LeaseRecord] = {}
         self._services: dict[str, dict[str, _Entry]] = {}
         self._service_tasks: dict[str, asyncio.Task[None]] = {}
         self._registered: dict[str, str] = {}  # instance id -> lease, written through us
         self._failing: set[str] = {"leases", "services"}  # watchers not yet in sync
         self._tasks: list[asyncio.Task[None]] = []
-        self.freshness = Freshness()
-        self._snapshots = ExpiringSnapshots(self.changes.notify, self.freshness)
         self._closed = False
 
     @classmethod
@@ -243,39 +217,37 @@ class ConsulCatalog(Catalog):
 
     async def _create_lease(self, ttl: int, owner: str) -> Lease:
         lease_id = uuid.uuid4().hex
-        record = _LeaseRecord(lease_id, ttl, owner, time.time() + ttl)
+        record = StoredLease(lease_id, ttl, owner, time.time() + ttl)
         if not await self._call(self._writer.kv.put(LEASE_PREFIX + lease_id, record.encode(),
                                                     cas=0)):
             raise BackendUnavailable(f"lease id {lease_id} already taken in consul")
         self._remember_lease(record)
-        return record.lease()
+        return record.value()
 
     async def _keepalive(self, lease_id: str) -> Lease:
-        record = self._leases.get(lease_id)
-        for _ in range(4):
-            # The cache is only a hint: unknown index, or apparently lapsed (another
-            # process's renewal may still be on its way to us), means ask KV.
-            if record is None or record.modify_index == 0 or not record.live(time.time()):
-                record = await self._read_lease(lease_id)
-            now = time.time()
-            if record is None or not record.live(now):
-                raise UnknownLease(lease_id)
-            renewed = replace(record, expires_at=now + record.ttl, modify_index=0)
-            if await self._call(self._writer.kv.put(LEASE_PREFIX + lease_id, renewed.encode(),
-                                                    cas=record.modify_index)):
-                self._remember_lease(renewed)
-                break
-            record = None  # our ModifyIndex was stale: read and try again
-        else:
-            raise BackendUnavailable(f"lease {lease_id} kept changing under concurrent writers")
+        renewed = await retry_on_conflict(
+            lambda attempt: self._renew(lease_id, trust_cache=attempt == 0),
+            lambda: BackendUnavailable(
+                f"lease {lease_id} kept changing under concurrent writers"))
         await self._pass_checks(lease_id)
-        return renewed.lease()
+        return renewed.value()
 
-    async def _lease(self, lease_id: str) -> Lease | None:
-        record = await self._read_lease(lease_id)
-        if record is None or not record.live(time.time()):
-            return None
-        return record.lease()
+    async def _renew(self, lease_id: str, trust_cache: bool) -> StoredLease:
+        """One check-and-set renewal; Conflict when another writer's ModifyIndex got there."""
+        record = self._leases.get(lease_id) if trust_cache else None
+        # The cache is only a hint: unknown index, or apparently lapsed (another process's
+        # renewal may still be on its way to us), means ask KV.
+        if record is None or record.version == 0 or not record.live(time.time()):
+            record = await self._read_lease(lease_id)
+        now = time.time()
+        if record is None or not record.live(now):
+            raise UnknownLease(lease_id)
+        renewed = replace(record, expires_at=now + record.ttl, version=0)
+        if not await self._call(self._writer.kv.put(LEASE_PREFIX + lease_id, renewed.encode(),
+                                                    cas=record.version)):
+            raise Conflict(lease_id)
+        self._remember_lease(renewed)
+        return renewed
 
     async def _revoke(self, lease_id: str) -> bool:
         record = await self._read_lease(lease_id)
@@ -286,18 +258,18 @@ class ConsulCatalog(Catalog):
         await self._deregister_leases({lease_id})
         return record.live(time.time())
 
-    async def _read_lease(self, lease_id: str) -> _LeaseRecord | None:
+    async def _read_lease(self, lease_id: str) -> StoredLease | None:
         _, items = await self._call(self._writer.kv.get(LEASE_PREFIX + lease_id))
         if not items:
             return None
         item = items if isinstance(items, dict) else items[0]
         try:
-            return _LeaseRecord.decode(lease_id, item.get("Value"), int(item["ModifyIndex"]))
+            return StoredLease.decode(lease_id, item.get("Value"), int(item["ModifyIndex"]))
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring malformed lease record %s", item.get("Key"))
             return None
 
-    async def _live_lease(self, lease_id: str) -> _LeaseRecord | None:
+    async def _live_lease(self, lease_id: str) -> StoredLease | None:
         record = self._leases.get(lease_id)
         if record is None:
             record = await self._read_lease(lease_id)
@@ -403,14 +375,7 @@ class ConsulCatalog(Catalog):
             (entry.instance for entries in self._services.values() for entry in entries.values()),
             self._expiry_of)
 
-    def _changed(self) -> None:
-        self._snapshots.changed()
-
-    def _expiry_of(self, lease_id: str) -> float | None:
-        record = self._leases.get(lease_id)
-        return None if record is None else record.expires_at
-
-    def _remember_lease(self, record: _LeaseRecord) -> None:
+    def _remember_lease(self, record: StoredLease) -> None:
         """Merge a lease record into the cache; renewals only move expiry forward."""
         known = self._leases.get(record.id)
         if known is not None and known.expires_at > record.expires_at:
@@ -461,11 +426,11 @@ class ConsulCatalog(Catalog):
                                  wait=f"{LEASE_WAIT:g}s"),
             LEASE_WAIT * 1.1 + REQUEST_TIMEOUT if index else REQUEST_TIMEOUT)
         answered = time.monotonic()
-        seen: dict[str, _LeaseRecord] = {}
+        seen: dict[str, StoredLease] = {}
         for item in items or ():
             lease_id = str(item["Key"])[len(LEASE_PREFIX):]
             try:
-                seen[lease_id] = _LeaseRecord.decode(lease_id, item.get("Value"),
+                seen[lease_id] = StoredLease.decode(lease_id, item.get("Value"),
                                                      int(item["ModifyIndex"]))
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring malformed lease record %s", item.get("Key"))
@@ -555,8 +520,8 @@ class ConsulCatalog(Catalog):
         now = time.time()
         lapsed = [r for r in self._leases.values() if r.expires_at < now - 1.0]
         for record in lapsed:
-            if record.modify_index and await self._call(self._writer.kv.delete(
-                    LEASE_PREFIX + record.id, cas=record.modify_index)):
+            if record.version and await self._call(self._writer.kv.delete(
+                    LEASE_PREFIX + record.id, cas=record.version)):
                 self.expirations += 1
             self._forget_lease(record.id)
         dead = {lease for lease in self._registered.values()

@@ -49,9 +49,10 @@ from aetcd import rpc
 
 from pilotfish.config import ConfigError, parse_endpoints
 from pilotfish.loop import cancel_and_wait
-from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
+from pilotfish.registry.backends.stored import WRITE_ATTEMPTS, CachedCatalog, StoredLease
+from pilotfish.registry.catalog import BackendUnavailable, Snapshot, UnknownLease
 from pilotfish.registry.credentials import split_credentials
-from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
+from pilotfish.registry.expiring import Freshness
 from pilotfish.registry.model import (
     Instance,
     Lease,
@@ -83,12 +84,6 @@ GRPC_OPTIONS: dict[str, Any] = {
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
 }
 WATCH_METADATA = (("hasleader", "true"),)  # a member cut off from the leader ends the watch
-
-
-@dataclass(frozen=True, slots=True)
-class _LeaseInfo:
-    ttl: int
-    owner: str
 
 
 @dataclass(slots=True)
@@ -191,13 +186,14 @@ _TRANSIENT = {
 }
 
 
-class EtcdCatalog(Catalog):
+class EtcdCatalog(CachedCatalog):
     """A catalog stored in an etcd cluster, read through a watch-fed local cache."""
 
     def __init__(self, endpoints: list[tuple[str, int]], prefix: str = "pilotfish",
                  call_timeout: float = CALL_TIMEOUT, deadline: float = DEADLINE,
                  stale_grace: float = STALE_GRACE, stall_after: float = STALL_AFTER) -> None:
-        super().__init__()
+        # Expiry runs only while progress answers prove the cache current (fail static).
+        super().__init__(Freshness(bound=min(STALL_AFTER, stall_after)))
         self._members = [_Member(host, port) for host, port in endpoints]
         self._current = 0
         self.prefix = prefix
@@ -208,12 +204,8 @@ class EtcdCatalog(Catalog):
         self._stall_after = stall_after
         # cache, fed by the watch
         self._instances: dict[str, Instance] = {}
-        self._leases: dict[str, _LeaseInfo] = {}
         self._expiry: dict[str, float] = {}  # wall clock, as the last keepalive published it
         self._revision = 0  # the watch resumes after this revision
-        # Expiry runs only while progress answers prove the cache current (fail static).
-        self.freshness = Freshness(bound=min(STALL_AFTER, stall_after))
-        self._snapshots = ExpiringSnapshots(self.changes.notify, self.freshness)
         self._synced = asyncio.Event()
         self._disconnected_at: float | None = time.monotonic()
         self._watch_error = "not connected yet"
@@ -265,7 +257,7 @@ class EtcdCatalog(Catalog):
         if granted.error:
             raise BackendUnavailable(f"etcd refused a lease: {granted.error}")
         lease_id = format(granted.ID, "x")
-        value = json.dumps({"ttl": ttl, "owner": owner}).encode()
+        value = StoredLease(lease_id, ttl, owner).encode(expiry=False)
         puts = [rpc.RequestOp(request_put=rpc.PutRequest(
                     key=self._lease_key(lease_id), value=value, lease=granted.ID)),
                 rpc.RequestOp(request_put=self._expiry_put(lease_id, granted.ID, granted.TTL))]
@@ -345,7 +337,7 @@ class EtcdCatalog(Catalog):
         remaining, stored = await asyncio.gather(self._call(ttl_of), self._call(key_of))
         if remaining.TTL <= 0 or not stored.kvs:
             return None
-        info = self._lease_info(stored.kvs[0].value)
+        info = self._lease_info(lease_id, stored.kvs[0].value)
         ttl = info.ttl if info else max(2, int(remaining.grantedTTL))
         return Lease(id=lease_id, ttl=ttl, owner=info.owner if info else "",
                      expires_at=time.time() + remaining.TTL)
@@ -381,7 +373,7 @@ class EtcdCatalog(Catalog):
         value = json.dumps(instance.to_dict(), separators=(",", ":")).encode()
         cached = self._instances.get(instance.id)
         old_service = cached.service if cached is not None else None
-        for _ in range(8):
+        for _ in range(WRITE_ATTEMPTS):
             compare = [
                 rpc.Compare(key=lease_key, target=rpc.Compare.CREATE,
                             result=rpc.Compare.GREATER, create_revision=0),
@@ -417,7 +409,7 @@ class EtcdCatalog(Catalog):
         id_key = self._id_key(instance_id)
         cached = self._instances.get(instance_id)
         service = cached.service if cached is not None else None
-        for _ in range(8):
+        for _ in range(WRITE_ATTEMPTS):
             compare = [self._id_compare(id_key, service)]
             failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=id_key))]
             success: list[Any] = []
@@ -461,11 +453,6 @@ class EtcdCatalog(Catalog):
     async def healthy(self) -> bool:
         """Healthy while the watch is connected (or only briefly reconnecting)."""
         return self._synced.is_set() and self._down_for() <= self._stale_grace
-
-    @property
-    def lease_count(self) -> int:
-        """Leases with a key under this prefix, as the watch last saw them."""
-        return len(self._leases)
 
     async def close(self) -> None:
         self._closed.set()
@@ -582,7 +569,7 @@ class EtcdCatalog(Catalog):
             rpc.RangeRequest(key=self._root, range_end=_prefix_end(self._root)),
             timeout=self._call_timeout * 2)
         instances: dict[str, Instance] = {}
-        leases: dict[str, _LeaseInfo] = {}
+        leases: dict[str, StoredLease] = {}
         expiry: dict[str, float] = {}
         for kv in reply.kvs:
             self._apply(kv.key, kv.value, instances, leases, expiry)
@@ -736,7 +723,7 @@ class EtcdCatalog(Catalog):
             self.freshness.proved(checks.popleft()[0])
 
     def _apply(self, key: bytes, value: bytes | None, instances: dict[str, Instance],
-               leases: dict[str, _LeaseInfo], expiry: dict[str, float]) -> bool:
+               leases: dict[str, StoredLease], expiry: dict[str, float]) -> bool:
         """Fold one key into the cache; True when what may be served changed."""
         if not key.startswith(self._root):
             return False
@@ -761,7 +748,7 @@ class EtcdCatalog(Catalog):
                 leases.pop(rest, None)
                 self._held.pop(rest, None)
                 self._lapsed.discard(rest)
-            elif (info := self._lease_info(value)) is not None:
+            elif (info := self._lease_info(rest, value)) is not None:
                 leases[rest] = info
             return False
         if kind != "services":
@@ -779,8 +766,9 @@ class EtcdCatalog(Catalog):
         instances[instance_id] = instance
         return True
 
-    def _changed(self, revision: int) -> None:
-        self._snapshots.changed()
+    def _changed(self, revision: int = 0) -> None:
+        """The cache changed (as of the watch's `revision`): rebuild on the next read."""
+        super()._changed()
 
     # availability and outages
 
@@ -885,13 +873,12 @@ class EtcdCatalog(Catalog):
                            value=service.encode())
 
     @staticmethod
-    def _lease_info(value: bytes) -> _LeaseInfo | None:
-        try:
-            data = json.loads(value)
-            return _LeaseInfo(ttl=int(data["ttl"]), owner=str(data.get("owner", "")))
-        except (ValueError, KeyError, TypeError):
+    def _lease_info(lease_id: str, value: bytes) -> StoredLease | None:
+        """The lease key's ttl and owner (its expiry is under its own key)."""
+        info = StoredLease.parse(lease_id, value, expiry=False)
+        if info is None:
             log.warning("ignoring malformed lease value %r", value[:100])
-            return None
+        return info
 
     @staticmethod
     def _decode_instance(value: bytes) -> Instance | None:

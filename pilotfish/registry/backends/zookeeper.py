@@ -81,10 +81,16 @@ from kazoo.security import READ_ACL_UNSAFE, make_digest_acl
 
 from pilotfish.config import parse_endpoints
 from pilotfish.loop import cancel_and_wait
-from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
+from pilotfish.registry.backends.stored import (
+    WRITE_ATTEMPTS,
+    CachedCatalog,
+    Conflict,
+    StoredLease,
+    retry_on_conflict,
+)
+from pilotfish.registry.catalog import BackendUnavailable, Snapshot, UnknownLease
 from pilotfish.registry.credentials import split_credentials
-from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
-from pilotfish.registry.model import Instance, InvalidField, Lease, ttl_seconds
+from pilotfish.registry.model import Instance, InvalidField, Lease
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +106,6 @@ REAP_INTERVAL = 0.5
 REAP_MARGIN = 0.5  # reap a lease this long after it lapsed (readers filter it already)
 ORPHAN_GRACE = 10.0  # an instance whose lease node is missing this long is deleted
 ELECTION_WAIT = 5.0
-MAX_ATTEMPTS = 8  # optimistic-concurrency retries of one write
 TXN_BATCH = 400  # instances removed per multi, far below ZooKeeper's 1 MB request limit
 
 CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, ConnectionDropped,
@@ -109,21 +114,6 @@ LEASES = "leases"
 INSTANCES = "instances"
 
 Op = tuple[Any, ...]  # ("check", path, version) | ("create", path, data) | ("set", ...) | ...
-
-
-@dataclass(slots=True)
-class _LeaseEntry:
-    ttl: int
-    owner: str
-    expires_at: float  # wall clock, as written by the last keepalive
-    version: int
-    mzxid: int  # 0 when applied from our own write (we do not know it)
-
-    def value(self, lease_id: str) -> Lease:
-        return Lease(id=lease_id, ttl=self.ttl, owner=self.owner, expires_at=self.expires_at)
-
-    def encode(self) -> bytes:
-        return _encode({"ttl": self.ttl, "owner": self.owner, "expires_at": self.expires_at})
 
 
 @dataclass(slots=True)
@@ -137,14 +127,8 @@ def _encode(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _decode_lease(raw: bytes, stat: ZnodeStat) -> _LeaseEntry | None:
-    try:
-        data = json.loads(raw)
-        return _LeaseEntry(ttl=ttl_seconds(data["ttl"]), owner=str(data.get("owner", "")),
-                           expires_at=float(data["expires_at"]), version=stat.version,
-                           mzxid=stat.mzxid)
-    except (ValueError, KeyError, TypeError):
-        return None
+def _decode_lease(lease_id: str, raw: bytes, stat: ZnodeStat) -> StoredLease | None:
+    return StoredLease.parse(lease_id, raw, stat.version, stat.mzxid)
 
 
 def _decode_instance(raw: bytes, stat: ZnodeStat) -> _InstanceEntry | None:
@@ -197,7 +181,7 @@ def parse_zk_url(url: str) -> tuple[list[str], str, dict[str, float]]:
     return hosts, chroot, options
 
 
-class ZooKeeperCatalog(Catalog):
+class ZooKeeperCatalog(CachedCatalog):
     """The catalog on a ZooKeeper ensemble: `zk://h1:2181[,h2:2181...]/chroot`."""
 
     def __init__(self, hosts: list[str], root: str, session_timeout: float = SESSION_TIMEOUT,
@@ -223,14 +207,10 @@ class ZooKeeperCatalog(Catalog):
         self._loop = asyncio.get_running_loop()
         self._closed = False
         # the cache, touched only on the loop
-        self._leases: dict[str, _LeaseEntry] = {}
         self._instances: dict[str, _InstanceEntry] = {}
         self._by_lease: dict[str, set[str]] = {}
         self._watched: set[str] = set()  # nodes with a data watch set (or a read on its way)
         self._orphan_since: dict[str, float] = {}
-        # Expiry runs only while a recent sync through the leader proves the cache current.
-        self.freshness = Freshness()
-        self._snapshots = ExpiringSnapshots(self.changes.notify, self.freshness)
         self._probe_task: asyncio.Task[None] | None = None
         self._stale_reported = False
         # connection state
@@ -342,52 +322,48 @@ class ZooKeeperCatalog(Catalog):
                 f"timeout of {self.session_timeout:g}s a frozen server is noticed only after "
                 f"{self.session_timeout * 2 / 3:.1f}s (lower session_timeout in the registry URL)"))
         lease_id = uuid.uuid4().hex
-        entry = _LeaseEntry(ttl, owner, time.time() + ttl, version=0, mzxid=0)
-        lease = entry.value(lease_id)
-        path = self._lease_path(lease_id)
-
-        def apply(result: Any) -> None:
-            if result.successful():
-                self._put_lease(lease_id, entry)
-
+        entry = StoredLease(lease_id, ttl, owner, time.time() + ttl)
+        lease = entry.value()
+        create = functools.partial(self._client.create_async, self._lease_path(lease_id),
+                                   entry.encode(compact=True))
         try:
-            await self._call(lambda: self._client.create_async(path, entry.encode()), apply)
+            await self._call(create, functools.partial(self._created, entry))
         except NodeExistsError:
             pass  # our own create, retried after a connection loss (the id is a fresh uuid)
         return lease
 
     async def _keepalive(self, lease_id: str) -> Lease:
-        path = self._lease_path(lease_id)
-        fresh = False
-        for _ in range(MAX_ATTEMPTS):
-            entry = await self._live_lease(lease_id, fresh)
-            renewed = _LeaseEntry(entry.ttl, entry.owner, time.time() + entry.ttl,
-                                  entry.version + 1, 0)
+        renewed = await retry_on_conflict(
+            lambda attempt: self._renew(lease_id, fresh=attempt > 0),
+            lambda: self._contention("keepalive", lease_id))
+        return renewed.value()
 
-            def apply(result: Any, renewed: _LeaseEntry = renewed) -> None:
-                if result.successful():
-                    renewed.version, renewed.mzxid = result.value.version, result.value.mzxid
-                    self._put_lease(lease_id, renewed)
-                elif isinstance(result.exception, NoNodeError):
-                    self._drop_lease(lease_id)
+    async def _renew(self, lease_id: str, fresh: bool) -> StoredLease:
+        """One versioned write of a later expiry; Conflict when renewed elsewhere meanwhile."""
+        entry = await self._live_lease(lease_id, fresh)
+        renewed = StoredLease(lease_id, entry.ttl, entry.owner, time.time() + entry.ttl,
+                              entry.version + 1)
+        write = functools.partial(self._client.set_async, self._lease_path(lease_id),
+                                  renewed.encode(compact=True), entry.version)
+        try:
+            await self._call(write, functools.partial(self._renewed, renewed))
+        except NoNodeError:
+            raise UnknownLease(lease_id) from None
+        except BadVersionError:
+            raise Conflict(lease_id) from None
+        return renewed
 
-            write = functools.partial(self._client.set_async, path, renewed.encode(),
-                                      entry.version)
-            try:
-                await self._call(write, apply)
-            except NoNodeError:
-                raise UnknownLease(lease_id) from None
-            except BadVersionError:
-                fresh = True  # renewed elsewhere since we read it: look again
-                continue
-            return renewed.value(lease_id)
-        raise self._contention("keepalive", lease_id)
+    def _created(self, entry: StoredLease, result: Any) -> None:
+        if result.successful():
+            self._put_lease(entry.id, entry)
 
-    async def _lease(self, lease_id: str) -> Lease | None:
-        entry = await self._read_lease(lease_id)
-        if entry is None or entry.expires_at <= time.time():
-            return None  # by the wall clock, as keepalive decides (the grace is for reads)
-        return entry.value(lease_id)
+    def _renewed(self, renewed: StoredLease, result: Any) -> None:
+        """Put our own renewal in the cache (in answer order), or drop a lease found gone."""
+        if result.successful():
+            renewed.version, renewed.revision = result.value.version, result.value.mzxid
+            self._put_lease(renewed.id, renewed)
+        elif isinstance(result.exception, NoNodeError):
+            self._drop_lease(renewed.id)
 
     async def _revoke(self, lease_id: str) -> bool:
         entry = await self._read_lease(lease_id)
@@ -404,7 +380,7 @@ class ZooKeeperCatalog(Catalog):
         marker = self._marker_path(instance.lease, instance.id)
         fresh = False
         skip_old_marker = False
-        for _ in range(MAX_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS):
             lease = await self._live_lease(instance.lease, fresh)
             current = await self._current_instance(instance.id, fresh)
             ops: list[Op] = [("check", self._lease_path(instance.lease), lease.version)]
@@ -447,7 +423,7 @@ class ZooKeeperCatalog(Catalog):
         path = self._instance_path(instance_id)
         fresh = instance_id not in self._instances
         skip_marker = False
-        for _ in range(MAX_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS):
             current = await self._current_instance(instance_id, fresh)
             if current is None:
                 return None
@@ -493,23 +469,16 @@ class ZooKeeperCatalog(Catalog):
         entry = self._leases.get(lease_id)
         return entry is not None and self._alive(entry)
 
-    def _alive(self, entry: _LeaseEntry) -> bool:
+    def _alive(self, entry: StoredLease) -> bool:
         """Whether a lease may be served: by its expiry, on a clock that stops while this
         reader has no proof that its cache is current."""
         return self.freshness.alive(entry.expires_at)
 
-    def _changed(self) -> None:
-        self._snapshots.changed()
-
-    def _expiry_of(self, lease_id: str) -> float | None:
-        lease = self._leases.get(lease_id)
-        return None if lease is None else lease.expires_at
-
     # the cache (loop thread only)
 
-    def _put_lease(self, lease_id: str, entry: _LeaseEntry) -> None:
+    def _put_lease(self, lease_id: str, entry: StoredLease) -> None:
         old = self._leases.get(lease_id)
-        if old is not None and entry.mzxid and old.mzxid > entry.mzxid:
+        if old is not None and entry.revision and old.revision > entry.revision:
             return
         self._leases[lease_id] = entry
         if self._by_lease.get(lease_id) and (old is None or self._alive(old) != self._alive(entry)):
@@ -558,7 +527,7 @@ class ZooKeeperCatalog(Catalog):
         if result.successful():
             raw, stat = result.value
             if kind == LEASES:
-                lease = _decode_lease(raw, stat)
+                lease = _decode_lease(name, raw, stat)
                 if lease is None:
                     log.warning("ignoring lease node %s: not a pilotfish lease", path)
                     self._drop_lease(name)
@@ -804,11 +773,11 @@ class ZooKeeperCatalog(Catalog):
             return None
         return node
 
-    async def _read_lease(self, lease_id: str) -> _LeaseEntry | None:
+    async def _read_lease(self, lease_id: str) -> StoredLease | None:
         node = await self._read_node(self._lease_path(lease_id))
-        return None if node is None else _decode_lease(*node)
+        return None if node is None else _decode_lease(lease_id, *node)
 
-    async def _live_lease(self, lease_id: str, fresh: bool) -> _LeaseEntry:
+    async def _live_lease(self, lease_id: str, fresh: bool) -> StoredLease:
         """The lease as cached, or as read when the cache may be behind; UnknownLease if dead."""
         # By the wall clock, not the reader's paused one: a lease that ran out during an
         # outage is not renewed but replaced (the registrar registers again at once).
@@ -832,7 +801,7 @@ class ZooKeeperCatalog(Catalog):
         """
         lease_path = self._lease_path(lease_id)
         missing: set[str] = set()  # markers whose instance node is gone
-        for _ in range(MAX_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS):
             try:
                 names: list[str] = await self._call(
                     lambda: self._client.get_children_async(lease_path))
@@ -886,7 +855,7 @@ class ZooKeeperCatalog(Catalog):
     def _contention(self, what: str, name: str) -> BackendUnavailable:
         return BackendUnavailable(
             f"{what} {name!r}: ZooKeeper kept changing underneath, gave up after "
-            f"{MAX_ATTEMPTS} attempts")
+            f"{WRITE_ATTEMPTS} attempts")
 
     # the elected reaper
 
