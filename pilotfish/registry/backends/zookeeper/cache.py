@@ -17,9 +17,7 @@ from kazoo.exceptions import (
 )
 from kazoo.protocol.states import EventType
 
-from pilotfish.registry.backends.stored import (
-    StoredLease,
-)
+from pilotfish.registry.backends.stored import StoredLease
 from pilotfish.registry.backends.zookeeper.bridge import ZooKeeperSession
 from pilotfish.registry.backends.zookeeper.nodes import (
     INSTANCES,

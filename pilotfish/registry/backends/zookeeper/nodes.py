@@ -21,9 +21,7 @@ from kazoo.exceptions import (
 from kazoo.protocol.states import ZnodeStat
 
 from pilotfish.config import parse_endpoints
-from pilotfish.registry.backends.stored import (
-    StoredLease,
-)
+from pilotfish.registry.backends.stored import StoredLease
 from pilotfish.registry.model import Instance
 
 log = logging.getLogger(__name__.rpartition(".")[0])  # the package's logger

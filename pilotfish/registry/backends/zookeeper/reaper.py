@@ -17,9 +17,7 @@ from kazoo.exceptions import (
     NotEmptyError,
 )
 
-from pilotfish.registry.backends.stored import (
-    WRITE_ATTEMPTS,
-)
+from pilotfish.registry.backends.stored import WRITE_ATTEMPTS
 from pilotfish.registry.backends.zookeeper.cache import ZooKeeperCache
 from pilotfish.registry.backends.zookeeper.nodes import (
     ELECTION_WAIT,
