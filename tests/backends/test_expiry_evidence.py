@@ -1,7 +1,7 @@
 """The expiry bookkeeping readers share: the etcd cache's rebuild on a renewal that arrives
 after the old expiry passed, `Freshness` freezing expiry while the backend proves nothing
-(DESIGN.md guarantees 1 and 3), and the smallest TTL a ZooKeeper session timeout honours.
-Only the last test needs a server (the session's ZooKeeper)."""
+(docs/architecture.md guarantees 1 and 3), and the smallest TTL a ZooKeeper session timeout
+honours. Only the last test needs a server (the session's ZooKeeper)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A `pilotfish register` process registers instances on a TTL 2 lease and keeps it alive;
 after SIGKILL nobody renews the lease, and every read must stop serving its
-instances within TTL + 1 s of the kill (DESIGN.md guarantee 1).
+instances within TTL + 1 s of the kill (docs/architecture.md guarantee 1).
 """
 
 from __future__ import annotations
