@@ -23,7 +23,7 @@ from pilotfish.registry import BackendUnavailable, Catalog, Instance, Snapshot, 
 from pilotfish.registry.registrar import Registrar
 from pilotfish.registry.view import CatalogView
 from tests.fixtures.process import PilotfishProcess
-from tests.watching import eventually, ids, instance, wait_until_back, wait_until_ids
+from tests.fixtures.watching import eventually, ids, instance, wait_until_back, wait_until_ids
 
 Opener = Callable[[str], Awaitable[Catalog]]
 

@@ -17,7 +17,7 @@ from pilotfish.registry.backends.zookeeper import min_ttl
 from pilotfish.registry.catalog import ChangeSignal
 from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
 from pilotfish.registry.model import InvalidField
-from tests.watching import instance
+from tests.fixtures.watching import instance
 
 
 def _fed_etcd_cache() -> EtcdCatalog:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from pilotfish.registry import Catalog, Instance, InvalidField, UnknownLease
-from tests.watching import wait_until
+from tests.fixtures.watching import wait_until
 
 TTL = 2
 GRACE = 1.0  # docs/architecture.md guarantee 1: never served later than expiry + 1 s

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pilotfish.registry import Catalog, Instance
-from tests.watching import eventually, wait_until
+from tests.fixtures.watching import eventually, wait_until
 
 TTL = 2
 

@@ -17,7 +17,7 @@ import pytest
 
 from pilotfish.registry import open_catalog
 from tests.fixtures.process import StartPilotfish, start_pilotfish
-from tests.watching import wait_until
+from tests.fixtures.watching import wait_until
 
 TTL = 2
 GRACE = 1.0
