@@ -7,11 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from pilotfish.registry.model import (
-    Health,
-    Instance,
-    InvalidField,
-)
+from pilotfish.registry.model import Health, Instance, InvalidField
 
 log = logging.getLogger(__name__.rpartition(".")[0])  # the package's logger
 

@@ -24,18 +24,9 @@ from pilotfish.registry.backends.consul.agent import (
     log,
 )
 from pilotfish.registry.backends.consul.reaper import ConsulReaper
-from pilotfish.registry.backends.stored import (
-    Conflict,
-    StoredLease,
-    retry_on_conflict,
-)
+from pilotfish.registry.backends.stored import Conflict, StoredLease, retry_on_conflict
 from pilotfish.registry.catalog import BackendUnavailable, UnknownLease
-from pilotfish.registry.model import (
-    MAX_META,
-    Instance,
-    InvalidField,
-    Lease,
-)
+from pilotfish.registry.model import MAX_META, Instance, InvalidField, Lease
 
 
 class ConsulCatalog(ConsulReaper):
@@ -140,13 +131,12 @@ class ConsulCatalog(ConsulReaper):
         if not ids:
             return
         limit = asyncio.Semaphore(PASS_CONCURRENCY)
+        await asyncio.gather(*(self._pass_check(i, limit) for i in ids))
 
-        async def pass_one(instance_id: str) -> None:
-            async with limit:
-                # False (404): deregistered meanwhile, nothing to keep alive.
-                await self._call(self._writer.agent.check.ttl_pass(CHECK_PREFIX + instance_id))
-
-        await asyncio.gather(*(pass_one(i) for i in ids))
+    async def _pass_check(self, instance_id: str, limit: asyncio.Semaphore) -> None:
+        async with limit:
+            # False (404): deregistered meanwhile, nothing to keep alive.
+            await self._call(self._writer.agent.check.ttl_pass(CHECK_PREFIX + instance_id))
 
     # -- instances ---------------------------------------------------------------
 

@@ -5,12 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pilotfish.registry.backends.consul.agent import (
-    LEASE_PREFIX,
-    META_LEASE,
-    REAP_PERIOD,
-    log,
-)
+from pilotfish.registry.backends.consul.agent import LEASE_PREFIX, META_LEASE, REAP_PERIOD, log
 from pilotfish.registry.backends.consul.watch import ConsulWatch
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from pilotfish.registry.backends.consul.agent import (
@@ -142,13 +143,8 @@ class ConsulWatch(ConsulClient):
             indexes = await asyncio.gather(*(self._load_service(name, 0) for name in fresh))
             for name, first in zip(fresh, indexes, strict=True):
                 self._service_tasks[name] = asyncio.create_task(
-                    self._follow(f"service {name}", self._service_loader(name), first))
+                    self._follow(f"service {name}", partial(self._load_service, name), first))
         return int(new)
-
-    def _service_loader(self, name: str) -> Callable[[int], Awaitable[int]]:
-        async def load(index: int) -> int:
-            return await self._load_service(name, index)
-        return load
 
     async def _load_service(self, name: str, index: int) -> int:
         new, nodes = await self._call(

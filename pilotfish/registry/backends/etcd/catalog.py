@@ -26,10 +26,7 @@ from pilotfish.registry.backends.etcd.watch import EtcdWatch
 from pilotfish.registry.backends.stored import WRITE_ATTEMPTS, StoredLease
 from pilotfish.registry.catalog import BackendUnavailable, UnknownLease
 from pilotfish.registry.credentials import split_credentials
-from pilotfish.registry.model import (
-    Instance,
-    Lease,
-)
+from pilotfish.registry.model import Instance, Lease
 
 
 class EtcdCatalog(EtcdWatch):

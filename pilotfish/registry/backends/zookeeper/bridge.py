@@ -13,10 +13,7 @@ from kazoo.client import KazooClient
 from kazoo.retry import KazooRetry
 from kazoo.security import READ_ACL_UNSAFE, make_digest_acl
 
-from pilotfish.registry.backends.stored import (
-    WRITE_ATTEMPTS,
-    CachedCatalog,
-)
+from pilotfish.registry.backends.stored import WRITE_ATTEMPTS, CachedCatalog
 from pilotfish.registry.backends.zookeeper.nodes import (
     CONNECTION_ERRORS,
     ELECTION_WAIT,

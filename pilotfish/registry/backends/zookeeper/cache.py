@@ -10,11 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from kazoo.client import KazooState
-from kazoo.exceptions import (
-    KazooException,
-    NodeExistsError,
-    NoNodeError,
-)
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.protocol.states import EventType
 
 from pilotfish.registry.backends.stored import StoredLease

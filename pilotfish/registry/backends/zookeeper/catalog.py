@@ -10,11 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from kazoo.exceptions import (
-    BadVersionError,
-    NodeExistsError,
-    NoNodeError,
-)
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
 from pilotfish.loop import cancel_and_wait
@@ -175,16 +171,7 @@ class ZooKeeperCatalog(ZooKeeperReaper):
                         ops.append(("delete", self._marker_path(old_lease, instance.id), -1))
                     ops.append(("create", marker, b""))
             was_served = current is not None and self._is_live(current.instance.lease)
-
-            def apply(results: list[Any], current: _InstanceEntry | None = current,
-                      same: bool = same) -> None:
-                if same and current is not None:
-                    return
-                stat = results[1] if isinstance(results[1], ZnodeStat) else None
-                version, mzxid = (stat.version, stat.mzxid) if stat is not None else (0, 0)
-                self._put_instance(instance.id, _InstanceEntry(instance, version, mzxid))
-
-            failed = await self._multi(ops, apply)
+            failed = await self._multi(ops, functools.partial(self._registered, instance, same))
             if failed is None:
                 return not was_served
             index, error = failed
@@ -195,6 +182,14 @@ class ZooKeeperCatalog(ZooKeeperReaper):
                 skip_old_marker = True  # the old lease is gone already
             fresh = True  # somebody else wrote meanwhile: read both again and retry
         raise self._contention("register", instance.id)
+
+    def _registered(self, instance: Instance, same: bool, results: list[Any]) -> None:
+        """Put our own write in the cache, in answer order (unchanged: nothing to do)."""
+        if same:
+            return
+        stat = results[1] if isinstance(results[1], ZnodeStat) else None
+        version, mzxid = (stat.version, stat.mzxid) if stat is not None else (0, 0)
+        self._put_instance(instance.id, _InstanceEntry(instance, version, mzxid))
 
     async def _deregister(self, instance_id: str) -> Instance | None:
         path = self._instance_path(instance_id)

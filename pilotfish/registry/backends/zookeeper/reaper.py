@@ -10,12 +10,7 @@ import socket
 import time
 from typing import Any
 
-from kazoo.exceptions import (
-    KazooException,
-    LockTimeout,
-    NoNodeError,
-    NotEmptyError,
-)
+from kazoo.exceptions import KazooException, LockTimeout, NoNodeError, NotEmptyError
 
 from pilotfish.registry.backends.stored import WRITE_ATTEMPTS
 from pilotfish.registry.backends.zookeeper.cache import ZooKeeperCache
@@ -68,16 +63,8 @@ class ZooKeeperReaper(ZooKeeperCache):
                     ops.append(("delete", self._marker_path(lease_id, name), -1))
                 if last:
                     ops.append(("delete", lease_path, version))
-
-                def apply(_: list[Any], batch: list[str] = batch, last: bool = last) -> None:
-                    for name in batch:
-                        entry = self._instances.get(name)
-                        if entry is not None and entry.instance.lease == lease_id:
-                            self._drop_instance(name)
-                    if last:
-                        self._drop_lease(lease_id)
-
-                failed = await self._multi(ops, apply)
+                failed = await self._multi(
+                    ops, functools.partial(self._removed, lease_id, batch, last))
                 if failed is None:
                     continue
                 index, error = failed
@@ -98,6 +85,15 @@ class ZooKeeperReaper(ZooKeeperCache):
             if not retry:
                 return True
         raise self._contention("remove lease", lease_id)
+
+    def _removed(self, lease_id: str, batch: list[str], last: bool, _: list[Any]) -> None:
+        """Drop what one removal multi deleted from the cache, in answer order."""
+        for name in batch:
+            entry = self._instances.get(name)
+            if entry is not None and entry.instance.lease == lease_id:
+                self._drop_instance(name)
+        if last:
+            self._drop_lease(lease_id)
 
     # the elected reaper
 
@@ -142,14 +138,13 @@ class ZooKeeperReaper(ZooKeeperCache):
         while True:
             await asyncio.sleep(PROBE_EVERY)
             if self._synced and (probe is None or probe.done()):
-                asked = time.monotonic()
-
-                def proved(result: Any, asked: float = asked) -> None:
-                    if result.successful() and self._synced:
-                        self.freshness.proved(asked)
-
-                probe = self._issue(lambda: self._client.sync_async(self.root), proved)
+                probe = self._issue(lambda: self._client.sync_async(self.root),
+                                    functools.partial(self._proved, time.monotonic()))
             self._report_staleness()
+
+    def _proved(self, asked: float, result: Any) -> None:
+        if result.successful() and self._synced:
+            self.freshness.proved(asked)
 
     def _report_staleness(self) -> None:
         """One log line when the cache stops being proven current, one when it is again;
