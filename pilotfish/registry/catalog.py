@@ -9,7 +9,14 @@ from types import TracebackType
 from typing import Self
 
 from pilotfish.loop import wait_event
-from pilotfish.registry.model import Instance, Lease
+from pilotfish.registry.model import (
+    Instance,
+    InvalidField,
+    Lease,
+    identifier,
+    owner_text,
+    ttl_seconds,
+)
 
 
 class CatalogError(Exception):
@@ -100,29 +107,71 @@ class Catalog(ABC):
         """Live leases, where the backend can count them cheaply; None otherwise."""
         return None
 
+    @classmethod
     @abstractmethod
+    async def from_url(cls, url: str, token_file: str | None = None,
+                       ca_file: str | None = None) -> Self:
+        """Build the catalog a URL names and `start` it; open_catalog calls this.
+
+        `token_file` and `ca_file` are for backends that talk to a pilotfish API; others
+        ignore them.
+        """
+
+    async def start(self) -> None:
+        """Connect and begin following the backend; from_url calls it once, before use."""
+
+    # The public methods validate their input, the same way on every backend, and then call
+    # the backend's hook: a hook only ever sees well-formed values.
+
     async def create_lease(self, ttl: int, owner: str = "") -> Lease:
         """Grant a new lease that lapses ttl seconds after its last keepalive."""
+        return await self._create_lease(ttl_seconds(ttl), owner_text(owner))
 
-    @abstractmethod
     async def keepalive(self, lease_id: str) -> Lease:
         """Renew a lease; raises UnknownLease when it is gone, so the caller re-registers."""
+        return await self._keepalive(identifier(lease_id, "lease"))
 
-    @abstractmethod
     async def lease(self, lease_id: str) -> Lease | None:
         """The live lease with that id, or None."""
+        return await self._lease(identifier(lease_id, "lease"))
 
-    @abstractmethod
     async def revoke(self, lease_id: str) -> bool:
         """End a lease now, removing every instance on it; False if it was unknown."""
+        return await self._revoke(identifier(lease_id, "lease"))
 
-    @abstractmethod
     async def register(self, instance: Instance) -> bool:
         """Upsert an instance on its lease (UnknownLease if absent); True if it was new."""
+        if not isinstance(instance, Instance):
+            raise InvalidField("instance", "must be an Instance")
+        return await self._register(instance)
 
-    @abstractmethod
     async def deregister(self, instance_id: str) -> Instance | None:
         """Remove one instance; returns what was removed, or None if it was absent."""
+        return await self._deregister(identifier(instance_id, "id"))
+
+    @abstractmethod
+    async def _create_lease(self, ttl: int, owner: str) -> Lease:
+        """Hook: grant a lease (ttl and owner already valid)."""
+
+    @abstractmethod
+    async def _keepalive(self, lease_id: str) -> Lease:
+        """Hook: renew a lease (a well-formed id); UnknownLease when it is gone."""
+
+    @abstractmethod
+    async def _lease(self, lease_id: str) -> Lease | None:
+        """Hook: the live lease with that well-formed id, or None."""
+
+    @abstractmethod
+    async def _revoke(self, lease_id: str) -> bool:
+        """Hook: end a lease now with its instances; False if it was unknown."""
+
+    @abstractmethod
+    async def _register(self, instance: Instance) -> bool:
+        """Hook: upsert an instance on its lease; True if it was new."""
+
+    @abstractmethod
+    async def _deregister(self, instance_id: str) -> Instance | None:
+        """Hook: remove one instance (a well-formed id); what was removed, or None."""
 
     @abstractmethod
     async def snapshot(self) -> Snapshot:

@@ -1,8 +1,8 @@
 """Snapshots that drop instances at their lease's expiry, for backends that expire lazily.
 
-Expiry is applied only while the reader can prove its cache is current (DESIGN.md
-guarantee 3): `Freshness` records the last proof a backend gave (a watch progress
-answer, a sync, a blocking read that returned) and freezes the expiry clock when that
+Expiry is applied only while the reader can prove its cache is current
+(docs/architecture.md guarantee 3): `Freshness` records the last proof a backend gave (a
+watch progress answer, a sync, a blocking read that returned) and freezes the expiry clock when that
 proof grows older than its bound, so a reader cut off from its backend keeps its last
 view instead of expiring every lease whose renewal it cannot see.
 """
@@ -110,8 +110,8 @@ class ExpiringSnapshots:
     """Builds a backend's snapshots from its cache, filtering by lease expiry (wall clock).
 
     ZooKeeper and Consul keep lapsed entries until someone deletes them, so readers filter
-    themselves (DESIGN.md guarantee 1). The backend calls `changed()` whenever its cache
-    changes; `build()` rebuilds only then or once the first served lease lapses, moves the
+    themselves (docs/architecture.md guarantee 1). The backend calls `changed()` whenever
+    its cache changes; `build()` rebuilds only then or once the first served lease lapses, moves the
     index only when what is served differs, and a timer wakes watchers at that expiry.
     With a `Freshness`, expiry stops while the cache is not proven current (no timer then:
     proof coming back rebuilds).

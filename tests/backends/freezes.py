@@ -34,7 +34,7 @@ from pilotfish.registry import BackendUnavailable, Catalog, open_catalog
 from pilotfish.registry.registrar import Registrar
 from tests.backends.scenarios import add_until_done
 from tests.fixtures.process import PilotfishProcess, StartPilotfish
-from tests.watching import instance
+from tests.fixtures.watching import instance
 
 DOMAIN = "faults.test"
 SAMPLE_EVERY = 0.1

@@ -2,7 +2,7 @@
 under an outage.
 
 CI has no Consul binary, so the contract suite runs the consul:// backend against
-`tests/consul_double.py`. These tests pin the double to what Consul documents for the
+`tests/fixtures/consul_double.py`. These tests pin the double to what Consul documents for the
 endpoints the backend uses (TTL checks, DeregisterCriticalServiceAfter, blocking queries,
 KV check-and-set), check that registrations are ordinary Consul services, and stop the
 double (a crash: state is lost, as with an agent and server without persistence) to

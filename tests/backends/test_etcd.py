@@ -33,7 +33,7 @@ from tests.backends.scenarios import (
 )
 from tests.fixtures.etcd import EtcdCluster, EtcdServer
 from tests.fixtures.process import StartPilotfish
-from tests.watching import eventually, wait_until, wait_until_back, wait_until_ids
+from tests.fixtures.watching import eventually, wait_until, wait_until_back, wait_until_ids
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """The expiry bookkeeping readers share: the etcd cache's rebuild on a renewal that arrives
 after the old expiry passed, `Freshness` freezing expiry while the backend proves nothing
-(DESIGN.md guarantees 1 and 3), and the smallest TTL a ZooKeeper session timeout honours.
-Only the last test needs a server (the session's ZooKeeper)."""
+(docs/architecture.md guarantees 1 and 3), and the smallest TTL a ZooKeeper session timeout
+honours. Only the last test needs a server (the session's ZooKeeper)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pilotfish.registry.backends.zookeeper import min_ttl
 from pilotfish.registry.catalog import ChangeSignal
 from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
 from pilotfish.registry.model import InvalidField
-from tests.watching import instance
+from tests.fixtures.watching import instance
 
 
 def _fed_etcd_cache() -> EtcdCatalog:

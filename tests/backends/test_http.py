@@ -15,7 +15,7 @@ from pilotfish.registry.backends.http import HttpCatalog, Unauthorized
 from pilotfish.registry.registrar import Registrar
 from pilotfish.registry.view import CatalogView
 from tests.fixtures.process import StartPilotfish
-from tests.watching import wait_until, wait_until_back
+from tests.fixtures.watching import wait_until, wait_until_back
 
 PROMPT = 1.0  # seconds within which a call to a dead API must fail
 

@@ -34,8 +34,8 @@ from tests.backends.scenarios import (
     ride_out_an_outage,
 )
 from tests.fixtures.process import StartPilotfish
+from tests.fixtures.watching import eventually, ids, instance, wait_until, wait_until_ids
 from tests.fixtures.zookeeper import ZooKeeperEnsemble, ZooKeeperServer
-from tests.watching import eventually, ids, instance, wait_until, wait_until_ids
 
 pytestmark = pytest.mark.slow
 

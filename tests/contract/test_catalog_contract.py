@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from pilotfish.registry import Catalog, Instance, InvalidField, UnknownLease
-from tests.watching import wait_until
+from tests.fixtures.watching import wait_until
 
 TTL = 2
-GRACE = 1.0  # DESIGN.md guarantee 1: never served later than expiry + 1 s
+GRACE = 1.0  # docs/architecture.md guarantee 1: never served later than expiry + 1 s
 
 
 def make(service: str, instance_id: str, lease: str, port: int = 8080, **extra: object) -> Instance:

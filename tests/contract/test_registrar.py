@@ -21,8 +21,8 @@ from pilotfish.registry.registrar import Registrar
 from tests.fixtures.consul import ConsulDouble
 from tests.fixtures.etcd import EtcdServer
 from tests.fixtures.process import start_pilotfish
+from tests.fixtures.watching import eventually, ids, instance, wait_until, wait_until_back
 from tests.fixtures.zookeeper import ZooKeeperServer
-from tests.watching import eventually, ids, instance, wait_until, wait_until_back
 
 
 async def test_registrar_keeps_instances_alive_past_the_ttl(catalog: Catalog, unique: str) -> None:

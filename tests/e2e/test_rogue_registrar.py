@@ -2,7 +2,7 @@
 
 A `pilotfish register` process registers instances on a TTL 2 lease and keeps it alive;
 after SIGKILL nobody renews the lease, and every read must stop serving its
-instances within TTL + 1 s of the kill (DESIGN.md guarantee 1).
+instances within TTL + 1 s of the kill (docs/architecture.md guarantee 1).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from pilotfish.registry import open_catalog
 from tests.fixtures.process import StartPilotfish, start_pilotfish
-from tests.watching import wait_until
+from tests.fixtures.watching import wait_until
 
 TTL = 2
 GRACE = 1.0

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from tests.fixtures.watching import eventually
 from tests.lb.conftest import Backend, open_fds, start_lb
 from tests.lb.load import run_load
-from tests.watching import eventually
 
 COUNT = int(os.environ.get("PILOTFISH_SOAK_CONNECTIONS", "200000"))
 CONCURRENCY = 48

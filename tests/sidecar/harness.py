@@ -17,7 +17,7 @@ import httpx
 from pilotfish.registry import Catalog, Instance, Snapshot
 from tests.fixtures.docker import DockerEngine
 from tests.fixtures.process import PilotfishProcess, StartPilotfish, start_pilotfish
-from tests.watching import wait_until
+from tests.fixtures.watching import wait_until
 
 DOMAIN = "pilotfish"
 ADVERTISE = "127.0.0.1"

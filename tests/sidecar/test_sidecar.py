@@ -24,6 +24,7 @@ from tests.fixtures.docker import DockerEngine
 from tests.fixtures.etcd import EtcdServer
 from tests.fixtures.process import StartPilotfish, start_pilotfish
 from tests.fixtures.servers import free_port
+from tests.fixtures.watching import eventually, ids, wait_until, wait_until_back
 from tests.sidecar.harness import (
     ADVERTISE,
     STARTUP,
@@ -36,7 +37,6 @@ from tests.sidecar.harness import (
     start_sidecar,
     timed,
 )
-from tests.watching import eventually, ids, wait_until, wait_until_back
 
 pytestmark = pytest.mark.slow
 

@@ -42,9 +42,5 @@ async def _open(url: str, token_file: str | None, ca_file: str | None) -> Catalo
         raise ValueError(f"registry URL {redact_url(url)!r}: unknown scheme {scheme!r} "
                          f"(known: {known})")
     module_name, class_name = target.split(":")
-    catalog_class = getattr(importlib.import_module(module_name), class_name)
-    if scheme in ("http", "https"):
-        http_catalog: Catalog = await catalog_class.from_url(url, token_file, ca_file)
-        return http_catalog
-    catalog: Catalog = await catalog_class.from_url(url)
-    return catalog
+    catalog_class: type[Catalog] = getattr(importlib.import_module(module_name), class_name)
+    return await catalog_class.from_url(url, token_file, ca_file)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import ssl
+import time
 from collections.abc import Mapping
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, quote, urlsplit
@@ -29,7 +30,7 @@ from pilotfish.registry.catalog import (
     Snapshot,
     UnknownLease,
 )
-from pilotfish.registry.model import Instance, InvalidField, Lease, ttl_seconds
+from pilotfish.registry.model import Instance, InvalidField, Lease
 from pilotfish.registry.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ RETRY_MIN, RETRY_MAX = 0.1, 0.5  # reconnect backoff of the poll loop
 BATCH_GAP = 0.05
 REMEMBERED = 65_536  # cap on the per-process maps of our own leases and instances
 TOKEN_ENV = "PILOTFISH_TOKEN"
+# A lease of ours whose instances vanish less than this before its expiry was revoked
+# elsewhere, not lapsed: the API drops them within a second after expiry.
+LAPSE_SLACK = 0.5
 
 
 class Unauthorized(CatalogError):
@@ -79,6 +83,7 @@ class HttpCatalog(Catalog):
         self._poll_client = httpx.AsyncClient(base_url=real_url, headers=headers,
                                               timeout=POLL_TIMEOUT, verify=verify)
         self._mine: dict[str, Instance] = {}  # instances registered here, for deregister
+        self._held: dict[str, float] = {}  # our leases' expires_at, to count the ones that lapse
         self._snapshot: Snapshot | None = None
         self._raw: dict[str, tuple[Mapping[str, Any], Instance]] = {}
         self._index = 0  # local, never goes backwards even when a restarted API starts over
@@ -111,46 +116,61 @@ class HttpCatalog(Catalog):
             token, source = read_token(token_file) or "", f"--token-file {token_file}"
         if not token:
             token, source = os.environ.get(TOKEN_ENV, ""), TOKEN_ENV
-        return cls(f"{parts.scheme}://{parts.netloc}{parts.path}", token or None, source,
-                   ca_file or os.environ.get("PILOTFISH_CA_FILE") or None,
-                   os.environ.get("PILOTFISH_CLIENT_CERT") or None,
-                   os.environ.get("PILOTFISH_CLIENT_KEY") or None)
+        catalog = cls(f"{parts.scheme}://{parts.netloc}{parts.path}", token or None, source,
+                      ca_file or os.environ.get("PILOTFISH_CA_FILE") or None,
+                      os.environ.get("PILOTFISH_CLIENT_CERT") or None,
+                      os.environ.get("PILOTFISH_CLIENT_KEY") or None)
+        await catalog.start()
+        return catalog
 
     # leases
 
-    async def create_lease(self, ttl: int, owner: str = "") -> Lease:
-        ttl = ttl_seconds(ttl)
-        Lease(id="pending", ttl=ttl, owner=owner)  # validate before the round trip
+    async def _create_lease(self, ttl: int, owner: str) -> Lease:
         response = await self._request("POST", "/v1/leases", json={"ttl": ttl, "owner": owner})
         if response.status_code != 201:
             self._fail(response)
-        return _lease(response.json())
+        return self._holding(_lease_from(response.json()))
 
-    async def keepalive(self, lease_id: str) -> Lease:
+    async def _keepalive(self, lease_id: str) -> Lease:
         response = await self._request("PUT", f"/v1/leases/{_seg(lease_id)}/keepalive")
         if response.status_code != 200:
+            if response.status_code == 404:
+                self._gone(lease_id)
             self._fail(response, lease_id)
-        return _lease(response.json())
+        return self._holding(_lease_from(response.json()))
 
-    async def lease(self, lease_id: str) -> Lease | None:
+    async def _lease(self, lease_id: str) -> Lease | None:
         response = await self._request("GET", f"/v1/leases/{_seg(lease_id)}")
         if response.status_code == 404:
+            self._gone(lease_id)
             return None
         if response.status_code != 200:
             self._fail(response, lease_id)
-        return _lease(response.json())
+        return _lease_from(response.json())
 
-    async def revoke(self, lease_id: str) -> bool:
+    async def _revoke(self, lease_id: str) -> bool:
         response = await self._request("DELETE", f"/v1/leases/{_seg(lease_id)}")
         if response.status_code == 404:
+            self._gone(lease_id)
             return False
+        self._held.pop(lease_id, None)
         if response.status_code != 204:
             self._fail(response, lease_id)
         return True
 
+    def _holding(self, lease: Lease) -> Lease:
+        _remember(self._held, lease.id, lease.expires_at)
+        return lease
+
+    def _gone(self, lease_id: str) -> None:
+        """A lease of ours is gone: count it as lapsed if its time had run out."""
+        expires_at = self._held.pop(lease_id, None)
+        if expires_at is not None and expires_at <= time.time() + LAPSE_SLACK:
+            self.expirations += 1
+
     # instances
 
-    async def register(self, instance: Instance) -> bool:
+    async def _register(self, instance: Instance) -> bool:
         body = instance.to_dict()
         del body["service"], body["id"]
         response = await self._request("PUT", _instance_path(instance.service, instance.id),
@@ -160,7 +180,7 @@ class HttpCatalog(Catalog):
         _remember(self._mine, instance.id, instance)
         return response.status_code == 201
 
-    async def deregister(self, instance_id: str) -> Instance | None:
+    async def _deregister(self, instance_id: str) -> Instance | None:
         known = self._mine.get(instance_id)
         if self._up and self._snapshot is not None:
             known = self._snapshot.get(instance_id) or known
@@ -192,7 +212,7 @@ class HttpCatalog(Catalog):
     async def snapshot(self) -> Snapshot:
         if self._up and self._snapshot is not None:
             return self._snapshot
-        self._start()
+        self._follow_from_first_read()
         if not self._settled.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), FIRST_SYNC_TIMEOUT)
@@ -216,7 +236,7 @@ class HttpCatalog(Catalog):
 
     # the cache
 
-    def _start(self) -> None:
+    def _follow_from_first_read(self) -> None:
         """Start following the API on the first read: write-only users never download it."""
         if self._poller is None:
             self._poller = asyncio.create_task(self._follow(), name=f"http-catalog {self.base_url}")
@@ -270,6 +290,10 @@ class HttpCatalog(Catalog):
                 raw[item["id"]] = (item, Instance.from_dict(item))
                 changed = True
         changed = changed or raw.keys() != self._raw.keys() or self._snapshot is None
+        if changed and self._held:
+            alive = {item[1].lease for item in raw.values()}
+            for lease_id in {item[1].lease for item in self._raw.values()} - alive:
+                self._gone(lease_id)
         remote_index = int(body["index"])
         if changed:
             self._raw = raw
@@ -360,7 +384,7 @@ def _instance_path(service: str, instance_id: str) -> str:
     return f"/v1/services/{_seg(service)}/instances/{_seg(instance_id)}"
 
 
-def _lease(body: Mapping[str, Any]) -> Lease:
+def _lease_from(body: Mapping[str, Any]) -> Lease:
     return Lease(id=body["id"], ttl=body["ttl"], owner=body.get("owner", ""),
                  expires_at=float(body.get("expires_at", 0.0)))
 

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from pilotfish.registry.catalog import Catalog, Snapshot, UnknownLease
-from pilotfish.registry.model import Instance, Lease, ttl_seconds
+from pilotfish.registry.model import Instance, Lease
 
 
 @dataclass(slots=True)
@@ -35,20 +35,23 @@ class MemoryCatalog(Catalog):
         self._timer_deadline = 0.0
 
     @classmethod
-    async def from_url(cls, url: str) -> MemoryCatalog:
+    async def from_url(cls, url: str, token_file: str | None = None,
+                       ca_file: str | None = None) -> MemoryCatalog:
         """memory:// takes no parameters."""
-        return cls()
+        catalog = cls()
+        await catalog.start()
+        return catalog
 
-    async def create_lease(self, ttl: int, owner: str = "") -> Lease:
+    async def _create_lease(self, ttl: int, owner: str) -> Lease:
         self._expire_due()
         lease_id = uuid.uuid4().hex
-        lease = Lease(id=lease_id, ttl=ttl_seconds(ttl), owner=owner)
+        lease = Lease(id=lease_id, ttl=ttl, owner=owner)
         state = _LeaseState(ttl=lease.ttl, owner=owner, deadline=time.monotonic() + lease.ttl)
         self._leases[lease_id] = state
         self._push_expiry(state.deadline, lease_id)
         return self._lease_value(lease_id, state)
 
-    async def keepalive(self, lease_id: str) -> Lease:
+    async def _keepalive(self, lease_id: str) -> Lease:
         self._expire_due()
         state = self._leases.get(lease_id)
         if state is None:
@@ -56,12 +59,12 @@ class MemoryCatalog(Catalog):
         state.deadline = time.monotonic() + state.ttl
         return self._lease_value(lease_id, state)
 
-    async def lease(self, lease_id: str) -> Lease | None:
+    async def _lease(self, lease_id: str) -> Lease | None:
         self._expire_due()
         state = self._leases.get(lease_id)
         return None if state is None else self._lease_value(lease_id, state)
 
-    async def revoke(self, lease_id: str) -> bool:
+    async def _revoke(self, lease_id: str) -> bool:
         self._expire_due()
         state = self._leases.pop(lease_id, None)
         if state is None:
@@ -74,7 +77,7 @@ class MemoryCatalog(Catalog):
             self._stale = 0
         return True
 
-    async def register(self, instance: Instance) -> bool:
+    async def _register(self, instance: Instance) -> bool:
         self._expire_due()
         state = self._leases.get(instance.lease)
         if state is None:
@@ -91,7 +94,7 @@ class MemoryCatalog(Catalog):
         self._changed()
         return previous is None
 
-    async def deregister(self, instance_id: str) -> Instance | None:
+    async def _deregister(self, instance_id: str) -> Instance | None:
         self._expire_due()
         instance = self._instances.pop(instance_id, None)
         if instance is None:
