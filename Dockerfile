@@ -15,8 +15,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY . /src
 RUN python3 -m venv /opt/pilotfish \
  && /opt/pilotfish/bin/pip wheel -q ${OFFLINE:+--no-index} --find-links /src/.wheels \
-        -w /wheels /src \
- && /opt/pilotfish/bin/pip install -q --no-index --find-links /wheels pilotfish \
+        -w /wheels "/src[all]" \
+ && /opt/pilotfish/bin/pip install -q --no-index --find-links /wheels "pilotfish[all]" \
  && /opt/pilotfish/bin/pip uninstall -q -y pip setuptools
 
 # Stage 2: the base, an unprivileged user and the environment; no compilers, no pip, no wheels.

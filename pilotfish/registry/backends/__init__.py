@@ -9,6 +9,12 @@ from pilotfish.config import ConfigError
 from pilotfish.registry.catalog import Catalog
 from pilotfish.registry.redact import redact_url
 
+EXTRAS: dict[str, tuple[str, str]] = {  # scheme: (the client it imports, the extra with it)
+    "etcd": ("aetcd", "etcd"),
+    "zk": ("kazoo", "zookeeper"),
+    "consul": ("consul", "consul"),
+}
+
 BACKENDS: dict[str, str] = {
     "memory": "pilotfish.registry.backends.memory:MemoryCatalog",
     "etcd": "pilotfish.registry.backends.etcd:EtcdCatalog",
@@ -42,5 +48,13 @@ async def _open(url: str, token_file: str | None, ca_file: str | None) -> Catalo
         raise ValueError(f"registry URL {redact_url(url)!r}: unknown scheme {scheme!r} "
                          f"(known: {known})")
     module_name, class_name = target.split(":")
-    catalog_class: type[Catalog] = getattr(importlib.import_module(module_name), class_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        client, extra = EXTRAS.get(scheme, ("", ""))
+        if not client or (exc.name or "").partition(".")[0] != client:
+            raise
+        raise ConfigError(f"{scheme}:// needs the {client} client, which is not installed: "
+                          f"pip install 'pilotfish[{extra}]' (or 'pilotfish[all]')") from None
+    catalog_class: type[Catalog] = getattr(module, class_name)
     return await catalog_class.from_url(url, token_file, ca_file)
