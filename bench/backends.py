@@ -6,7 +6,7 @@ measures in this process registrations/s and keepalives/s with concurrent caller
 a second process following the catalog's watch, the delay from a register call to the change
 appearing there and from a lease's expiry to its instance disappearing there.
 
-    python bench/backends.py [--backends memory,etcd,zookeeper,consul,http] [--samples 200]
+    python -m bench.backends [--backends memory,etcd,zookeeper,consul,http] [--samples 200]
 
 memory:// lives inside one process, so its cross-process figures are taken through a
 pilotfish API (http:// over memory) and its rates in-process.
@@ -26,10 +26,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pilotfish.registry import Catalog, Instance, open_catalog
 
-from pilotfish.registry import Catalog, Instance, open_catalog  # noqa: E402
-
+REPOSITORY = Path(__file__).resolve().parent.parent  # where `-m bench.backends` is found
 Server = Callable[[], contextlib.AbstractContextManager[str]]
 
 
@@ -139,7 +138,8 @@ class Follower:
 
     def __init__(self, url: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--follow", url], stdout=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "bench.backends", "--follow", url],
+            stdout=subprocess.PIPE, text=True, cwd=REPOSITORY)
         assert self.process.stdout is not None
         self.stdout = self.process.stdout
         if self.stdout.readline().strip() != "READY":

@@ -13,7 +13,7 @@ and the readers' freshness checks; counted by etcd's gRPC metrics or ZooKeeper's
 It prints medians, and the etcd/zk ratio. There is no peer to run beside it: no Consul
 server can be installed here and nothing else does multi-host discovery with these parts.
 
-    python bench/cluster.py [--backends etcd,zk] [--repeat 5] [--ttls 3,10,30]
+    python -m bench.cluster [--backends etcd,zk] [--repeat 5] [--ttls 3,10,30]
 
 Needs root (namespaces, dockerd), like the tests. Takes about 4 minutes with the defaults.
 """
@@ -22,21 +22,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import urllib.request
 from collections import defaultdict
-from pathlib import Path
 
-# The repository instead of bench/ itself: bench/dns.py would shadow dnspython's `dns`.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from tests.cluster import scenarios  # noqa: E402
-from tests.cluster.backends import HostEtcd, HostZooKeeper  # noqa: E402
-from tests.cluster.hosts import TTL, Cluster  # noqa: E402
-from tests.cluster.probes import wait_all  # noqa: E402
-from tests.cluster.workload import Workload  # noqa: E402
-from tests.fixtures.zookeeper import four_letter  # noqa: E402
+from tests.cluster import scenarios
+from tests.cluster.backends import HostEtcd, HostZooKeeper
+from tests.cluster.hosts import TTL, Cluster
+from tests.cluster.probes import wait_all
+from tests.cluster.workload import Workload
+from tests.fixtures.zookeeper import four_letter
 
 LOAD_WINDOW = 20.0  # seconds of idle traffic counted per TTL
 EXPIRY = "after lease expiry"

@@ -12,7 +12,7 @@ pilotfish/dnsmasq for each round, then the medians. p99 comes from dnsperf -v (e
 latency); "lost" counts queries still in flight when the time limit ends (about -q per run).
 Nothing else should load the machine while it runs: both servers share two cores with dnsperf.
 
-    python bench/dns.py [--rounds 3] [--seconds 10] [--clients 4]
+    python -m bench.dns [--rounds 3] [--seconds 10] [--clients 4]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from registering import register_all
+from bench.registering import register_all
 
 DOMAIN = "bench"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -12,7 +12,7 @@ pilotfish/HAProxy ratio; then the medians. The balancer under test runs pinned t
 wrk and nginx to CPU 0 (two cores). Other load on the machine skews absolute numbers; the
 ratios of the same round are what to read.
 
-    python bench/lb.py [--rounds 3] [--seconds 8] [--no-uvloop]
+    python -m bench.lb [--rounds 3] [--seconds 8] [--no-uvloop]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Starts `pilotfish registry` (memory backend) pinned to one core, drives it from 
 on raw sockets, and prints the median of several rounds. There is no peer for this one:
 the target is an absolute floor (5,000 keepalives/s on one core).
 
-    python bench/registry_api.py [--connections 8] [--seconds 3] [--rounds 5]
+    python -m bench.registry_api [--connections 8] [--seconds 3] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -15,14 +15,10 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.fixtures.process import start_pilotfish  # noqa: E402
+from tests.fixtures.process import start_pilotfish
 
 Request = Callable[[int, int], bytes]
 

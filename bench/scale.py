@@ -12,7 +12,7 @@ in flight. It prints:
 
 Targets (issue 13): DNS-on >= 0.8x DNS-off; p99 <= 5 ms during writes; big SRV >= 0.5x small.
 
-    python bench/scale.py [--big 5000] [--small 1000] [--seconds 10]
+    python -m bench.scale [--big 5000] [--small 1000] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from registering import register_all
+
+from bench.registering import register_all
 
 DOMAIN = "bench"
 

@@ -12,7 +12,7 @@ Starts a real dockerd (tests/fixtures/docker.py), a `pilotfish registry` (memory
    starting it to every instance being held on the new sidecar's lease (process start
    included), and the reconcile the sidecar itself reports (list + inspect of N).
 
-    python bench/sidecar.py [--containers 200] [--concurrency 32]
+    python -m bench.sidecar [--containers 200] [--concurrency 32]
 
 Targets (issue 8): p99 start -> registered <= 500 ms; reconcile of 200 <= 3 s. There is no
 peer in the same run: Registrator ships only as a Docker Hub image / Go source, neither of
@@ -27,19 +27,15 @@ import contextlib
 import re
 import signal
 import statistics
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import aiodocker
 
-import aiodocker  # noqa: E402
-
-from pilotfish.registry import Catalog, open_catalog  # noqa: E402
-from tests.fixtures.docker import DockerEngine  # noqa: E402
-from tests.fixtures.process import PilotfishProcess, start_pilotfish  # noqa: E402
+from pilotfish.registry import Catalog, open_catalog
+from tests.fixtures.docker import DockerEngine
+from tests.fixtures.process import PilotfishProcess, start_pilotfish
 
 RECONCILED = re.compile(r"reconciled (\d+) running containers, (\d+) instances in ([\d.]+)s")
 
