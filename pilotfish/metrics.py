@@ -1,8 +1,16 @@
-"""A tiny Prometheus text-format registry shared by every component's /metrics."""
+"""The metrics registry every component's /metrics shares, exposed with prometheus_client.
+
+Components count into plain dicts (cheap on the DNS and LB hot paths) or register
+collectors read at scrape time; prometheus_client renders the reference text format and
+adds the process's own series (CPU, memory, open file descriptors).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import Metric
 
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, Labels, float]
@@ -12,15 +20,6 @@ def _labels(labels: dict[str, str]) -> Labels:
     return tuple(sorted((k, str(v)) for k, v in labels.items()))
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    """Exact for counters (byte totals pass a million; %g would round them to 6 digits)."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
 class Metrics:
     """Counters and gauges with labels, plus collectors read at scrape time."""
 
@@ -28,9 +27,12 @@ class Metrics:
         self._kinds: dict[str, tuple[str, str]] = {}
         self._values: dict[str, dict[Labels, float]] = {}
         self._collectors: list[Callable[[], Iterable[Sample]]] = []
+        self._registry = CollectorRegistry()
+        self._registry.register(_Families(self))
+        ProcessCollector(registry=self._registry)
 
     def describe(self, name: str, kind: str, help_text: str) -> None:
-        """Declare a metric ("counter" or "gauge") so it renders with HELP and TYPE."""
+        """Declare a metric ("counter", named …_total, or "gauge") with its help text."""
         self._kinds[name] = (kind, help_text)
         self._values.setdefault(name, {})
 
@@ -52,19 +54,31 @@ class Metrics:
         """Register a function whose samples are read fresh at every scrape."""
         self._collectors.append(collector)
 
-    def render(self) -> str:
-        """The Prometheus text exposition format (version 0.0.4)."""
+    def families(self) -> Iterator[Metric]:
+        """Every metric family as it stands now: the counted series and the collectors'."""
         values: dict[str, dict[Labels, float]] = {n: dict(s) for n, s in self._values.items()}
         for collector in self._collectors:
             for name, labels, value in collector():
                 values.setdefault(name, {})[labels] = value
-        lines: list[str] = []
         for name in sorted(values):
             kind, help_text = self._kinds.get(name, ("gauge", name))
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
+            family = Metric(name.removesuffix("_total") if kind == "counter" else name,
+                            help_text, kind)
             for labels, value in sorted(values[name].items()):
-                rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                series = f"{name}{{{rendered}}}" if rendered else name
-                lines.append(f"{series} {_number(value)}")
-        return "\n".join(lines) + "\n"
+                family.add_sample(name, dict(labels), value)
+            yield family
+
+    def render(self) -> str:
+        """The Prometheus text exposition format (version 0.0.4), with the process series."""
+        return generate_latest(self._registry).decode()
+
+
+class _Families:
+    """The collector prometheus_client scrapes: the families a Metrics holds."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        """What prometheus_client calls at every scrape."""
+        return self._metrics.families()

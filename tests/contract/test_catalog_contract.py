@@ -252,8 +252,8 @@ async def _lease_count(catalog: Catalog, backend_url: str) -> int:
         return catalog.lease_count
     async with httpx.AsyncClient(base_url=backend_url, timeout=5) as client:
         text = (await client.get("/metrics")).text
-    return int(next(line.split()[1] for line in text.splitlines()
-                    if line.startswith("pilotfish_leases ")))
+    return int(float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith("pilotfish_leases "))))
 
 
 async def _wait_for_count(catalog: Catalog, backend_url: str, done: Callable[[int], bool],

@@ -257,8 +257,8 @@ def test_sigterm_answers_pending_long_polls_and_exits_promptly(
 
 
 def _leases(api: httpx.Client) -> int:
-    return int(next(line.split()[1] for line in api.get("/metrics").text.splitlines()
-                    if line.startswith("pilotfish_leases ")))
+    return int(float(next(line.split()[1] for line in api.get("/metrics").text.splitlines()
+                          if line.startswith("pilotfish_leases "))))
 
 
 def test_deleting_a_ttl_only_instance_revokes_its_own_lease(

@@ -104,7 +104,7 @@ class Lb:
         while True:
             lines = [line for line in self.lb_api.get("/metrics").text.splitlines()
                      if line.startswith("pilotfish_lb_instance_draining{")
-                     and f':{route_port}"' in line and line.endswith(" 0")]
+                     and f':{route_port}"' in line and float(line.rpartition(" ")[2]) == 0]
             if len(lines) == count:
                 return
             assert time.monotonic() < deadline, f"route never had {count} instances: {lines}"
