@@ -181,6 +181,14 @@ class Denied(Exception):
         super().__init__(message)
         self.status, self.message, self.token, self.scope = status, message, token, scope
 
+    def challenge(self) -> str:
+        """The `WWW-Authenticate` value (RFC 6750): why the token was not enough."""
+        if self.status == 403 and self.scope is not None:
+            return f'Bearer error="insufficient_scope", scope="{self.scope}"'
+        if self.status == 401 and self.message == "unknown token":
+            return 'Bearer error="invalid_token"'
+        return "Bearer"
+
     def body(self) -> dict[str, str]:
         """The JSON error answer: the message, the code, and the token's name and scope."""
         body = {"error": self.message,

@@ -45,7 +45,7 @@ async def _body(receive: Any) -> bytes | None:
 async def _deny(send: Any, exc: Denied) -> None:
     """401 with `WWW-Authenticate: Bearer`, or 403 naming the token and the missing scope."""
     await respond(send, exc.status, json.dumps(exc.body()).encode(),
-                  headers=[(b"www-authenticate", b"Bearer")])
+                  headers=[(b"www-authenticate", exc.challenge().encode())])
 
 
 class RoutesApp:

@@ -738,13 +738,8 @@ def caller(request: Request) -> Token | None:
 
 def denied_response(exc: Denied) -> Response:
     """401 with `WWW-Authenticate: Bearer`, or 403 naming the token and the missing scope."""
-    body = exc.body()
-    challenge = "Bearer"
-    if exc.status == 403 and exc.scope is not None:
-        challenge = f'Bearer error="insufficient_scope", scope="{exc.scope}"'
-    elif exc.status == 401 and exc.message == "unknown token":
-        challenge = 'Bearer error="invalid_token"'
-    return json_response(body, exc.status, headers={"WWW-Authenticate": challenge})
+    return json_response(exc.body(), exc.status,
+                         headers={"WWW-Authenticate": exc.challenge()})
 
 
 class AccessControl:

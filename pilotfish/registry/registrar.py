@@ -222,11 +222,13 @@ class Registrar:
         """Renew at once when instances on the current lease vanish from the catalog: a
         lease revoked under a live registrar (by an operator, or by etcd 3.4's resuming old
         leader, see docs/faults.md) is replaced within a few round trips, not at the next
-        keepalive. A lease that is fine costs one extra keepalive."""
+        keepalive. A lease that is fine costs one extra keepalive. It looks only when the
+        catalog signals a change, so a write-only http:// client never starts following."""
         changes = self.catalog.changes
         generation = changes.generation
         while True:
-            await changes.wait_past(generation, self.interval)
+            if not await changes.wait_past(generation, self.interval):
+                continue
             generation = changes.generation
             if not self._renew_now and await self._lost_sight():
                 self._renew_now = True
