@@ -6,10 +6,12 @@ import json
 
 import pytest
 
+from pilotfish.registry.backends.http import HttpCatalog
 from pilotfish.registry.backends.stored import (
     WRITE_ATTEMPTS,
     Conflict,
     StoredLease,
+    decode_instance,
     retry_on_conflict,
 )
 from pilotfish.registry.catalog import BackendUnavailable
@@ -81,3 +83,28 @@ async def test_other_errors_are_not_retried() -> None:
     with pytest.raises(KeyError):
         await retry_on_conflict(attempt, lambda: BackendUnavailable("gave up"))
     assert seen == [0]
+
+
+def test_a_stored_instance_that_no_longer_validates_decodes_to_none() -> None:
+    good = {"service": "web", "id": "a", "address": "10.0.0.1", "port": 80, "lease": "l1"}
+    assert decode_instance(json.dumps(good).encode()) is not None
+    assert decode_instance(good) is not None
+    for bad in ({**good, "meta": {"priority": "²"}}, {**good, "tags": ["café"]},
+                {**good, "port": "x"}, {"id": "a"}):
+        assert decode_instance(bad) is None
+        assert decode_instance(json.dumps(bad).encode()) is None
+    assert decode_instance(b"[1, 2]") is None
+
+
+async def test_an_http_follower_serves_the_rest_beside_an_instance_that_fails_to_decode() -> None:
+    """An API of an older version may list an instance today's model refuses: the follower
+    leaves that one out instead of failing every read of the catalog."""
+    catalog = HttpCatalog("http://127.0.0.1:9")
+    try:
+        good = {"service": "web", "id": "a", "address": "10.0.0.1", "port": 80, "lease": "l1"}
+        bad = {**good, "id": "b", "meta": {"priority": "²"}}
+        catalog._apply({"index": 7, "instances": [good, bad]})
+        snapshot = await catalog.snapshot()
+        assert sorted(snapshot.instances) == ["a"]
+    finally:
+        await catalog.close()

@@ -23,6 +23,7 @@ import httpx
 
 from pilotfish.config import ConfigError, read_token
 from pilotfish.loop import cancel_and_wait
+from pilotfish.registry.backends.stored import decode_instance
 from pilotfish.registry.catalog import (
     BackendUnavailable,
     Catalog,
@@ -276,7 +277,7 @@ class HttpCatalog(Catalog):
         body = await self._get_catalog(None)
         for item in body["instances"]:
             if item["id"] == instance_id:
-                return Instance.from_dict(item)
+                return decode_instance(item)
         return None
 
     def _apply(self, body: Mapping[str, Any]) -> None:
@@ -286,8 +287,8 @@ class HttpCatalog(Catalog):
             previous = self._raw.get(item["id"])
             if previous is not None and previous[0] == item:
                 raw[item["id"]] = previous
-            else:
-                raw[item["id"]] = (item, Instance.from_dict(item))
+            elif (instance := decode_instance(item)) is not None:
+                raw[item["id"]] = (item, instance)
                 changed = True
         changed = changed or raw.keys() != self._raw.keys() or self._snapshot is None
         if changed and self._held:

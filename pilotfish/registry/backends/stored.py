@@ -4,18 +4,33 @@ check-and-set retry loop, so that each backend holds only what is its own."""
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pilotfish.registry.catalog import Catalog
 from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
-from pilotfish.registry.model import Lease, ttl_seconds
+from pilotfish.registry.model import Instance, Lease, ttl_seconds
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 WRITE_ATTEMPTS = 8  # optimistic-concurrency retries of one write before giving up
+
+
+def decode_instance(stored: bytes | Mapping[str, Any]) -> Instance | None:
+    """A stored instance, or None (logged) when it no longer validates: one record written by
+    an older version must not hide the rest of the catalog."""
+    try:
+        data = json.loads(stored) if isinstance(stored, bytes) else stored
+        return Instance.from_dict(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignoring malformed instance %r: %s", bytes(stored)[:100]
+                    if isinstance(stored, bytes) else dict(stored), exc)
+        return None
 
 
 class Conflict(Exception):

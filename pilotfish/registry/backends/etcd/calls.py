@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,7 +27,7 @@ from pilotfish.registry.backends.etcd.members import (
     _transient,
     log,
 )
-from pilotfish.registry.backends.stored import CachedCatalog, StoredLease
+from pilotfish.registry.backends.stored import CachedCatalog, StoredLease, decode_instance
 from pilotfish.registry.catalog import BackendUnavailable
 from pilotfish.registry.expiring import Freshness
 from pilotfish.registry.model import Instance
@@ -164,10 +163,4 @@ class EtcdCalls(CachedCatalog):
             log.warning("ignoring malformed lease value %r", value[:100])
         return info
 
-    @staticmethod
-    def _decode_instance(value: bytes) -> Instance | None:
-        try:
-            return Instance.from_dict(json.loads(value))
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring malformed instance %r: %s", value[:100], exc)
-            return None
+    _decode_instance = staticmethod(decode_instance)

@@ -21,7 +21,7 @@ from kazoo.exceptions import (
 from kazoo.protocol.states import ZnodeStat
 
 from pilotfish.config import parse_endpoints
-from pilotfish.registry.backends.stored import StoredLease
+from pilotfish.registry.backends.stored import StoredLease, decode_instance
 from pilotfish.registry.model import Instance
 
 log = logging.getLogger(__name__.rpartition(".")[0])  # the package's logger
@@ -64,10 +64,8 @@ def _decode_lease(lease_id: str, raw: bytes, stat: ZnodeStat) -> StoredLease | N
 
 
 def _decode_instance(raw: bytes, stat: ZnodeStat) -> _InstanceEntry | None:
-    try:
-        return _InstanceEntry(Instance.from_dict(json.loads(raw)), stat.version, stat.mzxid)
-    except (ValueError, KeyError, TypeError):
-        return None
+    instance = decode_instance(raw)
+    return None if instance is None else _InstanceEntry(instance, stat.version, stat.mzxid)
 
 
 def _failure(results: list[Any]) -> tuple[int, Exception] | None:
