@@ -17,6 +17,7 @@ import uvicorn
 
 from pilotfish.config import ConfigError, HostPort, env
 from pilotfish.http_limits import HttpLimits, protocol_for
+from pilotfish.http_limits import describe as describe_listeners
 from pilotfish.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,13 @@ class HttpServer:
 
     def __init__(self, app: Any, listen: HostPort, what: str = "registry API",
                  before_stop: Callable[[], None] | None = None,
-                 limits: HttpLimits | None = None, tls: TlsSettings | None = None) -> None:
+                 limits: HttpLimits | None = None, tls: TlsSettings | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.limits = limits if limits is not None else HttpLimits()
         protocol, self.listener = protocol_for(self.limits)
+        if metrics is not None:
+            describe_listeners(metrics)
+            metrics.collect(lambda: self.listener.samples(what))
         ssl_options: dict[str, Any] = {}
         if tls is not None:
             ssl_options = {"ssl_certfile": tls.cert, "ssl_keyfile": tls.key}

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from pilotfish.metrics import Metrics, Sample
 
 LINGER = 1.0  # seconds a refused connection is drained before it is closed
 
@@ -37,15 +39,24 @@ class Listener:
     def __init__(self, limits: HttpLimits) -> None:
         self.limits = limits
         self.connections: dict[GuardedProtocol, None] = {}
-        self.refused = 0
-        self.evicted = 0
+        self.refused: dict[int, int] = {}  # answered outside any request (408, 431, 503)
+        self.evicted = 0  # idle connections closed to make room
+        self.cut = 0  # requests whose body did not arrive in time
+
+    def samples(self, what: str) -> Iterator[Sample]:
+        """The listener's refusals as metric samples (they never reach the ASGI app)."""
+        listener = ("listener", what)
+        for status, count in sorted(self.refused.items()):
+            yield ("pilotfish_http_refused_total", (listener, ("status", str(status))),
+                   float(count))
+        yield "pilotfish_http_evicted_total", (listener,), float(self.evicted)
+        yield "pilotfish_http_cut_total", (listener,), float(self.cut)
 
     def admit(self, connection: GuardedProtocol) -> bool:
         """Make room for a new connection by closing the longest idle; False when all are busy."""
         if len(self.connections) >= self.limits.max_connections:
             idle = next((c for c in self.connections if c.idle), None)
             if idle is None:
-                self.refused += 1
                 return False
             self.evicted += 1
             self.connections.pop(idle)
@@ -58,6 +69,17 @@ class Listener:
         if connection in self.connections:
             del self.connections[connection]
             self.connections[connection] = None
+
+
+def describe(metrics: Metrics) -> None:
+    """Declare the listener metrics once per process, whichever listeners it runs."""
+    metrics.describe("pilotfish_http_refused_total", "counter",
+                     "Connections answered outside any request: 408 (the request did not "
+                     "arrive in time), 431 (head too large), 503 (every connection busy)")
+    metrics.describe("pilotfish_http_evicted_total", "counter",
+                     "Idle connections closed to make room for a new one")
+    metrics.describe("pilotfish_http_cut_total", "counter",
+                     "Connections closed because a request body did not arrive in time")
 
 
 def protocol_for(limits: HttpLimits) -> tuple[type[GuardedProtocol], Listener]:
@@ -184,6 +206,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._in_head:
             self._answer(408, "timeout", "the request did not arrive in time")
         else:
+            self.listener.cut += 1
             self.transport.close()  # a body that trickles: the handler sees the client gone
 
     def _answer(self, status: int, code: str, message: str) -> None:
@@ -194,5 +217,6 @@ class GuardedProtocol(HttpToolsProtocol):
         head = (f"HTTP/1.1 {status} {reasons[status]}\r\ncontent-type: application/json\r\n"
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
         self.transport.write(head + body)
+        self.listener.refused[status] = self.listener.refused.get(status, 0) + 1
         self.answered = True
         self.transport.close()

@@ -113,5 +113,5 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     if args.dns_metrics:
         listen = parse_hostport(args.dns_metrics, "--dns-metrics")
         app = StatusApp(stack.metrics, server.health)
-        components.append(HttpServer(app, listen, what="dns metrics"))
+        components.append(HttpServer(app, listen, what="dns metrics", metrics=stack.metrics))
     return components

@@ -95,5 +95,6 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
             stack.on_sighup(access.reload)
         app = StatusApp(stack.metrics, balancer.health, RoutesApp(balancer, access))
         components.append(HttpServer(app, parse_hostport(args.lb_api, "--lb-api"),
-                                     what="lb API", tls=tls_settings(args)))
+                                     what="lb API", tls=tls_settings(args),
+                                     metrics=stack.metrics))
     return components

@@ -49,7 +49,7 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     api = RegistryApi(stack.catalog, metrics=stack.metrics, max_body=args.max_body,
                       access=access)
     server = HttpServer(api.app, parse_hostport(args.api, "--api"), before_stop=api.stop_waiting,
-                        tls=tls_settings(args))
+                        tls=tls_settings(args), metrics=stack.metrics)
     if args.acl:
         stack.on_sighup(access.reload)
     return [server]

@@ -99,5 +99,5 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     if args.sidecar_http:
         listen = parse_hostport(args.sidecar_http, "--sidecar-http")
         components.append(HttpServer(StatusApp(stack.metrics, sidecar.health), listen,
-                                     what="sidecar http"))
+                                     what="sidecar http", metrics=stack.metrics))
     return components

@@ -70,7 +70,7 @@ async def running_api(limits: HttpLimits = SMALL, max_body: int = 64 * 1024
     catalog = MemoryCatalog()
     api = RegistryApi(catalog, max_body=max_body)
     server = HttpServer(api.app, HostPort("127.0.0.1", 0), before_stop=api.stop_waiting,
-                        limits=limits)
+                        limits=limits, metrics=api.metrics)
     await server.start()
     try:
         yield Api(server, api)
@@ -90,6 +90,9 @@ def rss() -> int:
     """This process's resident memory in bytes."""
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+REFUSED = 'pilotfish_http_refused_total{{listener="registry API",status="{status}"}}'
 
 
 def metric(text: bytes, line_start: str) -> float:
@@ -116,6 +119,8 @@ async def test_a_huge_head_is_refused_with_431_before_it_is_read() -> None:
         writer.close()
         assert refused.startswith(b"HTTP/1.1 431 "), refused[:100]
         assert (await api.get("/v1/services"))[0] == 200
+        _, scraped = await api.get("/metrics")
+        assert metric(scraped, REFUSED.format(status=431)) == 1
 
 
 async def test_a_request_that_never_completes_is_cut_off_on_time() -> None:
@@ -141,6 +146,9 @@ async def test_a_request_that_never_completes_is_cut_off_on_time() -> None:
         await closed_by_server(reader, SMALL.request_timeout + 1.5)
         writer.close()
         assert (await api.get("/v1/services"))[0] == 200
+        _, scraped = await api.get("/metrics")
+        assert metric(scraped, REFUSED.format(status=408)) == 2
+        assert metric(scraped, 'pilotfish_http_cut_total{listener="registry API"}') == 1
 
 
 async def test_new_clients_displace_idle_ones_and_busy_ones_are_not_dropped() -> None:
@@ -150,6 +158,8 @@ async def test_new_clients_displace_idle_ones_and_busy_ones_are_not_dropped() ->
         assert status == 200
         assert idle[0][0].at_eof() or await closed_by_server(idle[0][0], 1) == b""
         assert api.server.listener.evicted == 1
+        evicted = 'pilotfish_http_evicted_total{listener="registry API"}'
+        assert metric((await api.get("/metrics"))[1], evicted) >= 1  # this scrape may evict too
         for _, writer in idle:
             writer.close()
         await wait_for(lambda: not api.server.listener.connections, 2, "connections not gone")
@@ -165,7 +175,7 @@ async def test_new_clients_displace_idle_ones_and_busy_ones_are_not_dropped() ->
                        "polls did not start")
         status, body = await api.get("/v1/services")
         assert status == 503, body
-        assert api.server.listener.refused == 1
+        assert api.server.listener.refused == {503: 1}
         assert not any(reader.at_eof() for reader, _ in polls)
         for _, writer in polls:
             writer.close()
