@@ -188,10 +188,10 @@ class LoadBalancer:
             await asyncio.sleep(tick)
             for listener in [*self.listeners.values(), *self.draining]:
                 for connection in list(listener.connections):
-                    server = connection.server
-                    if server is None:
+                    counts = connection.moved()
+                    if counts is None:
                         continue
-                    moved = connection.client.received + server.received
+                    moved = counts[0] + counts[1]
                     if moved != connection.seen:
                         connection.seen = moved
                         connection.idle = 0
