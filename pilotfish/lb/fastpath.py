@@ -4,8 +4,8 @@ Why it exists: through asyncio transports a new connection costs about 27 syscal
 asks every transport for getsockname/getpeername, sets TCP_NODELAY, checks each poll handle)
 and a dozen Python objects, which kept new connections/s well below HAProxy's. Here the event
 loop watches one file descriptor, the epoll set; every listening and proxied socket lives in
-it, and a connection costs accept4, socket, connect, two epoll_ctl, the reads and writes, a
-shutdown and two close. Bytes the other side has no room for stay in the kernel (backpressure
+it, and a connection costs accept4, socket, setsockopt (TCP_NODELAY, which accepted sockets inherit
+from the listener), connect, two epoll_ctl, the reads and writes, a shutdown and two close. Bytes the other side has no room for stay in the kernel (backpressure
 by not reading); a backend's last data and its FIN leave in one segment (MSG_MORE).
 """
 
@@ -332,6 +332,7 @@ class Engine:
             connection.listener.failed(connection, backend, exc)
             return
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             code = sock.connect_ex((backend.address, backend.port))
         except OSError as exc:
             code = exc.errno or errno.EINVAL
@@ -453,6 +454,7 @@ class FastListener(RouteListener):
                 sock = socket.socket(family, kind, proto)
                 self.sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted ones inherit
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(address)
