@@ -4,9 +4,10 @@ Why it exists: through asyncio transports a new connection costs about 27 syscal
 asks every transport for getsockname/getpeername, sets TCP_NODELAY, checks each poll handle)
 and a dozen Python objects, which kept new connections/s well below HAProxy's. Here the event
 loop watches one file descriptor, the epoll set; every listening and proxied socket lives in
-it, and a connection costs accept4, socket, setsockopt (TCP_NODELAY, which accepted sockets inherit
-from the listener), connect, two epoll_ctl, the reads and writes, a shutdown and two close. Bytes the other side has no room for stay in the kernel (backpressure
-by not reading); a backend's last data and its FIN leave in one segment (MSG_MORE).
+it. A connection costs accept4, socket, setsockopt (TCP_NODELAY; accepted sockets inherit it
+from the listener), connect, two epoll_ctl, the reads and writes, a shutdown and two close.
+Bytes the other side has no room for stay in the kernel (backpressure by not reading); a
+backend's last data and its FIN leave in one segment (MSG_MORE).
 """
 
 from __future__ import annotations
@@ -158,14 +159,14 @@ class Engine:
     def run(self) -> None:
         """Handle what the epoll set has ready (the loop calls this when it is readable)."""
         sides = self.sides
+        accepting: list[int] = []
         self.batch = True
         try:
             for fd, mask in self.epoll.poll(0, BATCH):
                 side = sides.get(fd)
                 if side is None:
-                    listener = self.listeners.get(fd)
-                    if listener is not None:
-                        listener.accept_ready(fd)
+                    if fd in self.listeners:
+                        accepting.append(fd)  # after the rest: closes free places first
                     continue
                 try:
                     self.event(side, mask)
@@ -174,6 +175,10 @@ class Engine:
                     connection = side.connection
                     if connection is not None:
                         self.drop(connection)
+            for fd in accepting:
+                listener = self.listeners.get(fd)
+                if listener is not None:
+                    listener.accept_ready(fd)
         finally:
             self.batch = False
             doomed = self.doomed
