@@ -13,6 +13,7 @@ import pytest
 
 from tests.fixtures.servers import HOST
 from tests.lb.conftest import (
+    ENGINES,
     Backend,
     Lb,
     RawBackend,
@@ -37,9 +38,6 @@ def echo() -> Iterator[Backend]:
     backend = Backend("e0", free_port()).start()
     yield backend
     backend.stop()
-
-
-ENGINES = ("epoll", "transports")
 
 
 @pytest.fixture(scope="module", params=ENGINES)
