@@ -507,12 +507,19 @@ class FastListener(RouteListener):
                 return
             client = _socket.socket(family, STREAM, 0, client_fd)
             connection = FastConnection(self, client, peername)
-            if not self.admit(connection):
-                connection.closed = True
-                reset(client)
-                client.close()
-            elif not connection.closed:
-                engine.adopt(connection.client)
+            try:
+                if not self.admit(connection):
+                    connection.closed = True
+                    reset(client)
+                    client.close()
+                elif not connection.closed:
+                    engine.adopt(connection.client)
+            except Exception:  # e.g. no memory for epoll: this client, not the listener
+                log.exception("lb: could not take a client on %s; closing it", self.address)
+                if connection.closed:
+                    client.close()
+                else:
+                    engine.drop(connection)
 
     def _accept_failed(self, sock: socket.socket, exc: OSError) -> None:
         if exc.errno in (errno.ECONNABORTED, errno.EPERM, errno.EPROTO):
