@@ -1,6 +1,6 @@
 """The epoll engine: raw non-blocking sockets on one edge-triggered epoll set of the balancer's.
 
-Why it exists: through asyncio transports a new connection costs about 27 syscalls (uvloop
+Why it exists: through asyncio transports a new connection costs about 26 syscalls (uvloop
 asks every transport for getsockname/getpeername, sets TCP_NODELAY, checks each poll handle)
 and a dozen Python objects, which kept new connections/s well below HAProxy's. Here the event
 loop watches one file descriptor, the epoll set; every listening and proxied socket lives in
