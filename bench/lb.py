@@ -12,7 +12,7 @@ pilotfish/HAProxy ratio; then the medians. The balancer under test runs pinned t
 wrk and nginx to CPU 0 (two cores). Other load on the machine skews absolute numbers; the
 ratios of the same round are what to read.
 
-    python -m bench.lb [--rounds 3] [--seconds 8] [--no-uvloop]
+    python -m bench.lb [--rounds 3] [--seconds 8] [--no-uvloop] [--engine epoll|transports]
 """
 
 from __future__ import annotations
@@ -137,14 +137,16 @@ backend b
 
 
 @contextlib.contextmanager
-def pilotfish(port: int, backends: list[int], no_uvloop: bool) -> Iterator[int]:
+def pilotfish(port: int, backends: list[int], no_uvloop: bool,
+              engine: str | None = None) -> Iterator[int]:
     """`pilotfish up` (API + one route, no DNS) pinned to CPU 1; yields its pid."""
     api_port = free_port()
     args = ["taskset", "-c", "1", sys.executable, "-m", "pilotfish", "up", "--api",
             f"{HOST}:{api_port}", "--dns", "off", "--lb-api", "off",
             "--lb-check-interval", "0", "--route", f"{HOST}:{port}=bench"]
-    process = subprocess.Popen(args + (["--no-uvloop"] if no_uvloop else []),
-                               stderr=subprocess.DEVNULL)
+    args += ["--no-uvloop"] if no_uvloop else []
+    args += ["--lb-engine", engine] if engine else []
+    process = subprocess.Popen(args, stderr=subprocess.DEVNULL)
     try:
         wait_port(api_port)
         with httpx.Client(base_url=f"http://{HOST}:{api_port}") as client:
@@ -212,6 +214,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument("--loads", default=",".join(LOADS))
+    parser.add_argument("--engine", choices=("epoll", "transports"), default=None,
+                        help="pilotfish's --lb-engine (default: its own default)")
     args = parser.parse_args()
     for tool in ("nginx", "haproxy", "wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -225,7 +229,7 @@ def main() -> int:
         load: {"haproxy": [], "pilotfish": []} for load in loads}
     try:
         with nginx(workdir, backends), haproxy(workdir, ha_port, backends) as ha_pid, \
-                pilotfish(pf_port, backends, args.no_uvloop) as pf_pid:
+                pilotfish(pf_port, backends, args.no_uvloop, args.engine) as pf_pid:
             for load in loads:  # warm-up
                 measure(ha_pid, ha_port, load, 1)
                 measure(pf_pid, pf_port, load, 1)
@@ -247,7 +251,8 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     floors = {"keep-alive": 0.9, "close": 0.8, "bulk": 0.5}
     print(f"\nmedians over {args.rounds} rounds of {args.seconds}s "
-          f"({'stdlib loop' if args.no_uvloop else 'uvloop'}):")
+          f"({'stdlib loop' if args.no_uvloop else 'uvloop'}, "
+          f"engine {args.engine or 'default'}):")
     print(f"{'load':10} {'haproxy':>12} {'pilotfish':>12} {'ratio':>6} {'floor':>6} "
           f"{'p99 ha':>8} {'p99 pf':>8} {'cpu ha':>7} {'cpu pf':>7} {'cpu/unit ha':>11} "
           f"{'cpu/unit pf':>11} {'cpu ratio':>9}")

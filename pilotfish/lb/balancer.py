@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pilotfish.config import ConfigError
+from pilotfish.lb.fastpath import Engine, FastListener
 from pilotfish.lb.health import check_forever
 from pilotfish.lb.listener import RouteListener
 from pilotfish.lb.pool import Pool
@@ -48,6 +49,7 @@ class LoadBalancer:
         self._from_file: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
+        self.engine: Engine | None = None  # the epoll engine, when settings.engine says so
         describe(stack.metrics, self.samples)
 
     @property
@@ -58,6 +60,8 @@ class LoadBalancer:
     async def start(self) -> None:
         """Start the listeners (every route must bind), the checks, and SIGHUP reloading."""
         self.view.subscribe(self._on_snapshot)
+        if self.settings.engine == "epoll":
+            self.engine = Engine(asyncio.get_running_loop())
         routes = {route.key: route for route in self._initial}
         if self.routes_file:
             for route in read_routes_file(self.routes_file):
@@ -117,7 +121,8 @@ class LoadBalancer:
             if existing is not None:
                 existing.reconfigure(route, self.snapshot)
                 return False
-            listener = RouteListener(self, route)
+            listener = RouteListener(self, route) if self.engine is None else \
+                FastListener(self, route, self.engine)
             await listener.start()
             listener.update(self.snapshot)
             self.listeners[route.key] = listener
@@ -188,10 +193,10 @@ class LoadBalancer:
             await asyncio.sleep(tick)
             for listener in [*self.listeners.values(), *self.draining]:
                 for connection in list(listener.connections):
-                    server = connection.server
-                    if server is None:
+                    counts = connection.moved()
+                    if counts is None:
                         continue
-                    moved = connection.client.received + server.received
+                    moved = counts[0] + counts[1]
                     if moved != connection.seen:
                         connection.seen = moved
                         connection.idle = 0
@@ -223,6 +228,9 @@ class LoadBalancer:
         await cancel_and_wait(*self._tasks)
         self._tasks = []
         await asyncio.sleep(0)
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
     def samples(self) -> Iterable[Sample]:
         """Prometheus samples for every route and instance, read at scrape time."""

@@ -48,11 +48,15 @@ class Attempt:
             waiting = self.coro.send(None)
         except StopIteration:
             self.timer.cancel()
-            self.listener.connected(self)
+            self._connected()
             return
         except (Exception, asyncio.CancelledError) as exc:  # refused, timed out, client gone
             self.timer.cancel()
-            self.listener.failed(self, exc)
+            connection = self.connection
+            connection.attempt = None
+            if connection.closed and self.server.transport is not None:
+                self.server.transport.abort()  # the client left while we connected
+            self.listener.failed(connection, self.backend, exc)
             return
         if waiting is None:  # a bare yield: go on at the next loop turn
             asyncio.get_running_loop().call_soon(self.step)
@@ -60,6 +64,20 @@ class Attempt:
         waiting._asyncio_future_blocking = False
         waiting.add_done_callback(self.step)
         self.waiting = waiting
+
+    def _connected(self) -> None:
+        connection = self.connection
+        connection.attempt = None
+        transport = self.server.transport
+        alive = transport is not None and not transport.is_closing()
+        first = self.listener.connected(connection, self.backend, alive)
+        if first is None:
+            if transport is not None:
+                transport.close()
+            return
+        if first:
+            transport.write(first)  # type: ignore[union-attr]
+        connection.attach(self.server, self.backend)
 
     def cancel(self) -> None:
         """Stop waiting (the connect timeout, or the client left): step() reports a failure."""

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pilotfish.config import HostPort
 from pilotfish.lb.balancers import Balancer, make_balancer
-from pilotfish.lb.connect import Attempt
-from pilotfish.lb.pool import Pool
+from pilotfish.lb.link import Link
+from pilotfish.lb.pool import Backend, Pool
 from pilotfish.lb.proxy import Connection
 from pilotfish.lb.proxy_protocol import header
-from pilotfish.lb.refuse import refuse_now
 from pilotfish.lb.routes import Route
 from pilotfish.lb.settings import LbSettings
 from pilotfish.registry.catalog import Snapshot
@@ -38,7 +37,11 @@ class RouteStats:
 
 
 class RouteListener:
-    """Listens for one route; each client gets a backend picked by the route's balancer."""
+    """Listens for one route; each client gets a backend picked by the route's balancer.
+
+    This one accepts through asyncio (`create_server`) and proxies with transports;
+    `fastpath.FastListener` replaces both with raw sockets on an epoll set.
+    """
 
     def __init__(self, balancer: LoadBalancer, route: Route) -> None:
         self.owner = balancer
@@ -46,10 +49,11 @@ class RouteListener:
         self.route = route
         self.pool = Pool(self.settings)
         self.picker: Balancer = make_balancer(route.balance)
-        self.connections: set[Connection] = set()
+        self.connections: set[Link] = set()
         self.stats = RouteStats()
         self.address = route.listen
         self.server: asyncio.Server | None = None
+        self.accepting = False
         self._loop = asyncio.get_running_loop()
 
     async def start(self) -> None:
@@ -58,8 +62,12 @@ class RouteListener:
         self.server = await self._loop.create_server(
             lambda: Connection(self).client, listen.host, listen.port, reuse_address=True,
             backlog=4096)
-        host, port = self.server.sockets[0].getsockname()[:2]
-        self.address = HostPort(host, port)
+        self.accepting = True
+        self.listening(self.server.sockets[0].getsockname())
+
+    def listening(self, address: tuple[Any, ...]) -> None:
+        """Note and log the bound address (the port may have been 0)."""
+        self.address = HostPort(address[0], address[1])
         log.info("lb route to %s listening on tcp://%s (route %s)", self.route.service,
                  self.address, self.route)
 
@@ -80,6 +88,7 @@ class RouteListener:
 
     def stop_accepting(self) -> None:
         """Close the listening socket; connections already open carry on."""
+        self.accepting = False
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -89,11 +98,11 @@ class RouteListener:
         """Count a client turned away (limit, no instance, every connect failed)."""
         self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
 
-    def admit(self, connection: Connection) -> bool:
-        """Within the global and the route's connection limits? Then track it."""
+    def admit(self, connection: Link) -> bool:
+        """Within the global and the route's connection limits? Then track it and connect."""
         owner = self.owner
         limit = self.route.max_connections
-        if self.server is None or owner.stopping:
+        if not self.accepting or owner.stopping:
             self.refuse("stopping")
             return False
         if owner.active >= self.settings.max_connections or \
@@ -105,14 +114,11 @@ class RouteListener:
         self.stats.accepted += 1
         route = self.route
         if route.balance == "hash" or route.proxy_protocol:
-            transport = connection.client.transport
-            if transport is not None:
-                connection.peername = transport.get_extra_info("peername")
-                connection.sockname = transport.get_extra_info("sockname")
+            connection.learn_addresses()
         self.connect(connection)
         return True
 
-    def connect(self, connection: Connection) -> None:
+    def connect(self, connection: Link) -> None:
         """Start connecting to the backend the balancer picks; none left: refuse the client."""
         tried = connection.tried
         if len(tried) <= self.settings.retries:
@@ -122,24 +128,15 @@ class RouteListener:
                 if tried:
                     self.stats.retries += 1
                 backend.active += 1
-                attempt = Attempt(self, connection, backend, self._loop,
-                                  self.settings.connect_timeout)
-                connection.attempt = attempt
-                attempt.step()
+                connection.dial(backend, self.settings.connect_timeout)
                 return
         self.refuse("no_instance" if not tried else "connect_failed")
-        if connection.client.transport is not None:
-            refuse_now(connection.client.transport)
+        connection.refuse()
 
-    def failed(self, attempt: Attempt, error: BaseException) -> None:
+    def failed(self, connection: Link, backend: Backend, error: BaseException) -> None:
         """A connect failed (or the client left while it ran): retry on another instance."""
-        connection = attempt.connection
-        connection.attempt = None
-        backend = attempt.backend
         backend.active -= 1
         if connection.closed:  # the client left while we connected
-            if attempt.server.transport is not None:
-                attempt.server.transport.abort()
             return
         if not isinstance(error, _CONNECT_ERRORS):
             log.error("lb: connect to %s failed: %r", backend.name, error)
@@ -149,42 +146,35 @@ class RouteListener:
         connection.tried.append(backend)
         self.connect(connection)
 
-    def connected(self, attempt: Attempt) -> None:
-        """The backend connection is up: join it to the client, PROXY header first."""
-        connection = attempt.connection
-        connection.attempt = None
-        backend = attempt.backend
+    def connected(self, connection: Link, backend: Backend, alive: bool = True) -> bytes | None:
+        """The backend connection is up: count it; the bytes to send it first (the PROXY
+        header, or b""), or None when the client left meanwhile (the caller closes it)."""
         backend.total += 1
         self.pool.connect_succeeded(backend)
-        server = attempt.server
-        transport = server.transport
-        if connection.closed or transport is None or transport.is_closing():
+        if connection.closed or not alive:
             backend.active -= 1
-            if transport is not None:
-                transport.close()
-            return
+            return None
         proxy_protocol = self.route.proxy_protocol
         if proxy_protocol:
-            transport.write(header(proxy_protocol, connection.peername, connection.sockname))
-        connection.attach(server, backend)
+            return header(proxy_protocol, connection.peername, connection.sockname)
+        return b""
 
-    def finished(self, connection: Connection) -> None:
+    def finished(self, connection: Link) -> None:
         """A connection ended: release its counters and its place in the limits."""
         self.connections.discard(connection)
         owner = self.owner
         owner.active -= 1
         if owner.stopping and not owner.active:
             owner.all_closed.set()
-        attempt = connection.attempt
-        if attempt is not None:
-            attempt.cancel()
         backend = connection.backend
         if backend is not None:
             backend.active -= 1
-            backend.bytes_in += connection.client.received
-            backend.bytes_out += connection.server.received  # type: ignore[union-attr]
+            moved = connection.moved()
+            if moved is not None:
+                backend.bytes_in += moved[0]
+                backend.bytes_out += moved[1]
             backend.connections.discard(connection)
             if backend.draining and not backend.connections:
                 self.pool.forget(backend)
-        if self.server is None and not self.connections:
+        if not self.accepting and not self.connections:
             self.owner.listener_drained(self)

@@ -57,6 +57,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lb-token-file", default=env("lb_token_file"), metavar="FILE",
                        help="file holding the admin token route changes need "
                             "[PILOTFISH_LB_TOKEN_FILE]")
+    group.add_argument("--lb-engine", choices=("epoll", "transports"),
+                       default=env("lb_engine", DEFAULTS.engine),
+                       help="how connections are carried: raw sockets on an epoll set (Linux; "
+                            "the fast one) or asyncio transports "
+                            f"(default {DEFAULTS.engine}) [PILOTFISH_LB_ENGINE]")
     for attribute, flag, kind, help_text in _NUMBERS:
         default = getattr(DEFAULTS, attribute)
         group.add_argument(f"--lb-{flag}", dest=f"lb_{attribute}", type=kind,
@@ -78,7 +83,11 @@ def settings(args: argparse.Namespace) -> LbSettings:
         raise ConfigError("--lb-connect-timeout/--lb-check-timeout: must be positive")
     if values["rise"] < 1 or values["fall"] < 1:
         raise ConfigError("--lb-rise/--lb-fall: at least 1")
-    return LbSettings(**values)
+    if args.lb_engine not in ("epoll", "transports"):
+        raise ConfigError(f"--lb-engine: epoll or transports, not {args.lb_engine!r}")
+    if args.lb_engine == "epoll" and DEFAULTS.engine != "epoll":
+        raise ConfigError("--lb-engine epoll: needs Linux (select.epoll)")
+    return LbSettings(**values, engine=args.lb_engine)
 
 
 def build(args: argparse.Namespace, stack: Stack) -> list[Component]:

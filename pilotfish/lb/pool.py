@@ -12,7 +12,7 @@ from pilotfish.lb.settings import LbSettings
 from pilotfish.registry.model import Instance
 
 if TYPE_CHECKING:
-    from pilotfish.lb.proxy import Connection
+    from pilotfish.lb.link import Link
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Backend:
         self.eject_backoff = 0.0
         self.ejections = 0
         self.current_weight = 0  # smooth weighted round robin state
-        self.connections: set[Connection] = set()
+        self.connections: set[Link] = set()
         self.drain_timer: asyncio.TimerHandle | None = None
 
     @property

@@ -132,6 +132,31 @@ class Connection:
         self.seen = 0  # bytes moved as of the last idle sweep
         self.pending: list[bytes] = []
 
+    def learn_addresses(self) -> None:
+        """Read the client's and the listener's addresses (for hashing, the PROXY header)."""
+        transport = self.client.transport
+        if transport is not None:
+            self.peername = transport.get_extra_info("peername")
+            self.sockname = transport.get_extra_info("sockname")
+
+    def dial(self, backend: Backend, timeout: float) -> None:
+        """Start connecting to `backend` (an Attempt: callbacks and one timer, no Task)."""
+        from pilotfish.lb.connect import Attempt  # connect.py builds Sides: import it late
+
+        attempt = Attempt(self.listener, self, backend, asyncio.get_running_loop(), timeout)
+        self.attempt = attempt  # before step(): a connect that fails at once retries from here
+        attempt.step()
+
+    def refuse(self) -> None:
+        """Reset the client: it was not served."""
+        if self.client.transport is not None:
+            refuse_now(self.client.transport)
+
+    def moved(self) -> tuple[int, int] | None:
+        """Bytes read from the client and from the backend, once the backend is up."""
+        server = self.server
+        return None if server is None else (self.client.received, server.received)
+
     def accepted(self, transport: asyncio.Transport) -> None:
         """A client connected: hold its bytes until a backend is connected, or refuse it."""
         transport.pause_reading()
@@ -182,3 +207,6 @@ class Connection:
         if not self.closed and (side is self.client or peer is not None):
             self.closed = True
             self.listener.finished(self)
+            attempt = self.attempt
+            if attempt is not None:
+                attempt.cancel()

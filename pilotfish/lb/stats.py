@@ -59,9 +59,12 @@ def samples(listeners: Iterable[RouteListener], active: int) -> Iterable[Sample]
         out += [("pilotfish_lb_connections_refused_total", (("reason", reason), *route),
                  float(count)) for reason, count in stats.refused.items()]
         for backend in list(listener.pool.backends.values()):
-            live = list(backend.connections)
-            bytes_in = backend.bytes_in + sum(c.client.received for c in live)
-            bytes_out = backend.bytes_out + sum(c.server.received for c in live if c.server)
+            bytes_in, bytes_out = backend.bytes_in, backend.bytes_out
+            for connection in list(backend.connections):
+                moved = connection.moved()
+                if moved is not None:
+                    bytes_in += moved[0]
+                    bytes_out += moved[1]
             labels: Labels = (("instance", backend.name), ("id", backend.instance.id), *route)
             labels = tuple(sorted(labels))
             out += [

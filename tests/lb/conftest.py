@@ -20,6 +20,7 @@ from tests.fixtures.process import PilotfishProcess, start_pilotfish
 from tests.fixtures.servers import HOST, free_port, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
+ENGINES = ("epoll", "transports")  # --lb-engine: tests that depend on how bytes move run on both
 
 
 @dataclass

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from tests.fixtures.servers import HOST
-from tests.lb.conftest import Backend, start_lb
+from tests.lb.conftest import ENGINES, Backend, start_lb
 from tests.lb.load import run_load
 
 CHECKS = ("--lb-check-interval", "0.3", "--lb-check-timeout", "0.3", "--lb-rise", "2",
           "--lb-fall", "2", "--lb-eject-time", "0.5")
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_sigkill_costs_clients_nothing_after_a_second_and_it_comes_back(
-        backends: list[Backend]) -> None:
-    lb = start_lb("web", extra=CHECKS)
+        backends: list[Backend], engine: str) -> None:
+    lb = start_lb("web", extra=(*CHECKS, "--lb-engine", engine))
     try:
         for backend in backends:
             lb.register("web", backend.name, backend.port)
@@ -46,8 +49,10 @@ async def test_sigkill_costs_clients_nothing_after_a_second_and_it_comes_back(
     assert not lb.process.crashes(), lb.process.crashes()
 
 
-async def test_deregistering_drains_a_streaming_connection(backends: list[Backend]) -> None:
-    lb = start_lb("web")
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_deregistering_drains_a_streaming_connection(backends: list[Backend],
+                                                           engine: str) -> None:
+    lb = start_lb("web", extra=("--lb-engine", engine))
     try:
         for backend in backends:
             lb.register("web", backend.name, backend.port)

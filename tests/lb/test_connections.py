@@ -1,4 +1,5 @@
-"""Half-close, PROXY headers, limits, timeouts and IPv6 through a real pilotfish process."""
+"""Half-close, backpressure, PROXY headers, limits, timeouts and IPv6 through a real pilotfish
+process, on both engines (epoll, the default on Linux, and asyncio transports)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from tests.fixtures.servers import HOST
 from tests.lb.conftest import (
+    ENGINES,
     Backend,
     Lb,
     RawBackend,
@@ -38,9 +40,9 @@ def echo() -> Iterator[Backend]:
     backend.stop()
 
 
-@pytest.fixture(scope="module")
-def lb(echo: Backend) -> Iterator[Lb]:
-    running = start_lb(*ROUTES, extra=SETTINGS)
+@pytest.fixture(scope="module", params=ENGINES)
+def lb(echo: Backend, request: pytest.FixtureRequest) -> Iterator[Lb]:
+    running = start_lb(*ROUTES, extra=(*SETTINGS, "--lb-engine", request.param))
     try:
         running.register("web", "e0", echo.port)
         for route in ROUTES[:2]:
@@ -100,8 +102,9 @@ async def test_half_close_from_the_backend_one_mib(lb: Lb) -> None:
     await _backend_half_close(lb, "hole", "hole")
 
 
-async def test_half_close_both_ways_on_the_stdlib_loop(echo: Backend) -> None:
-    running = start_lb("web", "hole", extra=("--no-uvloop",))
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_half_close_both_ways_on_the_stdlib_loop(echo: Backend, engine: str) -> None:
+    running = start_lb("web", "hole", extra=("--no-uvloop", "--lb-engine", engine))
     try:
         running.register("web", "e0", echo.port)
         running.wait_instances(running.routes["web"], 1)
@@ -111,6 +114,37 @@ async def test_half_close_both_ways_on_the_stdlib_loop(echo: Backend) -> None:
     finally:
         running.close()
     assert not running.process.crashes()
+
+
+async def test_backpressure_bounds_what_the_balancer_holds(lb: Lb) -> None:
+    raw = RawBackend()
+    lb.register("hole", "slow", raw.port)
+    lb.wait_instances(lb.routes["hole"], 1)
+    client = await connect(lb.routes["hole"])
+    try:
+        server = await raw.accept()  # and reads nothing for now
+        chunk, sent, stalled = bytes(range(256)) * 256, 0, 0.0
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                sent += client.send(chunk)
+                stalled = 0.0
+            except BlockingIOError:
+                stalled = stalled or time.monotonic()
+                if time.monotonic() - stalled > 0.5:
+                    break
+                await asyncio.sleep(0.02)
+        # Socket buffers on the way hold a few MiB each, the balancer at most ~1 MiB more;
+        # one that kept reading would have taken everything sent in 15 s.
+        assert stalled, f"the client was never held back ({sent} bytes sent)"
+        assert sent < 48 * MIB, sent
+        received = await read_exactly(server, sent, timeout=20)  # then all of it arrives
+        assert len(received) == sent and received[:len(chunk)] == chunk
+        server.close()
+    finally:
+        client.close()
+        raw.close()
+        lb.deregister("hole", "slow")
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -231,11 +265,13 @@ def _has_ipv6() -> bool:
 
 
 @pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback on this machine")
-async def test_ipv6_listener(echo: Backend) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_ipv6_listener(echo: Backend, engine: str) -> None:
     from tests.fixtures.process import start_pilotfish
 
     process = start_pilotfish("up", "--api", f"{HOST}:0", "--dns", "off", "--lb-api", "off",
-                              "--route", "[::1]:0=web", expect=("registry API", "lb route to web"))
+                              "--lb-engine", engine, "--route", "[::1]:0=web",
+                              expect=("registry API", "lb route to web"))
     try:
         import httpx
 
