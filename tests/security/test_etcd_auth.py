@@ -21,7 +21,7 @@ import pytest
 from aetcd import rpc
 
 from pilotfish.config import ConfigError
-from pilotfish.registry import Instance, open_catalog
+from pilotfish.registry import BackendUnavailable, Instance, open_catalog
 from pilotfish.registry.backends.etcd import EtcdCatalog
 from tests.fixtures.etcd_secure import EtcdUser, SecureEtcd
 from tests.fixtures.watching import ids, wait_until
@@ -34,9 +34,11 @@ PREFIX = "pf-auth"  # the pilotfish user's role covers /pf-auth/
 
 @pytest.fixture(scope="module")
 def auth_etcd() -> Iterator[SecureEtcd]:
-    """An etcd with auth on: root, `pf` (readwrite on /pf-auth/) and `norole` (nothing)."""
+    """An etcd with auth on: root, `pf` (readwrite on /pf-auth/), `reader` (read on it) and
+    `norole` (nothing)."""
     with SecureEtcd(token_ttl=TOKEN_TTL) as server:
         server.enable_auth(ROOT_PASSWORD, [EtcdUser("pf", PASSWORD, PREFIX),
+                                           EtcdUser("reader", "reader-pw", PREFIX, "read"),
                                            EtcdUser("norole", "norole-pw")])
         yield server
 
@@ -71,6 +73,42 @@ async def test_a_user_registers_watches_and_keeps_alive(auth_etcd: SecureEtcd) -
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_a_read_only_user_follows_and_cannot_write(auth_etcd: SecureEtcd) -> None:
+    where = prefix()
+    writer = await open_catalog(auth_etcd.url(where, f"pf:{PASSWORD}"))
+    reader = await open_catalog(auth_etcd.url(where, "reader:reader-pw"))  # a DNS or LB host
+    try:
+        lease = await writer.create_lease(10, "auth-test")
+        assert await writer.register(web("ro1", lease.id))
+        await wait_until(reader, lambda s: ids(s, "web") == {"ro1"}, 5)
+        with pytest.raises(BackendUnavailable, match="user 'reader' may not read and write"):
+            await reader.create_lease(10, "reader")
+        with pytest.raises(BackendUnavailable, match="user 'reader' may not read and write"):
+            await reader.register(web("ro2", lease.id))
+        assert ids(await writer.snapshot(), "web") == {"ro1"}
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+async def test_a_password_changed_under_a_running_process_is_named(
+        auth_etcd: SecureEtcd) -> None:
+    catalog = await open_catalog(auth_etcd.url(prefix(), f"pf:{PASSWORD}"))
+    root = f"root:{ROOT_PASSWORD}"
+    try:
+        lease = await catalog.create_lease(10, "auth-test")
+        assert auth_etcd.etcdctl("user", "passwd", "pf", "--interactive=false",
+                                 user=root, stdin="changed-pw\n").returncode == 0
+        # etcd drops the user's tokens: signing in again with the old password fails
+        with pytest.raises(BackendUnavailable, match="user 'pf' could not sign in") as refused:
+            await catalog.keepalive(lease.id)
+        assert PASSWORD not in str(refused.value) and "changed-pw" not in str(refused.value)
+    finally:
+        assert auth_etcd.etcdctl("user", "passwd", "pf", "--interactive=false",
+                                 user=root, stdin=PASSWORD + "\n").returncode == 0
+        await catalog.close()
 
 
 async def test_a_lapsed_token_is_renewed_without_losing_the_watch_or_the_lease(
