@@ -18,7 +18,7 @@ from pilotfish.registry import Instance, open_catalog
 from pilotfish.registry.backends.etcd.secure import security_from_url
 from tests.fixtures.etcd_secure import EtcdTls, EtcdUser, SecureEtcd
 from tests.fixtures.watching import ids, wait_until
-from tests.security.certs import Pki, issue, make_pki
+from tests.security.certs import Pki, make_backend_pki
 
 PASSWORD = "pf-tls-pw"
 PREFIX = "pf-tls"
@@ -26,13 +26,8 @@ PREFIX = "pf-tls"
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pki, tuple[Path, Path]]:
-    """The test CA, a client certificate, an unrelated CA, and etcd's own certificate (etcd
-    also dials itself with it when it requires client certificates: both usages)."""
-    folder = tmp_path_factory.mktemp("etcd-pki")
-    made = make_pki(folder)
-    etcd = issue(folder, (made.ca, folder / "test-ca.key"), "etcd",
-                 "IP:127.0.0.1,DNS:localhost", "serverAuth,clientAuth")
-    return made, etcd
+    """The test CA, a client certificate, an unrelated CA, and etcd's own certificate."""
+    return make_backend_pki(tmp_path_factory.mktemp("etcd-pki"))
 
 
 @pytest.fixture(scope="module")

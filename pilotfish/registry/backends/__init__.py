@@ -13,6 +13,7 @@ EXTRAS: dict[str, tuple[str, str]] = {  # scheme: (the client it imports, the ex
     "etcd": ("aetcd", "etcd"),
     "etcds": ("aetcd", "etcd"),
     "zk": ("kazoo", "zookeeper"),
+    "zks": ("kazoo", "zookeeper"),
     "consul": ("consul", "consul"),
 }
 
@@ -21,6 +22,7 @@ BACKENDS: dict[str, str] = {
     "etcd": "pilotfish.registry.backends.etcd:EtcdCatalog",
     "etcds": "pilotfish.registry.backends.etcd:EtcdCatalog",
     "zk": "pilotfish.registry.backends.zookeeper:ZooKeeperCatalog",
+    "zks": "pilotfish.registry.backends.zookeeper:ZooKeeperCatalog",
     "consul": "pilotfish.registry.backends.consul:ConsulCatalog",
     "http": "pilotfish.registry.backends.http:HttpCatalog",
     "https": "pilotfish.registry.backends.http:HttpCatalog",
@@ -29,10 +31,10 @@ BACKENDS: dict[str, str] = {
 
 async def open_catalog(url: str, token_file: str | None = None,
                        ca_file: str | None = None) -> Catalog:
-    """Open the catalog a URL names: memory://, etcd(s)://, zk://, consul://, http(s)://.
+    """Open the catalog a URL names: memory://, etcd(s)://, zk(s)://, consul://, http(s)://.
 
     `token_file` is for an http(s):// registry API (its client's token); `ca_file` verifies
-    an https:// API or an etcds:// cluster.
+    an https:// API, an etcds:// cluster or a zks:// ensemble.
     """
     try:
         return await _open(url, token_file, ca_file)

@@ -28,6 +28,7 @@ from pilotfish.registry.backends.zookeeper.nodes import (
     log,
     min_ttl,
 )
+from pilotfish.registry.backends.zookeeper.tls import ZkTls
 from pilotfish.registry.catalog import BackendUnavailable
 
 
@@ -36,7 +37,7 @@ class ZooKeeperSession(CachedCatalog):
 
     def __init__(self, hosts: list[str], root: str, session_timeout: float = SESSION_TIMEOUT,
                  op_timeout: float = OP_TIMEOUT, read_grace: float = READ_GRACE,
-                 credentials: tuple[str, str] | None = None) -> None:
+                 credentials: tuple[str, str] | None = None, tls: ZkTls | None = None) -> None:
         super().__init__()
         self.hosts = hosts
         self.root = root
@@ -53,6 +54,7 @@ class ZooKeeperSession(CachedCatalog):
             auth_data=[("digest", ":".join(credentials))] if credentials else None,
             default_acl=[make_digest_acl(*credentials, all=True), READ_ACL_UNSAFE[0]]
             if credentials else None,
+            **(tls.kazoo_options() if tls is not None else {}),
         )
         self._loop = asyncio.get_running_loop()
         self._closed = False
