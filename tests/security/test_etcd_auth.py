@@ -229,3 +229,18 @@ async def test_tokens_lost_in_an_etcd_restart_are_renewed(auth_etcd: SecureEtcd)
         assert sign_ins(catalog) >= 2
     finally:
         await catalog.close()
+
+
+async def test_a_user_for_an_etcd_without_authentication_is_warned_about(
+        etcd_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    url = etcd_url.replace("etcd://", f"etcd://pf:{PASSWORD}@")
+    with caplog.at_level(logging.WARNING, logger="pilotfish.registry.backends.etcd"):
+        catalog = await open_catalog(url)
+    try:
+        lease = await catalog.create_lease(10, "auth-test")
+        assert await catalog.register(web("n1", lease.id))
+        await wait_until(catalog, lambda s: ids(s, "web") == {"n1"}, 5)
+        assert "has authentication disabled: user 'pf' is not needed there" in caplog.text
+        assert PASSWORD not in caplog.text
+    finally:
+        await catalog.close()

@@ -112,12 +112,11 @@ class _Member:
         new sign-in may help, forget the token (the next call signs in) and say True."""
         if self.security.credentials is None or not secure.token_rejected(details):
             return False
-        if "user name is empty" in details and self._auth_off:
-            self._auth_off = False  # authentication was turned on since
-            return True
-        if used and self.metadata == used:
+        if "user name is empty" in details:
+            self._auth_off = False  # authentication was turned on since we signed in
+        if not used or self.metadata == used:  # not already renewed by another call
             self.metadata = ()
-        return bool(used)
+        return True
 
     async def kv(self) -> Any:
         return await self._ready("kv")
