@@ -15,8 +15,10 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from aetcd import rpc
 
@@ -24,6 +26,7 @@ from pilotfish.config import ConfigError
 from pilotfish.registry import BackendUnavailable, Instance, open_catalog
 from pilotfish.registry.backends.etcd import EtcdCatalog
 from tests.fixtures.etcd_secure import EtcdUser, SecureEtcd
+from tests.fixtures.process import StartPilotfish
 from tests.fixtures.watching import ids, wait_until
 
 TOKEN_TTL = 2  # seconds an unused etcd token lives
@@ -244,3 +247,18 @@ async def test_a_user_for_an_etcd_without_authentication_is_warned_about(
         assert PASSWORD not in caplog.text
     finally:
         await catalog.close()
+
+
+def test_a_registry_process_takes_the_password_from_a_file(
+        auth_etcd: SecureEtcd, pilotfish: StartPilotfish, tmp_path: Path) -> None:
+    (tmp_path / "etcd-password").write_text(PASSWORD + "\n")
+    running = pilotfish("registry", "--api", "127.0.0.1:0", "--log-level", "debug",
+                        "--registry", auth_etcd.url(prefix(), "pf"),
+                        env={"PILOTFISH_BACKEND_PASSWORD_FILE": str(tmp_path / "etcd-password")})
+    put = httpx.put(running.api + "/v1/services/web/instances/p1", timeout=5,
+                    json={"address": "127.0.0.1", "port": 8080, "ttl": 10})
+    assert put.status_code in (200, 201), put.text
+    found = httpx.get(running.api + "/v1/services/web", timeout=5).json()
+    assert [i["id"] for i in found["instances"]] == ["p1"]
+    assert running.stop() == 0
+    assert PASSWORD not in "".join(running.lines)
