@@ -137,7 +137,10 @@ class ZooKeeperSession(CachedCatalog):
             await self._until_connected(deadline)
             future = self._issue(start, apply)
             try:
-                result = await asyncio.wait_for(future, max(0.01, deadline - time.monotonic()))
+                # Not wait_for: on 3.11 it swallows a cancel that arrives as the answer does,
+                # and a registrar cancelled then never ends (its stop() hangs).
+                async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                    result = await future
             except TimeoutError:
                 raise BackendUnavailable(
                     f"ZooKeeper at {','.join(self.hosts)} did not answer within "
@@ -163,7 +166,8 @@ class ZooKeeperSession(CachedCatalog):
         if limit <= now:
             raise BackendUnavailable(self._down_message())
         try:
-            await asyncio.wait_for(self._connected.wait(), limit - now)
+            async with asyncio.timeout(limit - now):
+                await self._connected.wait()
         except TimeoutError:
             raise BackendUnavailable(self._down_message()) from None
 
