@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
             add_tls_flags(sub)
         sub.add_argument("--ca-file", default=env("ca_file"),
                          help="CA certificate(s) that verify an https:// registry API "
-                              "[PILOTFISH_CA_FILE]")
+                              "or an etcds:// / zks:// backend [PILOTFISH_CA_FILE]")
     return parser
 
 

@@ -55,3 +55,12 @@ def make_pki(folder: Path) -> Pki:
     client = issue(folder, ca, "client", "DNS:client.test", "clientAuth")
     other = make_ca(folder, "other-ca")
     return Pki(ca[0], server[0], server[1], client[0], client[1], other[0])
+
+
+def make_backend_pki(folder: Path) -> tuple[Pki, tuple[Path, Path]]:
+    """make_pki, plus a certificate for a backend server on 127.0.0.1 usable for both ends
+    (etcd dials itself with its own certificate when it requires client certificates)."""
+    made = make_pki(folder)
+    backend = issue(folder, (made.ca, folder / "test-ca.key"), "backend",
+                    "IP:127.0.0.1,DNS:localhost", "serverAuth,clientAuth")
+    return made, backend

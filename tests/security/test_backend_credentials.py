@@ -1,5 +1,5 @@
-"""Backend credentials: ZooKeeper digest auth from the URL or the environment (etcd's is refused
-as not supported yet); never in an error or a log line."""
+"""Backend credentials: ZooKeeper digest auth from the URL or the environment; never in an error
+or a log line. (etcd's users and TLS: test_etcd_auth.py, test_etcd_tls.py.)"""
 
 from __future__ import annotations
 
@@ -17,12 +17,6 @@ from tests.fixtures.zookeeper import ZooKeeperServer
 
 def web(instance_id: str, lease: str) -> Instance:
     return Instance(service="web", id=instance_id, address="10.0.0.1", port=80, lease=lease)
-
-
-async def test_etcd_credentials_are_refused_clearly_not_ignored() -> None:
-    with pytest.raises(ConfigError, match="not supported yet") as caught:
-        await open_catalog("etcd://root:sekrit-pw@127.0.0.1:1/x")
-    assert "sekrit-pw" not in str(caught.value)
 
 
 async def test_zookeeper_digest_auth_keeps_others_from_writing(

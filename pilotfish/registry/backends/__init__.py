@@ -11,14 +11,18 @@ from pilotfish.registry.redact import redact_url
 
 EXTRAS: dict[str, tuple[str, str]] = {  # scheme: (the client it imports, the extra with it)
     "etcd": ("aetcd", "etcd"),
+    "etcds": ("aetcd", "etcd"),
     "zk": ("kazoo", "zookeeper"),
+    "zks": ("kazoo", "zookeeper"),
     "consul": ("consul", "consul"),
 }
 
 BACKENDS: dict[str, str] = {
     "memory": "pilotfish.registry.backends.memory:MemoryCatalog",
     "etcd": "pilotfish.registry.backends.etcd:EtcdCatalog",
+    "etcds": "pilotfish.registry.backends.etcd:EtcdCatalog",
     "zk": "pilotfish.registry.backends.zookeeper:ZooKeeperCatalog",
+    "zks": "pilotfish.registry.backends.zookeeper:ZooKeeperCatalog",
     "consul": "pilotfish.registry.backends.consul:ConsulCatalog",
     "http": "pilotfish.registry.backends.http:HttpCatalog",
     "https": "pilotfish.registry.backends.http:HttpCatalog",
@@ -27,9 +31,10 @@ BACKENDS: dict[str, str] = {
 
 async def open_catalog(url: str, token_file: str | None = None,
                        ca_file: str | None = None) -> Catalog:
-    """Open the catalog a URL names: memory://, etcd://, zk://, consul://, http(s)://.
+    """Open the catalog a URL names: memory://, etcd(s)://, zk(s)://, consul://, http(s)://.
 
-    `token_file` and `ca_file` are for an http(s):// registry API (its client's token and CA).
+    `token_file` is for an http(s):// registry API (its client's token); `ca_file` verifies
+    an https:// API, an etcds:// cluster or a zks:// ensemble.
     """
     try:
         return await _open(url, token_file, ca_file)

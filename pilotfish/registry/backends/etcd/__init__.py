@@ -27,7 +27,8 @@ to life. This catalog remembers the expiry of the leases it granted or renewed; 
 a lease ran out while etcd was unreachable, keepalive answers UnknownLease (the registrar
 re-registers) and the lease is revoked once etcd is back.
 
-Modules: `members` (settings, the URL, helpers), `calls` (fail-over calls and the key
+Modules: `members` (settings, the URL, helpers), `secure` (a user's token on every call,
+`etcds://` TLS, what to say when etcd refuses us), `calls` (fail-over calls and the key
 layout), `outages` (outage and lapse bookkeeping), `watch` (the watch-fed cache) and
 `catalog` (the catalog operations).
 """

@@ -27,6 +27,7 @@ from pilotfish.registry.backends.etcd.members import (
     _transient,
     log,
 )
+from pilotfish.registry.backends.etcd.secure import Security, hint, refusal
 from pilotfish.registry.backends.stored import CachedCatalog, StoredLease, decode_instance
 from pilotfish.registry.catalog import BackendUnavailable
 from pilotfish.registry.expiring import Freshness
@@ -38,10 +39,12 @@ class EtcdCalls(CachedCatalog):
 
     def __init__(self, endpoints: list[tuple[str, int]], prefix: str = "pilotfish",
                  call_timeout: float = CALL_TIMEOUT, deadline: float = DEADLINE,
-                 stale_grace: float = STALE_GRACE, stall_after: float = STALL_AFTER) -> None:
+                 stale_grace: float = STALE_GRACE, stall_after: float = STALL_AFTER,
+                 security: Security | None = None) -> None:
         # Expiry runs only while progress answers prove the cache current (fail static).
         super().__init__(Freshness(bound=min(STALL_AFTER, stall_after)))
-        self._members = [_Member(host, port) for host, port in endpoints]
+        self.security = security or Security()
+        self._members = [_Member(host, port, self.security) for host, port in endpoints]
         self._current = 0
         self.prefix = prefix
         self._root = f"/{prefix}/".encode()
@@ -65,6 +68,8 @@ class EtcdCalls(CachedCatalog):
         self._stragglers: set[asyncio.Future[Any]] = set()  # cancelled, not yet ended
         self._watch_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._refusal: str | None = None  # etcd refuses us for good: what to fix
+        self._refused = asyncio.Event()
 
     # calls
 
@@ -74,21 +79,30 @@ class EtcdCalls(CachedCatalog):
 
         Gives up early when every member refused the connection twice in a row, so a
         stopped server is reported within a fraction of a second rather than at the deadline.
+        A token etcd no longer knows is renewed on the same member; refused credentials,
+        permissions or certificates raise BackendUnavailable saying what to fix.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadline
         per_call = self._call_timeout if call_timeout is None else call_timeout
         unreachable = 0
         attempt = 0
+        renewals = 0
         while True:
             member = self._members[self._current]
             remaining = deadline - loop.time()
+            used = member.metadata
             try:
                 return await op(member, max(0.05, min(per_call, remaining)))
             except grpc.aio.AioRpcError as exc:
+                if renewals < 2 and member.token_rejected(used, exc.details() or ""):
+                    renewals += 1
+                    continue
                 if not _transient(exc):
+                    if refusal(exc, self.security, self.prefix) is not None:
+                        raise BackendUnavailable(f"etcd {self._describe(member, exc)}") from exc
                     raise
-                detail = f"{member.endpoint}: {exc.code().name.lower()}: {exc.details()}"
+                detail = self._describe(member, exc)
                 if _server_answered(exc) or exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     unreachable = 0
                 else:
@@ -112,6 +126,23 @@ class EtcdCalls(CachedCatalog):
     async def _quiet_revoke(self, number: int) -> None:
         with contextlib.suppress(Exception):
             await self._revoke_number(number)
+
+    def _describe(self, member: _Member, exc: grpc.aio.AioRpcError) -> str:
+        """`host:port: what went wrong`, in words that say what to fix when it is ours."""
+        problem = refusal(exc, self.security, self.prefix)
+        if problem is not None:
+            return f"{member.endpoint}: {problem}"
+        details = exc.details() or ""
+        return (f"{member.endpoint}: {exc.code().name.lower()}: {details}"
+                f"{hint(details, self.security)}")
+
+    def _refuse(self, problem: str | None) -> None:
+        """Note (or, with None, clear) a refusal that no retry will cure: start() reports it."""
+        self._refusal = problem
+        if problem is None:
+            self._refused.clear()
+        else:
+            self._refused.set()
 
     def _rotate(self, failed: _Member) -> None:
         if self._members[self._current] is failed:

@@ -22,10 +22,10 @@ from pilotfish.registry.backends.etcd.members import (
     log,
     parse_url,
 )
+from pilotfish.registry.backends.etcd.secure import security_from_url
 from pilotfish.registry.backends.etcd.watch import EtcdWatch
 from pilotfish.registry.backends.stored import WRITE_ATTEMPTS, StoredLease
 from pilotfish.registry.catalog import BackendUnavailable, UnknownLease
-from pilotfish.registry.credentials import split_credentials
 from pilotfish.registry.model import Instance, Lease
 
 
@@ -35,25 +35,39 @@ class EtcdCatalog(EtcdWatch):
     @classmethod
     async def from_url(cls, url: str, token_file: str | None = None,
                        ca_file: str | None = None) -> EtcdCatalog:
-        """etcd://h1:2379[,h2:2379…]/prefix[?timeout=SECONDS]; starts the watch at once."""
-        if split_credentials(url)[1] is not None:  # the stubs are called without aetcd's token
-            raise ConfigError("etcd:// with user:password@ is not supported yet: secure etcd "
-                              "by its network (see SECURITY.md)")
+        """etcd[s]://[user[:password]@]h1:2379[,h2:2379…]/prefix[?timeout=SECONDS]; starts the
+        watch at once. A user signs in (see `secure`); etcds:// is TLS, verified with
+        `ca_file` (else PILOTFISH_CA_FILE, else the system's CAs)."""
+        url, security = security_from_url(url, ca_file)
         endpoints, prefix, query = parse_url(url)
         options: dict[str, float] = {}
         if "timeout" in query:
             options["call_timeout"] = float(query["timeout"][-1])
-        catalog = cls(endpoints, prefix, **options)
-        await catalog.start()
+        if security.tls:
+            security.channel_credentials()  # unreadable files: a ConfigError now, not later
+        catalog = cls(endpoints, prefix, security=security, **options)
+        try:
+            await catalog.start()
+        except BaseException:
+            await catalog.close()
+            raise
         return catalog
 
     async def start(self, wait: float = 3.0) -> None:
-        """Begin following the prefix; waits briefly for the first listing but never fails."""
+        """Begin following the prefix; waits briefly for the first listing but never fails,
+        except when etcd refuses our credentials, permissions or certificates (ConfigError)."""
         if self._watch_task is None:
             self._watch_task = asyncio.create_task(self._follow(), name=f"etcd-watch-{self.prefix}")
+        synced = asyncio.ensure_future(self._synced.wait())
+        refused = asyncio.ensure_future(self._refused.wait())
         try:
-            await asyncio.wait_for(self._synced.wait(), wait)
-        except TimeoutError:
+            await asyncio.wait({synced, refused}, timeout=wait,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait(synced, refused)
+        if self._refusal is not None and not self._synced.is_set():
+            raise ConfigError(f"etcd {self._endpoints()}: {self._refusal}")
+        if not self._synced.is_set():
             log.warning("etcd %s not reachable yet (%s); serving 503 until it is",
                         self._endpoints(), self._watch_error)
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-import aetcd
 import grpc
 from aetcd import rpc
 
 from pilotfish.config import parse_endpoints
+from pilotfish.registry.backends.etcd import secure
+from pilotfish.registry.backends.etcd.secure import Security, auth_off
 
 log = logging.getLogger(__name__.rpartition(".")[0])  # the package's logger
 
@@ -20,6 +22,7 @@ T = TypeVar("T")
 
 DEFAULT_PORT = 2379
 CALL_TIMEOUT = 1.5  # one attempt on one member
+AUTH_TIMEOUT = 2.0  # one sign-in (a raft round and a bcrypt check on the server)
 DEADLINE = 4.0  # one catalog call, across retries and members (the API gives up at 5 s)
 STALE_GRACE = 1.0  # how long reads are served from the cache while the watch reconnects
 PROGRESS_EVERY = 0.25  # a progress request on the watch stream this often...
@@ -51,31 +54,85 @@ class _Held:
 
 
 class _Member:
-    """One etcd endpoint and its gRPC channel (created lazily, reconnected by gRPC)."""
+    """One etcd endpoint: its gRPC channel (made lazily, reconnected by gRPC) and, when the
+    catalog has a user, the token that goes with every call (see `secure`)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, security: Security | None = None) -> None:
         self.endpoint = f"{host}:{port}"
-        self.client = aetcd.Client(host=host, port=port, options=GRPC_OPTIONS)
-        self._watch_stub: Any = None
+        self.security = security or Security()
+        self.metadata: tuple[tuple[str, str], ...] = ()  # ("token", …) once signed in
+        self.authentications = 0  # sign-ins so far (the first, then one per lapsed token)
+        self._auth_off = False  # etcd said authentication is not enabled: no token needed
+        self._signing_in = asyncio.Lock()
+        self._channel: Any = None
+        self._stubs: dict[str, Any] = {}
+
+    def _stub(self, kind: str) -> Any:
+        if self._channel is None:
+            options = list(GRPC_OPTIONS.items())
+            if self.security.tls:
+                self._channel = grpc.aio.secure_channel(
+                    self.endpoint, self.security.channel_credentials(), options=options)
+            else:
+                self._channel = grpc.aio.insecure_channel(self.endpoint, options=options)
+            self._stubs = {"kv": rpc.KVStub(self._channel), "lease": rpc.LeaseStub(self._channel),
+                           "watch": rpc.WatchStub(self._channel),
+                           "auth": rpc.AuthStub(self._channel)}
+        return self._stubs[kind]
+
+    async def _ready(self, kind: str) -> Any:
+        stub = self._stub(kind)
+        if self.security.credentials is not None and not self.metadata and not self._auth_off:
+            await self._sign_in()
+        return stub
+
+    async def _sign_in(self) -> None:
+        async with self._signing_in:
+            if self.metadata or self._auth_off:
+                return  # another call signed in meanwhile
+            assert self.security.credentials is not None
+            user, password = self.security.credentials
+            try:
+                reply = await self._stub("auth").Authenticate(
+                    rpc.AuthenticateRequest(name=user, password=password), timeout=AUTH_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                if not auth_off(exc):
+                    raise
+                log.warning("etcd %s has authentication disabled: user %r is not needed there "
+                            "(etcdctl auth enable turns it on)", self.endpoint, user)
+                self._auth_off = True
+                return
+            self.metadata = (("token", reply.token),)
+            self.authentications += 1
+            if self.authentications > 1:
+                log.info("etcd %s: signed in again as %r (the token lapsed)", self.endpoint, user)
+
+    def token_rejected(self, used: tuple[tuple[str, str], ...], details: str) -> bool:
+        """After a call made with `used` failed with `details`: if etcd refused the token and a
+        new sign-in may help, forget the token (the next call signs in) and say True."""
+        if self.security.credentials is None or not secure.token_rejected(details):
+            return False
+        if "user name is empty" in details:
+            self._auth_off = False  # authentication was turned on since we signed in
+        if not used or self.metadata == used:  # not already renewed by another call
+            self.metadata = ()
+        return True
 
     async def kv(self) -> Any:
-        await self.client.connect()
-        return self.client.kvstub
+        return await self._ready("kv")
 
     async def leases(self) -> Any:
-        await self.client.connect()
-        return self.client.leasestub
+        return await self._ready("lease")
 
     async def watches(self) -> Any:
-        await self.client.connect()
-        if self._watch_stub is None:
-            self._watch_stub = rpc.WatchStub(self.client.channel)
-        return self._watch_stub
+        return await self._ready("watch")
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.client.close()
-        self._watch_stub = None
+        channel, self._channel, self._stubs = self._channel, None, {}
+        self.metadata = ()
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
 
 class _WatchEnded(Exception):
@@ -89,8 +146,8 @@ class _Compacted(Exception):
 def parse_url(url: str) -> tuple[list[tuple[str, int]], str, dict[str, list[str]]]:
     """Split etcd://h1:2379,h2:2379/prefix into endpoints, prefix and query options."""
     parts = urlsplit(url)
-    if parts.scheme.lower() != "etcd":
-        raise ValueError(f"registry URL {url!r}: expected etcd://")
+    if parts.scheme.lower() not in ("etcd", *secure.TLS_SCHEMES):
+        raise ValueError(f"registry URL {url!r}: expected etcd:// or etcds://")
     endpoints = [(f"[{e.host}]" if ":" in e.host else e.host, e.port)
                  for e in parse_endpoints(parts.netloc, DEFAULT_PORT, f"registry URL {url!r}")]
     prefix = parts.path.strip("/") or "pilotfish"

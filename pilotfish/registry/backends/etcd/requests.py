@@ -1,5 +1,7 @@
 """The requests the etcd catalog sends, each a function of (member, timeout) that
-`EtcdCalls._call` runs on one member after another; bind the arguments with partial."""
+`EtcdCalls._call` runs on one member after another; bind the arguments with partial.
+Each sends the member's token (if it has a user) as metadata, read after the stub: getting
+the stub signs in first when needed."""
 
 from __future__ import annotations
 
@@ -12,14 +14,16 @@ from pilotfish.registry.backends.etcd.members import _Member, _WatchEnded
 
 async def grant(ttl: int, member: _Member, timeout: float) -> Any:
     """A new etcd lease of ttl seconds (etcd picks the id)."""
-    return await (await member.leases()).LeaseGrant(
-        rpc.LeaseGrantRequest(TTL=ttl, ID=0), timeout=timeout)
+    stub = await member.leases()
+    return await stub.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl, ID=0), timeout=timeout,
+                                 metadata=member.metadata)
 
 
 async def keep_alive(number: int, member: _Member, timeout: float) -> Any:
     """One renewal on a keepalive stream: the first answer, then the stream is closed."""
     stub = await member.leases()
-    call = stub.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=number)]), timeout=timeout)
+    call = stub.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=number)]), timeout=timeout,
+                               metadata=member.metadata)
     try:
         async for reply in call:
             return reply
@@ -30,26 +34,31 @@ async def keep_alive(number: int, member: _Member, timeout: float) -> Any:
 
 async def time_to_live(number: int, member: _Member, timeout: float) -> Any:
     """What remains of a lease (TTL <= 0: gone)."""
-    return await (await member.leases()).LeaseTimeToLive(
-        rpc.LeaseTimeToLiveRequest(ID=number), timeout=timeout)
+    stub = await member.leases()
+    return await stub.LeaseTimeToLive(rpc.LeaseTimeToLiveRequest(ID=number), timeout=timeout,
+                                      metadata=member.metadata)
 
 
 async def revoke(number: int, member: _Member, timeout: float) -> Any:
     """End a lease and delete every key on it."""
-    return await (await member.leases()).LeaseRevoke(
-        rpc.LeaseRevokeRequest(ID=number), timeout=timeout)
+    stub = await member.leases()
+    return await stub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=number), timeout=timeout,
+                                  metadata=member.metadata)
 
 
 async def get(key: bytes, member: _Member, timeout: float) -> Any:
     """One key."""
-    return await (await member.kv()).Range(rpc.RangeRequest(key=key), timeout=timeout)
+    stub = await member.kv()
+    return await stub.Range(rpc.RangeRequest(key=key), timeout=timeout, metadata=member.metadata)
 
 
 async def put(request: Any, member: _Member, timeout: float) -> Any:
     """One PutRequest."""
-    return await (await member.kv()).Put(request, timeout=timeout)
+    stub = await member.kv()
+    return await stub.Put(request, timeout=timeout, metadata=member.metadata)
 
 
 async def txn(request: Any, member: _Member, timeout: float) -> Any:
     """One TxnRequest: compare, then the success or the failure ops."""
-    return await (await member.kv()).Txn(request, timeout=timeout)
+    stub = await member.kv()
+    return await stub.Txn(request, timeout=timeout, metadata=member.metadata)

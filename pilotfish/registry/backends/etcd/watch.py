@@ -24,6 +24,7 @@ from pilotfish.registry.backends.etcd.members import (
     log,
 )
 from pilotfish.registry.backends.etcd.outages import EtcdOutages
+from pilotfish.registry.backends.etcd.secure import refusal
 from pilotfish.registry.backends.stored import StoredLease
 from pilotfish.registry.catalog import Snapshot
 from pilotfish.registry.model import Instance
@@ -54,13 +55,16 @@ class EtcdWatch(EtcdOutages):
         """List once, then watch from the next revision; on failure, the next member."""
         backoff = 0.1
         need_listing = True
+        renewed = False  # signed in again after a refused token, without moving on
         while not self._closed.is_set():
             member = self._members[self._current]
+            used = member.metadata
             try:
                 if need_listing:
                     await self._relist(member)
                     need_listing = False
                     backoff = 0.1
+                renewed = False
                 await self._watch(member)
                 self._watch_error = f"{member.endpoint}: watch ended"
             except asyncio.CancelledError:
@@ -69,8 +73,15 @@ class EtcdWatch(EtcdOutages):
                 need_listing = True
                 continue
             except grpc.aio.AioRpcError as exc:
-                self._watch_error = f"{member.endpoint}: {exc.code().name.lower()}: {exc.details()}"
+                if not renewed and member.token_rejected(used, exc.details() or ""):
+                    renewed = True
+                    continue  # the same member, signed in again
+                self._watch_error = self._describe(member, exc)
+                self._refuse(refusal(exc, self.security, self.prefix))
             except _WatchEnded as exc:
+                if not renewed and member.token_rejected(used, str(exc)):
+                    renewed = True
+                    continue
                 self._watch_error = f"{member.endpoint}: {exc}"
             except Exception as exc:  # a bug must not stop the watch for good
                 log.exception("etcd watch failed")
@@ -87,7 +98,7 @@ class EtcdWatch(EtcdOutages):
         asked = time.monotonic()
         reply = await stub.Range(
             rpc.RangeRequest(key=self._root, range_end=_prefix_end(self._root)),
-            timeout=self._call_timeout * 2)
+            timeout=self._call_timeout * 2, metadata=member.metadata)
         instances: dict[str, Instance] = {}
         leases: dict[str, StoredLease] = {}
         expiry: dict[str, float] = {}
@@ -103,6 +114,7 @@ class EtcdWatch(EtcdOutages):
         if changed:
             self._changed(reply.header.revision)
         self.freshness.proved(asked)
+        self._refuse(None)
         self._came_up()
 
     async def _watch(self, member: _Member) -> None:
@@ -116,13 +128,12 @@ class EtcdWatch(EtcdOutages):
         next member is tried; meanwhile expiry is frozen (see Freshness).
         """
         stub = await member.watches()
-        kv = await member.kv()
         create = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
             key=self._root, range_end=_prefix_end(self._root),
             start_revision=self._revision + 1, progress_notify=True))
         progress = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
         current = rpc.RangeRequest(key=self._root, count_only=True)
-        call = stub.Watch(metadata=WATCH_METADATA)
+        call = stub.Watch(metadata=WATCH_METADATA + member.metadata)
         sent: deque[float] = deque()  # when each unanswered watch request went out
         checks: deque[tuple[float, int]] = deque()  # (asked at, cluster revision then)
         reader = asyncio.create_task(self._read_watch(call, sent, checks),
@@ -157,7 +168,7 @@ class EtcdWatch(EtcdOutages):
                                       "(member frozen, overloaded or without a leader)")
                 if check is None:
                     check_at = now
-                    check = asyncio.ensure_future(kv.Range(current, timeout=self._stall_after * 2))
+                    check = asyncio.ensure_future(self._current_revision(member, current))
                     check.add_done_callback(functools.partial(self._checked, checks, now))
                 if len(sent) < 16:
                     sent.append(now)
@@ -170,6 +181,19 @@ class EtcdWatch(EtcdOutages):
             for task in (reader, check):
                 if task is not None:
                     await self._drop(task)
+
+    async def _current_revision(self, member: _Member, request: Any) -> Any:
+        """The linearizable read of a watch check. A lapsed token (the established watch goes
+        on without one) is renewed here, so the watch is not dropped for it."""
+        for attempt in (1, 2):
+            kv = await member.kv()
+            used = member.metadata
+            try:
+                return await kv.Range(request, timeout=self._stall_after * 2, metadata=used)
+            except grpc.aio.AioRpcError as exc:
+                if attempt == 2 or not member.token_rejected(used, exc.details() or ""):
+                    raise
+        raise AssertionError("unreachable")
 
     async def _send(self, call: Any, request: Any) -> None:
         """Write one request on the watch stream; TimeoutError if the member does not take it

@@ -28,6 +28,7 @@ from pilotfish.registry.backends.zookeeper.nodes import (
     log,
     min_ttl,
 )
+from pilotfish.registry.backends.zookeeper.tls import ZkTls
 from pilotfish.registry.catalog import BackendUnavailable
 
 
@@ -36,7 +37,7 @@ class ZooKeeperSession(CachedCatalog):
 
     def __init__(self, hosts: list[str], root: str, session_timeout: float = SESSION_TIMEOUT,
                  op_timeout: float = OP_TIMEOUT, read_grace: float = READ_GRACE,
-                 credentials: tuple[str, str] | None = None) -> None:
+                 credentials: tuple[str, str] | None = None, tls: ZkTls | None = None) -> None:
         super().__init__()
         self.hosts = hosts
         self.root = root
@@ -53,6 +54,7 @@ class ZooKeeperSession(CachedCatalog):
             auth_data=[("digest", ":".join(credentials))] if credentials else None,
             default_acl=[make_digest_acl(*credentials, all=True), READ_ACL_UNSAFE[0]]
             if credentials else None,
+            **(tls.kazoo_options() if tls is not None else {}),
         )
         self._loop = asyncio.get_running_loop()
         self._closed = False
@@ -135,7 +137,10 @@ class ZooKeeperSession(CachedCatalog):
             await self._until_connected(deadline)
             future = self._issue(start, apply)
             try:
-                result = await asyncio.wait_for(future, max(0.01, deadline - time.monotonic()))
+                # Not wait_for: on 3.11 it swallows a cancel that arrives as the answer does,
+                # and a registrar cancelled then never ends (its stop() hangs).
+                async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                    result = await future
             except TimeoutError:
                 raise BackendUnavailable(
                     f"ZooKeeper at {','.join(self.hosts)} did not answer within "
@@ -161,7 +166,8 @@ class ZooKeeperSession(CachedCatalog):
         if limit <= now:
             raise BackendUnavailable(self._down_message())
         try:
-            await asyncio.wait_for(self._connected.wait(), limit - now)
+            async with asyncio.timeout(limit - now):
+                await self._connected.wait()
         except TimeoutError:
             raise BackendUnavailable(self._down_message()) from None
 

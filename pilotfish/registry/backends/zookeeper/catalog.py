@@ -31,6 +31,7 @@ from pilotfish.registry.backends.zookeeper.nodes import (
     parse_zk_url,
 )
 from pilotfish.registry.backends.zookeeper.reaper import ZooKeeperReaper
+from pilotfish.registry.backends.zookeeper.tls import preflight, tls_from_url
 from pilotfish.registry.catalog import UnknownLease
 from pilotfish.registry.credentials import split_credentials
 from pilotfish.registry.model import Instance, InvalidField, Lease
@@ -42,12 +43,17 @@ class ZooKeeperCatalog(ZooKeeperReaper):
     @classmethod
     async def from_url(cls, url: str, token_file: str | None = None,
                        ca_file: str | None = None) -> ZooKeeperCatalog:
-        """Connect to the ensemble a zk:// URL names (waiting a few seconds for it)."""
+        """Connect to the ensemble a zk:// URL names (waiting a few seconds for it); zks://
+        is TLS to the secureClientPort, verified with `ca_file` (see `tls`)."""
         url, credentials = split_credentials(url)
+        url, tls = tls_from_url(url, ca_file)
         hosts, root, options = parse_zk_url(url)
+        if tls is not None:
+            await asyncio.to_thread(preflight, hosts, tls)
         catalog = cls(hosts, root, session_timeout=options.get("session_timeout",
                                                                 SESSION_TIMEOUT),
-                      op_timeout=options.get("timeout", OP_TIMEOUT), credentials=credentials)
+                      op_timeout=options.get("timeout", OP_TIMEOUT), credentials=credentials,
+                      tls=tls)
         await catalog.start()
         return catalog
 
