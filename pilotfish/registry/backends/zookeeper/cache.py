@@ -249,11 +249,13 @@ class ZooKeeperCache(ZooKeeperSession):
                         await self._call(functools.partial(self._client.create_async, path, b"",
                                                            makepath=True))
                 self._watched.clear()
-                listings = await asyncio.wait_for(
-                    asyncio.gather(self._list(LEASES, True), self._list(INSTANCES, True)),
-                    self._op_timeout)
+                # asyncio.timeout, not 3.11's wait_for: that can swallow the cancel of close()
+                async with asyncio.timeout(self._op_timeout):
+                    listings = await asyncio.gather(self._list(LEASES, True),
+                                                    self._list(INSTANCES, True))
                 reads = [fetch for listing in listings for fetch in listing]
-                results = await asyncio.wait_for(asyncio.gather(*reads), self._op_timeout * 3)
+                async with asyncio.timeout(self._op_timeout * 3):
+                    results = await asyncio.gather(*reads)
                 if any(not r.successful() and not isinstance(r.exception, NoNodeError)
                        for r in results):
                     raise BackendUnavailable("reads failed during resync")
