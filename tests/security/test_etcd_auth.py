@@ -27,7 +27,7 @@ from pilotfish.registry import BackendUnavailable, Instance, open_catalog
 from pilotfish.registry.backends.etcd import EtcdCatalog
 from tests.fixtures.etcd_secure import EtcdUser, SecureEtcd
 from tests.fixtures.process import StartPilotfish
-from tests.fixtures.watching import ids, wait_until
+from tests.fixtures.watching import ids, seen_through_the_watch, wait_until
 
 TOKEN_TTL = 2  # seconds an unused etcd token lives
 PASSWORD = "pf-etcd-pw"
@@ -64,12 +64,8 @@ async def test_a_user_registers_watches_and_keeps_alive(auth_etcd: SecureEtcd) -
     writer = await open_catalog(url)
     reader = await open_catalog(url)
     try:
-        lease = await writer.create_lease(10, "auth-test")
-        assert await writer.register(web("a1", lease.id))
-        await wait_until(reader, lambda s: ids(s, "web") == {"a1"}, 5)  # through the watch
-        renewed = await writer.keepalive(lease.id)
-        assert renewed.ttl == 10
-        assert (await reader.lease(lease.id)) is not None
+        lease_id = await seen_through_the_watch(writer, reader, "a1")
+        assert (await reader.lease(lease_id)) is not None
         assert await writer.deregister("a1") is not None
         await wait_until(reader, lambda s: ids(s, "web") == set(), 5)
         assert sign_ins(writer) == 1 and sign_ins(reader) == 1  # one token each, kept in use

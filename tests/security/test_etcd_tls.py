@@ -17,7 +17,7 @@ from pilotfish.config import ConfigError
 from pilotfish.registry import Instance, open_catalog
 from pilotfish.registry.backends.etcd.secure import security_from_url
 from tests.fixtures.etcd_secure import EtcdTls, EtcdUser, SecureEtcd
-from tests.fixtures.watching import ids, wait_until
+from tests.fixtures.watching import ids, seen_through_the_watch, wait_until
 from tests.security.certs import Pki, make_backend_pki
 
 PASSWORD = "pf-tls-pw"
@@ -71,10 +71,7 @@ async def test_etcds_with_the_ca_and_a_user_works(
     monkeypatch.setenv("PILOTFISH_CA_FILE", str(pki[0].ca))  # the other way to name the CA
     reader = await open_catalog(url)
     try:
-        lease = await writer.create_lease(10, "tls-test")
-        assert await writer.register(web("s1", lease.id))
-        await wait_until(reader, lambda s: ids(s, "web") == {"s1"}, 5)
-        assert (await writer.keepalive(lease.id)).id == lease.id
+        await seen_through_the_watch(writer, reader, "s1")
     finally:
         await writer.close()
         await reader.close()

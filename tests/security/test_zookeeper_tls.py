@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pilotfish.config import ConfigError
-from pilotfish.registry import Instance, open_catalog
-from tests.fixtures.watching import ids, wait_until
+from pilotfish.registry import open_catalog
+from tests.fixtures.watching import seen_through_the_watch
 from tests.fixtures.zookeeper_tls import TlsZooKeeper
 from tests.security.certs import Pki, make_backend_pki
 
@@ -42,10 +42,6 @@ def chroot() -> str:
     return f"/pf-tls/{uuid.uuid4().hex[:8]}"
 
 
-def web(instance_id: str, lease: str) -> Instance:
-    return Instance(service="web", id=instance_id, address="10.0.0.1", port=80, lease=lease)
-
-
 def with_client_cert(monkeypatch: pytest.MonkeyPatch, made: Pki) -> None:
     monkeypatch.setenv("PILOTFISH_CLIENT_CERT", str(made.client_cert))
     monkeypatch.setenv("PILOTFISH_CLIENT_KEY", str(made.client_key))
@@ -60,10 +56,7 @@ async def test_zks_with_the_ca_and_a_client_certificate_works(
     monkeypatch.setenv("PILOTFISH_CA_FILE", str(pki[0].ca))
     reader = await open_catalog(url)
     try:
-        lease = await writer.create_lease(10, "tls-test")
-        assert await writer.register(web("z1", lease.id))
-        await wait_until(reader, lambda s: ids(s, "web") == {"z1"}, 5)
-        assert (await writer.keepalive(lease.id)).id == lease.id
+        await seen_through_the_watch(writer, reader, "z1")
     finally:
         await writer.close()
         await reader.close()
