@@ -24,6 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pilotfish.lb.listener import RouteListener
+from pilotfish.lb.refuse import reset_on_close
 
 if TYPE_CHECKING:
     from pilotfish.lb.balancer import LoadBalancer
@@ -42,9 +43,7 @@ MORE = socket.MSG_DONTWAIT | socket.MSG_MORE  # hold the segment: the FIN follow
 CHUNK = 256 << 10  # bytes read per recv
 ACCEPT_BATCH = 64  # clients accepted per wake-up of one listener
 BATCH = 512  # epoll events handled per wake-up
-LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close sends RST
 STREAM = socket.SOCK_STREAM
-AVAILABLE = hasattr(select, "epoll")
 
 
 class FastSide:
@@ -100,7 +99,7 @@ class FastConnection:
 
     def refuse(self) -> None:
         """Reset the client: it was not served."""
-        reset(self.client.sock)
+        reset_on_close(self.client.sock)
         self.engine.drop(self)
 
     def moved(self) -> tuple[int, int] | None:
@@ -121,14 +120,6 @@ class FastConnection:
     def abort(self) -> None:
         """Close both sockets now."""
         self.engine.drop(self)
-
-
-def reset(sock: _socket.socket) -> None:
-    """Make the coming close send a reset (a refused client knows at once)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-    except OSError:
-        pass
 
 
 class Engine:
@@ -510,7 +501,7 @@ class FastListener(RouteListener):
             try:
                 if not self.admit(connection):
                     connection.closed = True
-                    reset(client)
+                    reset_on_close(client)
                     client.close()
                 elif not connection.closed:
                     engine.adopt(connection.client)
