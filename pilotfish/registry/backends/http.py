@@ -31,6 +31,7 @@ from pilotfish.registry.catalog import (
     Snapshot,
     UnknownLease,
 )
+from pilotfish.registry.credentials import ClientTls
 from pilotfish.registry.model import Instance, InvalidField, Lease
 from pilotfish.registry.redact import redact_url
 
@@ -117,10 +118,9 @@ class HttpCatalog(Catalog):
             token, source = read_token(token_file) or "", f"--token-file {token_file}"
         if not token:
             token, source = os.environ.get(TOKEN_ENV, ""), TOKEN_ENV
+        tls = ClientTls.from_env(ca_file)
         catalog = cls(f"{parts.scheme}://{parts.netloc}{parts.path}", token or None, source,
-                      ca_file or os.environ.get("PILOTFISH_CA_FILE") or None,
-                      os.environ.get("PILOTFISH_CLIENT_CERT") or None,
-                      os.environ.get("PILOTFISH_CLIENT_KEY") or None)
+                      tls.ca_file, tls.client_cert, tls.client_key)
         await catalog.start()
         return catalog
 

@@ -12,15 +12,14 @@ requires one (`--client-cert-auth`). The password and the token are never logged
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from pilotfish.config import ConfigError
-from pilotfish.registry.credentials import split_credentials
+from pilotfish.registry.credentials import ClientTls, split_credentials
 
 TLS_SCHEMES = frozenset({"etcds"})
 TOKEN_REJECTED = ("invalid auth token", "user name is empty")
@@ -28,14 +27,12 @@ AUTH_OFF = "authentication is not enabled"
 
 
 @dataclass(frozen=True, slots=True)
-class Security:
-    """How this process proves itself to etcd: a user, TLS settings, or neither."""
+class Security(ClientTls):
+    """How this process proves itself to etcd: a user, TLS (with ClientTls's files), or
+    neither."""
 
     credentials: tuple[str, str] | None = None
     tls: bool = False
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
 
     @property
     def user(self) -> str | None:
@@ -44,9 +41,7 @@ class Security:
 
     def channel_credentials(self) -> Any:
         """gRPC's TLS credentials for these files; a ConfigError naming the file otherwise."""
-        if (self.client_cert is None) != (self.client_key is None):
-            raise ConfigError("etcds://: a client certificate needs both PILOTFISH_CLIENT_CERT "
-                              "and PILOTFISH_CLIENT_KEY")
+        self.check_pair("etcds://")
         return grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca_file, "--ca-file"),
             private_key=_read(self.client_key, "PILOTFISH_CLIENT_KEY"),
@@ -72,12 +67,9 @@ def security_from_url(url: str, ca_file: str | None = None) -> tuple[str, Securi
     scheme, sep, rest = plain.partition("://")
     tls = scheme.lower() in TLS_SCHEMES
     if not tls:
-        return plain, Security(credentials)
-    return "etcd" + sep + rest, Security(
-        credentials, tls=True,
-        ca_file=ca_file or os.environ.get("PILOTFISH_CA_FILE") or None,
-        client_cert=os.environ.get("PILOTFISH_CLIENT_CERT") or None,
-        client_key=os.environ.get("PILOTFISH_CLIENT_KEY") or None)
+        return plain, Security(credentials=credentials)
+    return "etcd" + sep + rest, replace(Security.from_env(ca_file), credentials=credentials,
+                                        tls=True)
 
 
 def token_rejected(details: str) -> bool:
@@ -109,10 +101,8 @@ def refusal(exc: grpc.aio.AioRpcError, security: Security, prefix: str) -> str |
     if not security.tls:
         return None
     if "CERTIFICATE_VERIFY_FAILED" in details:
-        where = (f"the CA of --ca-file {security.ca_file} (or PILOTFISH_CA_FILE)"
-                 if security.ca_file else "a CA this system trusts (give one with --ca-file)")
-        return (f"TLS: etcd's certificate is not signed by {where}, or does not name the host "
-                "in the URL (CERTIFICATE_VERIFY_FAILED)")
+        return (f"TLS: etcd's certificate is not signed by {security.trusted()}, or does not "
+                "name the host in the URL (CERTIFICATE_VERIFY_FAILED)")
     if "TSI_DATA_CORRUPTED" in details or "BAD_CERTIFICATE" in details:
         if security.client_cert is None:
             return ("TLS: etcd hung up after the handshake: it requires a client certificate "

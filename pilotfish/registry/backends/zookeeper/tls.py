@@ -9,7 +9,6 @@ made here: a certificate refused either way is a ConfigError at start, saying wh
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -17,18 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from pilotfish.config import ConfigError, parse_endpoints
+from pilotfish.registry.credentials import ClientTls
 
 TLS_SCHEMES = frozenset({"zks"})
 PREFLIGHT_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
-class ZkTls:
+class ZkTls(ClientTls):
     """The files a TLS session to ZooKeeper uses (all optional but the scheme)."""
-
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
 
     def kazoo_options(self) -> dict[str, Any]:
         """KazooClient's keyword arguments for this TLS: verify the chain and the host name."""
@@ -37,9 +33,7 @@ class ZkTls:
 
     def context(self) -> ssl.SSLContext:
         """The context kazoo will build (system CAs plus ca_file); ConfigError naming a file."""
-        if (self.client_cert is None) != (self.client_key is None):
-            raise ConfigError("zks://: a client certificate needs both PILOTFISH_CLIENT_CERT "
-                              "and PILOTFISH_CLIENT_KEY")
+        self.check_pair("zks://")
         context = ssl.create_default_context()
         for path, what in ((self.ca_file, "--ca-file"), (self.client_cert, "PILOTFISH_CLIENT_CERT"),
                            (self.client_key, "PILOTFISH_CLIENT_KEY")):
@@ -61,10 +55,7 @@ def tls_from_url(url: str, ca_file: str | None = None) -> tuple[str, ZkTls | Non
     scheme, sep, rest = url.partition("://")
     if scheme.lower() not in TLS_SCHEMES:
         return url, None
-    return "zk" + sep + rest, ZkTls(
-        ca_file=ca_file or os.environ.get("PILOTFISH_CA_FILE") or None,
-        client_cert=os.environ.get("PILOTFISH_CLIENT_CERT") or None,
-        client_key=os.environ.get("PILOTFISH_CLIENT_KEY") or None)
+    return "zk" + sep + rest, ZkTls.from_env(ca_file)
 
 
 def preflight(hosts: list[str], tls: ZkTls) -> None:
@@ -101,10 +92,8 @@ def preflight(hosts: list[str], tls: ZkTls) -> None:
 def _explain(exc: ssl.SSLError, tls: ZkTls) -> str:
     reason = exc.reason or str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        where = (f"the CA of --ca-file {tls.ca_file} (or PILOTFISH_CA_FILE)" if tls.ca_file
-                 else "a CA this system trusts (give one with --ca-file)")
-        return (f"its certificate is not signed by {where}, or does not name the host in the "
-                f"URL ({exc.verify_message})")
+        return (f"its certificate is not signed by {tls.trusted()}, or does not name the host "
+                f"in the URL ({exc.verify_message})")
     if "CERTIFICATE" in reason or "UNKNOWN_CA" in reason:
         if tls.client_cert is None:
             return (f"it requires a client certificate (ssl.clientAuth=need: {reason}); set "
