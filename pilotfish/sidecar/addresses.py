@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pilotfish.registry.model import unusable
 from pilotfish.sidecar.labels import listed, raw_settings
 
 Details = Mapping[str, Any]
@@ -70,6 +71,14 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def unusable_address(address: str) -> str | None:
+    """Why no instance can be registered at an address Docker reports (None when one can)."""
+    try:
+        return unusable(ipaddress.ip_address(address))
+    except ValueError:
+        return "not an IP address"
+
+
 def _binding(bindings: list[Mapping[str, str]], advertise_ip: str) -> Mapping[str, str]:
     """The published binding to advertise: the one of the advertised IP's family if any."""
     v6 = ":" in advertise_ip
@@ -96,6 +105,10 @@ def _published(details: Details, advertise_ip: str) -> tuple[list[Endpoint], lis
         if is_loopback(address) and not is_loopback(advertise_ip):
             skipped.append(Skip("loopback", f"port {key} is published on {host_ip} only"))
             continue
+        if (why := unusable_address(address)) is not None:
+            skipped.append(Skip("unusable-address",
+                                f"port {key} is published on {address[:64]!r}: {why}"))
+            continue
         found.append(Endpoint(port[0], port[1], address, int(binding.get("HostPort") or 0)))
     return [e for e in found if e.host_port], skipped
 
@@ -109,6 +122,8 @@ def _internal(details: Details) -> tuple[list[Endpoint], list[Skip]]:
                    settings.get("IPAddress") or "")
     if not address:
         return [], [Skip("no-address", "the container has no IP address on its networks")]
+    if (why := unusable_address(address)) is not None:
+        return [], [Skip("unusable-address", f"Docker reports address {address[:64]!r}: {why}")]
     ports = set(exposed_ports(details))
     ports |= {p for key in (settings.get("Ports") or {}) if (p := _port_key(key))}
     return [Endpoint(port, protocol, address, port) for port, protocol in sorted(ports)], []

@@ -193,6 +193,26 @@ def test_internal_uses_the_container_address_and_exposed_ports() -> None:
     assert sorted(ports) == [53, 80, 9999]
 
 
+@pytest.mark.parametrize("address", ["224.0.0.1", "255.255.255.255", "ff02::1"])
+def test_a_port_docker_publishes_on_an_unusable_address_is_skipped(address: str) -> None:
+    details = recorded("bridge_published")
+    details["NetworkSettings"]["Ports"]["80/tcp"] = [{"HostIp": address, "HostPort": "18080"}]
+    decision = run(details)
+    assert sorted(reasons(decision)) == ["unpublished", "unusable-address"]
+    (skip,) = [s for s in decision.skipped if s.reason == "unusable-address"]
+    assert address in skip.detail and "80/tcp" in skip.detail
+    assert [i.port for i in decision.instances] == [18053]
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "224.0.0.1", "::"])  # noqa: S104
+def test_an_unusable_container_address_is_skipped_with_internal(address: str) -> None:
+    details = recorded("bridge_dynamic")
+    details["NetworkSettings"]["Networks"]["pf-capture"]["IPAddress"] = address
+    decision = run(details, internal=True)
+    assert decision.instances == () and reasons(decision) == ["unusable-address"]
+    assert address in decision.skipped[0].detail
+
+
 # -- health and state ------------------------------------------------------------------
 
 
