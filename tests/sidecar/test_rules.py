@@ -133,8 +133,27 @@ def test_explicit_registers_only_containers_that_set_a_name() -> None:
     assert [i.service for i in run(port_named, explicit=True).instances] == ["web"]
 
 
+@pytest.mark.parametrize(("setting", "service"), [
+    ("my_app", "my-app"), ("My.App_v2", "my-app-v2"), ("_my__app.", "my-app"), ("web", "web"),
+    ("Web", "web"),
+])
+def test_an_explicit_name_is_made_a_dns_label_as_an_image_name_is(setting: str,
+                                                                   service: str) -> None:
+    """Consul and Registrator take `my_app`; the image `my_app` is registered `my-app`."""
+    decision = run(recorded("image_name", Labels={"SERVICE_NAME": setting}))
+    assert [i.service for i in decision.instances] == [service]
+    assert decision.renamed == (((setting, service),) if setting.lower() != service else ())
+    (by_image,) = run(recorded("image_name", Image=setting.lower())).instances
+    assert by_image.service == service
+    port_named = run(recorded("image_name", Labels={"SERVICE_80_NAME": setting}))
+    assert [i.service for i in port_named.instances] == [service]
+
+
 @pytest.mark.parametrize(("labels", "reason"), [
     ({"SERVICE_NAME": "Not_A Label!"}, "invalid-name"),
+    ({"SERVICE_NAME": "___"}, "invalid-name"),
+    ({"SERVICE_NAME": "a" * 64}, "invalid-name"),
+    ({"SERVICE_NAME": "w\u212aeb"}, "invalid-name"),  # a Kelvin sign is not a k
     ({"SERVICE_NAME": "web", "SERVICE_WEIGHT": "heavy"}, "invalid-setting"),
     ({"SERVICE_NAME": "web", "SERVICE_WEIGHT": "70000"}, "invalid-setting"),
     ({"SERVICE_NAME": "web", "SERVICE_ID": "bad id"}, "invalid-setting"),
