@@ -186,6 +186,34 @@ def test_container_mode_takes_the_ports_of_the_joined_container() -> None:
     assert decision.joins is not None
 
 
+def _started(details: dict[str, Any], when: str) -> dict[str, Any]:
+    details["State"]["StartedAt"] = when
+    return details
+
+
+@pytest.mark.parametrize(("owner_mode", "joiner_started", "owner_started", "stale"), [
+    ("pf-capture", "2026-01-01T10:00:00.5Z", "2026-01-01T10:00:01.25Z", True),  # owner restarted
+    ("pf-capture", "2026-01-01T10:00:01.3Z", "2026-01-01T10:00:01.25Z", False),  # joined after
+    ("pf-capture", "2026-01-01T10:00:01.000000001Z", "2026-01-01T10:00:01Z", False),
+    ("pf-capture", "2026-01-01T10:00:00.999999999Z", "2026-01-01T10:00:01Z", True),
+    ("pf-capture", "0001-01-01T00:00:00Z", "2026-01-01T10:00:01Z", False),  # being started
+    ("host", "2026-01-01T10:00:00Z", "2026-01-01T10:00:01Z", False),  # the host's namespace
+])
+def test_a_joiner_its_owner_restarted_away_from_is_skipped(
+        owner_mode: str, joiner_started: str, owner_started: str, stale: bool) -> None:
+    """Docker leaves a container:<owner> joiner in the namespace its owner had when it
+    joined; an owner that restarted since has another (unless it is on the host network)."""
+    owner = _started(recorded("bridge_dynamic"), owner_started)
+    owner["HostConfig"]["NetworkMode"] = owner_mode
+    joiner = _started(recorded("joined"), joiner_started)
+    decision = decide(joiner, Rules(SIDECAR, ADVERTISE, internal=True), lambda _: owner)
+    if stale:
+        assert decision.instances == () and reasons(decision) == ["joined-stale"]
+        assert "restart this one" in decision.skipped[0].detail
+    else:
+        assert decision.instances and not decision.skipped
+
+
 def test_bridge_published_ports_use_the_host_port() -> None:
     """-p 127.0.0.1:18080:80 is loopback-only: skipped unless the advertised IP is loopback;
     -p 18053:53/udp is advertised at the advertised IP; 9999 is not published."""
