@@ -124,7 +124,8 @@ def test_a_two_hop_loop_leaves_other_clients_answered(pilotfish: StartPilotfish,
     started = time.monotonic()
     first = ask(port_a, f"first.{REAL}")
     assert first.rcode() == dns.rcode.NOERROR and ADDRESS in first.to_text()
-    assert time.monotonic() - started < 1.5
+    took = time.monotonic() - started
+    assert took < 1.5
     assert ask(port_a, f"over-tcp.{REAL}", tcp=True).rcode() == dns.rcode.NOERROR
 
     # Many clients at once, each with a name of its own, on both servers: all answered.
@@ -137,6 +138,7 @@ def test_a_two_hop_loop_leaves_other_clients_answered(pilotfish: StartPilotfish,
     assert all(r.rcode() == dns.rcode.NOERROR for r in looped), [r.rcode() for r in looped]
 
     at_a, at_b = forwarded(a), forwarded(b)
+    print(f"loop query answered in {took * 1000:.0f} ms; forwarded at A {at_a}, at B {at_b}")
     assert at_a.get("shed", 0) == 0 and at_b.get("shed", 0) == 0, (at_a, at_b)
     assert at_a.get("loop", 0) >= 42, at_a  # each query seen once more by A, no more
     assert at_a.get("answered", 0) + at_a.get("loop", 0) <= 2 * (42 + 10) + 5, at_a
