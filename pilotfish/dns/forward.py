@@ -30,23 +30,38 @@ class _OneAnswer(asyncio.DatagramProtocol):
             self.reply.set_exception(exc)
 
 
+_SERVFAIL = 2
+_REFUSED = 5
+
+
 class Forwarder:
-    """Tries each upstream in order over the client's transport; None when none answers."""
+    """Tries each upstream in order over the client's transport; None when none answers.
+
+    An upstream that answers SERVFAIL or REFUSED (one that detected a loop, or does not serve
+    the name) passes the query on to the next; when every upstream does, the last such
+    answer is relayed.
+    """
 
     def __init__(self, upstreams: Sequence[HostPort], timeout: float = 2.0) -> None:
         self.upstreams = tuple(upstreams)
         self.timeout = timeout
 
     async def resolve(self, query: bytes, tcp: bool) -> bytes | None:
-        """The first upstream's response to the query, unchanged (same ID)."""
+        """The first useful upstream response to the query, unchanged (same ID)."""
+        refused: bytes | None = None
         for upstream in self.upstreams:
             try:
                 if tcp:
-                    return await asyncio.wait_for(self._tcp(query, upstream), self.timeout)
-                return await asyncio.wait_for(self._udp(query, upstream), self.timeout)
+                    reply = await asyncio.wait_for(self._tcp(query, upstream), self.timeout)
+                else:
+                    reply = await asyncio.wait_for(self._udp(query, upstream), self.timeout)
             except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 log.debug("upstream %s failed: %r", upstream, exc)
-        return None
+                continue
+            if len(reply) < 4 or reply[3] & 0x0F not in (_SERVFAIL, _REFUSED):
+                return reply
+            refused = reply
+        return refused
 
     async def _udp(self, query: bytes, upstream: HostPort) -> bytes:
         loop = asyncio.get_running_loop()

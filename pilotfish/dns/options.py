@@ -13,6 +13,7 @@ from pilotfish.dns.access import (
     parse_networks,
     parse_rate,
 )
+from pilotfish.dns.loops import refuse_own_listener
 from pilotfish.dns.names import domain_name
 from pilotfish.dns.server import DnsServer
 from pilotfish.dns.zone import ZoneSettings
@@ -49,7 +50,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                             "[PILOTFISH_DNS_UDP_SIZE]")
     group.add_argument("--dns-forward", default=env("dns_forward", ""),
                        help="comma-separated upstream resolvers HOST:PORT for names outside "
-                            "the domain; without it they get REFUSED [PILOTFISH_DNS_FORWARD]")
+                            "the domain, tried in order (SERVFAIL or REFUSED moves on to the "
+                            "next); without it they get REFUSED; our own listener is refused "
+                            "[PILOTFISH_DNS_FORWARD]")
     group.add_argument("--dns-forward-allow", default=env("dns_forward_allow",
                                                           ",".join(DEFAULT_FORWARD_ALLOW)),
                        metavar="NETWORKS",
@@ -88,6 +91,7 @@ def dns_server(args: argparse.Namespace, stack: Stack) -> DnsServer:
         raise ConfigError(f"--dns-udp-size: {args.dns_udp_size} is not within 512-65535")
     forward = tuple(parse_hostport(item, "--dns-forward")
                     for item in (args.dns_forward or "").split(",") if item.strip())
+    refuse_own_listener(listen, forward)
     settings = ZoneSettings(
         domain=domain_name(args.domain), ttl=args.dns_ttl, negative_ttl=args.dns_negative_ttl,
         max_answers=args.dns_max_answers, ns_addresses=_ns_addresses(listen),

@@ -16,6 +16,7 @@ from pilotfish.config import HostPort
 from pilotfish.dns.access import RateLimit, slip
 from pilotfish.dns.answers import RCODE_NAMES
 from pilotfish.dns.forward import Forwarder
+from pilotfish.dns.loops import InFlight, question_key
 from pilotfish.dns.names import read_name
 from pilotfish.dns.responder import DEFAULT_UDP_SIZE, FORWARD, MAX_UDP_QUERY, Responder
 from pilotfish.dns.stats import DnsStats
@@ -33,6 +34,7 @@ TCP_WRITE_HIGH = 256 * 1024  # unsent octets per connection before it stops read
 TCP_BATCH = 32  # queries answered per connection per turn of the loop
 UDP_BUFFER = 4 << 20
 MAX_FORWARDS = 1024  # relayed queries in flight at once; more are dropped
+LOOP_LOG_EVERY = 60.0  # seconds between two log lines about a forwarding loop
 COALESCE = 0.003  # seconds: catalog changes arriving within this are applied together
 ZONE_SHARE = 0.05  # at most this share of the loop goes to applying a stream of changes...
 MAX_COALESCE = 0.05  # ...but a change waits no longer than this
@@ -79,7 +81,7 @@ class _UdpReader:
                 except OSError:  # send buffer full or client gone: UDP may drop
                     self.server.stats.dropped += 1
             elif response is FORWARD:
-                self.server.forward(data, False, functools.partial(self._send, addr=addr))
+                self.server.forward(data, False, functools.partial(self._send, addr=addr), addr)
 
     def _send(self, reply: bytes, addr: Any) -> None:
         limit = self.server.rate_limit
@@ -195,7 +197,7 @@ class _Tcp(asyncio.Protocol):
             if type(response) is bytes:
                 self.send(response)
             elif response is FORWARD:
-                server.forward(query, True, self.send)
+                server.forward(query, True, self.send, self.peer)
         self._reading(not (self.write_paused or self.scheduled))
 
     def send(self, response: bytes) -> None:
@@ -220,6 +222,8 @@ class DnsServer:
         self._own_view = view is None
         self.zone = Zone(settings, self.stats)
         self.forwarder = Forwarder(forward) if forward else None
+        self.in_flight = InFlight(forward)
+        self._loop_logged = -LOOP_LOG_EVERY
         self.responder = Responder(self.zone, self.stats, udp_size, forwarding=bool(forward),
                                    forward_allow=forward_allow)
         self.rate_limit = rate_limit  # UDP only: TCP clients cannot be spoofed
@@ -330,30 +334,57 @@ class DnsServer:
         self.stats.dropped += 1
         log.exception("dns: failed to answer a %d-octet query", len(data))
 
-    def forward(self, query: bytes, tcp: bool, send: Callable[[bytes], None]) -> None:
-        """Relay an out-of-zone query in the background; SERVFAIL when no upstream answers."""
+    def forward(self, query: bytes, tcp: bool, send: Callable[[bytes], None],
+                peer: Any = None) -> None:
+        """Relay an out-of-zone query in the background; SERVFAIL when no upstream answers.
+
+        A question already in flight upstream that arrives again from an upstream's address
+        has gone round a loop: it is answered SERVFAIL at once, not forwarded again.
+        """
         forwarder = self.forwarder
         if forwarder is None:
             return
+        key = question_key(query)
+        if key is None:  # the responder forwards only readable questions
+            return
+        stats = self.stats
+        if self.in_flight.loops_back(key, peer):
+            stats.forwarded["loop"] = stats.forwarded.get("loop", 0) + 1
+            stats.count(_question_type(query), "SERVFAIL")
+            self._log_loop(query, peer)
+            send(_servfail(query))
+            return
         if len(self._tasks) >= MAX_FORWARDS:  # bounded: a flood cannot pile up tasks
-            self.stats.forwarded["shed"] = self.stats.forwarded.get("shed", 0) + 1
+            stats.forwarded["shed"] = stats.forwarded.get("shed", 0) + 1
             return
 
         async def relay() -> None:
-            reply = await forwarder.resolve(query, tcp)
+            self.in_flight.enter(key)
+            try:
+                reply = await forwarder.resolve(query, tcp)
+            finally:
+                self.in_flight.leave(key)
             qtype = _question_type(query)
             if reply is None:
-                self.stats.forwarded["failed"] = self.stats.forwarded.get("failed", 0) + 1
-                self.stats.count(qtype, "SERVFAIL")
-                reply = query[:2] + bytes((0x80 | (query[2] & 0x01), 0x82)) + bytes(8)
+                stats.forwarded["failed"] = stats.forwarded.get("failed", 0) + 1
+                stats.count(qtype, "SERVFAIL")
+                reply = _servfail(query)
             else:
-                self.stats.forwarded["answered"] = self.stats.forwarded.get("answered", 0) + 1
-                self.stats.count(qtype, _rcode_name(reply[3] & 0x0F))
+                stats.forwarded["answered"] = stats.forwarded.get("answered", 0) + 1
+                stats.count(qtype, _rcode_name(reply[3] & 0x0F))
             send(reply)
 
         task = asyncio.create_task(relay())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _log_loop(self, query: bytes, peer: Any) -> None:
+        now = time.monotonic()
+        if now - self._loop_logged >= LOOP_LOG_EVERY:
+            self._loop_logged = now
+            log.warning("dns: forwarding loop: a %s query came back from upstream %s while "
+                        "in flight; answered SERVFAIL (does that upstream forward to us?)",
+                        _question_type(query), str(peer[0])[:64] if peer else "?")
 
     def samples(self) -> Iterable[Sample]:
         """Prometheus samples, with the view's staleness read fresh."""
@@ -376,6 +407,11 @@ def _question_type(query: bytes) -> str:
         return type_name(query[end] << 8 | query[end + 1])
     except (ValueError, IndexError):
         return "other"
+
+
+def _servfail(query: bytes) -> bytes:
+    """A bare SERVFAIL for a query: its ID, RD echoed, RA set, no sections."""
+    return query[:2] + bytes((0x80 | (query[2] & 0x01), 0x82)) + bytes(8)
 
 
 def _rcode_name(rcode: int) -> str:

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,6 +26,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
@@ -55,10 +57,12 @@ from pilotfish.registry.model import (
     PRIORITY_PATTERN,
     SERVICE_PATTERN,
     TAG_PATTERN,
+    UNUSABLE_ADDRESS_PATTERNS,
     Instance,
     InvalidField,
     Lease,
     identifier,
+    ip_literal,
     service_name,
     ttl_seconds,
 )
@@ -109,6 +113,14 @@ Ttl = Annotated[StrictFloat, Field(ge=MIN_TTL, le=MAX_TTL, multiple_of=1,
                                    description="seconds, a whole number")]
 
 
+def _address(value: str) -> str:
+    """An instance address as the model checks it: refused here, it is a 422 naming it."""
+    try:
+        return ip_literal(value)
+    except InvalidField as exc:
+        raise PydanticCustomError("address", exc.message) from None
+
+
 class LeaseBody(BaseModel):
     """POST /v1/leases."""
 
@@ -122,8 +134,12 @@ class InstanceBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "oneOf": [{"required": ["lease"]}, {"required": ["ttl"]}]})
-    address: StrictStr = Field(json_schema_extra={
-        "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
+    address: Annotated[StrictStr, AfterValidator(_address)] = Field(
+        description="an IPv4 or IPv6 literal clients can connect to: not unspecified, "
+                    "broadcast or multicast (nor their IPv4-mapped forms)",
+        json_schema_extra={
+            "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+            "not": {"anyOf": [{"pattern": p} for p in UNUSABLE_ADDRESS_PATTERNS]}})
     port: Whole = Field(ge=1, le=65535)
     tags: list[Annotated[StrictStr, Field(pattern=_anchored(TAG_PATTERN))]] = Field(
         default_factory=list, max_length=MAX_TAGS)

@@ -20,6 +20,7 @@ MAX_META = 64
 MAX_META_KEY = 128
 MAX_META_VALUE = 512
 MAX_OWNER = 256
+BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 # Patterns are matched whole (fullmatch) and on ASCII only: `$` would let "web\n" through, and
 # lower-casing first would fold a Kelvin sign into "k". The OpenAPI schema publishes these.
@@ -33,6 +34,15 @@ OWNER_PATTERN = r"[ -~]{0,256}"
 PRIORITY_PATTERN = (r"0*(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
                     r"|655[0-2][0-9]|6553[0-5])")
 PRIORITY_KEY = "priority"
+# Addresses no instance can have (see `unusable`), in every textual form an ipv4/ipv6 literal
+# takes: unspecified (also ::0.0.0.0), broadcast, multicast, and their IPv4-mapped forms.
+_MAPPED = r"^[0:]*:[fF]{4}:"
+UNUSABLE_ADDRESS_PATTERNS = (
+    r"^[0:]+$", r"^[0:]*0\.0\.0\.0$", r"^255\.255\.255\.255$", r"^2(2[4-9]|3[0-9])\.",
+    r"^[fF]{2}[0-9a-fA-F]{2}:",
+    _MAPPED + r"(0\.0\.0\.0|255\.255\.255\.255|2(2[4-9]|3[0-9])\.[0-9.]+)$",
+    _MAPPED + r"(0{1,4}:0{1,4}|[fF]{4}:[fF]{4}|[eE][0-9a-fA-F]{3}:[0-9a-fA-F]{1,4})$",
+)
 
 _LABEL = re.compile(SERVICE_PATTERN)
 _ID = re.compile(ID_PATTERN)
@@ -85,8 +95,26 @@ def identifier(value: object, field: str) -> str:
     return value
 
 
+def unusable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why clients cannot be sent to this address (None when they can).
+
+    The unspecified address reaches the connecting host's own services (through the LB: the
+    LB host's), the broadcast and multicast ones no single endpoint; an IPv4-mapped IPv6
+    form (::ffff:0.0.0.0) reaches what its IPv4 address does.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_unspecified:
+        return "the unspecified address, which reaches whatever listens on the connecting host"
+    if address == BROADCAST:
+        return "the broadcast address"
+    if address.is_multicast:
+        return "a multicast address"
+    return None
+
+
 def ip_literal(value: object, field: str = "address") -> str:
-    """Return the normalized IPv4/IPv6 literal, or raise InvalidField."""
+    """Return the normalized IPv4/IPv6 literal of a reachable endpoint, or raise InvalidField."""
     if not isinstance(value, str):
         raise InvalidField(field, "must be a string")
     try:
@@ -95,6 +123,9 @@ def ip_literal(value: object, field: str = "address") -> str:
         raise InvalidField(field, f"{value!r} is not an IPv4 or IPv6 address") from None
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
         raise InvalidField(field, f"{value!r}: scoped IPv6 addresses are not supported")
+    reason = unusable(address)
+    if reason is not None:
+        raise InvalidField(field, f"{value!r} is {reason}, not an instance's address")
     return str(address)
 
 

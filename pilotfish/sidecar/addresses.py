@@ -5,7 +5,10 @@
 - bridge and user-defined networks: the advertised IP and the host port of each published
   port, including ports Docker allocated with `-P`; with `internal`, the container's own IP
   on its network and the exposed port (Registrator's `-internal`);
-- `container:<id>`: the endpoints of the container whose network it joined;
+- `container:<id>`: the endpoints of the container whose network it joined, as long as that
+  is the network it joined: when the owner restarts it gets a new namespace while Docker
+  leaves the joiner in the old, dead one, so a joiner started before its owner's current
+  start is skipped until it is itself restarted (an owner on the host network keeps one);
 - `none`: nothing (skipped).
 
 A port published on a specific host address is advertised there, except a loopback address
@@ -15,16 +18,19 @@ unless the advertised IP is one itself: the user asked for loopback explicitly.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pilotfish.registry.model import unusable
 from pilotfish.sidecar.labels import listed, raw_settings
 
 Details = Mapping[str, Any]
 """`docker inspect` output for one container."""
 
 WILDCARDS = ("", "0.0.0.0", "::")
+_STARTED_AT = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,36 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def unusable_address(address: str) -> str | None:
+    """Why no instance can be registered at an address Docker reports (None when one can)."""
+    try:
+        return unusable(ipaddress.ip_address(address))
+    except ValueError:
+        return "not an IP address"
+
+
+def started_at(details: Details) -> tuple[str, int] | None:
+    """When the container last started, comparable (second, nanosecond), from Docker's UTC
+    RFC 3339 time; None when unknown or never (Go's zero time)."""
+    match = _STARTED_AT.fullmatch(str((details.get("State") or {}).get("StartedAt") or ""))
+    if match is None or match[1].startswith("0001-"):
+        return None
+    return match[1], int((match[2] or "0").ljust(9, "0"))
+
+
+def in_dead_namespace(joiner: Details, owner: Details) -> bool:
+    """Whether a `container:<owner>` container still sits in a namespace its owner left.
+
+    The owner restarted after the joiner started: Docker gave the owner a new network
+    namespace and left the joiner where it was. An owner on the host network has no namespace
+    of its own to lose. Unknown start times (a container being started now) count as current.
+    """
+    if (owner.get("HostConfig") or {}).get("NetworkMode") == "host":
+        return False
+    joined, restarted = started_at(joiner), started_at(owner)
+    return joined is not None and restarted is not None and joined < restarted
+
+
 def _binding(bindings: list[Mapping[str, str]], advertise_ip: str) -> Mapping[str, str]:
     """The published binding to advertise: the one of the advertised IP's family if any."""
     v6 = ":" in advertise_ip
@@ -96,6 +132,10 @@ def _published(details: Details, advertise_ip: str) -> tuple[list[Endpoint], lis
         if is_loopback(address) and not is_loopback(advertise_ip):
             skipped.append(Skip("loopback", f"port {key} is published on {host_ip} only"))
             continue
+        if (why := unusable_address(address)) is not None:
+            skipped.append(Skip("unusable-address",
+                                f"port {key} is published on {address[:64]!r}: {why}"))
+            continue
         found.append(Endpoint(port[0], port[1], address, int(binding.get("HostPort") or 0)))
     return [e for e in found if e.host_port], skipped
 
@@ -109,6 +149,8 @@ def _internal(details: Details) -> tuple[list[Endpoint], list[Skip]]:
                    settings.get("IPAddress") or "")
     if not address:
         return [], [Skip("no-address", "the container has no IP address on its networks")]
+    if (why := unusable_address(address)) is not None:
+        return [], [Skip("unusable-address", f"Docker reports address {address[:64]!r}: {why}")]
     ports = set(exposed_ports(details))
     ports |= {p for key in (settings.get("Ports") or {}) if (p := _port_key(key))}
     return [Endpoint(port, protocol, address, port) for port, protocol in sorted(ports)], []
@@ -134,6 +176,10 @@ def endpoints(details: Details, advertise_ip: str, internal: bool = False,
         target = joined(mode.partition(":")[2]) if joined is not None else None
         if target is None or depth > 2:
             return [], [Skip("joined-unknown", f"network {mode}: that container is not known")]
+        if in_dead_namespace(details, target):
+            return [], [Skip("joined-stale", f"network {mode}: that container restarted after "
+                                             "this one joined it, which Docker leaves in the "
+                                             "old namespace; restart this one to rejoin")]
         found, skipped = endpoints(target, advertise_ip, internal, joined, depth + 1)
         own = set(exposed_ports(details))
         if own:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pilotfish.registry.model import Health, Instance, InvalidField, service_name
+from pilotfish.registry.model import Health, Instance, InvalidField
 from pilotfish.sidecar.addresses import Details, Endpoint, Skip, endpoints
 from pilotfish.sidecar.health import container_health
 from pilotfish.sidecar.labels import PortSettings, listed, port_settings, raw_settings, truthy
 from pilotfish.sidecar.naming import (
     container_name,
     default_service_name,
+    explicit_service_name,
     grouped_name,
     instance_id,
 )
@@ -34,6 +35,7 @@ class Decision:
     instances: tuple[Instance, ...] = ()
     skipped: tuple[Skip, ...] = ()
     joins: str | None = None  # the container whose network this one shares, if any
+    renamed: tuple[tuple[str, str], ...] = ()  # (SERVICE_NAME as set, the DNS label used)
 
 
 @dataclass
@@ -64,28 +66,33 @@ def decide(details: Details, rules: Rules,
     group = len(found) > 1
     name = container_name(details.get("Name") or "")
     instances: list[Instance] = []
+    renamed: dict[str, str] = {}
     for endpoint in found:
         settings = port_settings(raw, endpoint.port)
         made = _instance(endpoint, settings, rules, name, config.get("Image") or "", group,
-                         health)
+                         health, renamed)
         if isinstance(made, Skip):
             skipped.append(made)
         else:
             instances.append(made)
-    return Decision(tuple(instances), tuple(skipped), joins)
+    return Decision(tuple(instances), tuple(skipped), joins, tuple(renamed.items()))
 
 
 def _instance(endpoint: Endpoint, settings: PortSettings, rules: Rules, container: str,
-              image: str, group: bool, health: Health) -> Instance | Skip:
+              image: str, group: bool, health: Health,
+              renamed: dict[str, str]) -> Instance | Skip:
     where = f"port {endpoint.port}/{endpoint.protocol}"
     if truthy(settings.get("ignore")):
         return Skip("ignored", f"{where}: SERVICE_{endpoint.port}_IGNORE is set")
     name = settings.get("name")
     if name:
         try:
-            name = service_name(name)
+            label = explicit_service_name(name)
         except InvalidField as exc:
             return Skip("invalid-name", f"{where}: SERVICE_NAME {exc.message}")
+        if label != name.lower():
+            renamed[name] = label
+        name = label
     elif rules.explicit:
         return Skip("explicit", f"{where}: no SERVICE_NAME and --explicit is set")
     else:

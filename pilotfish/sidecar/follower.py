@@ -40,6 +40,7 @@ CHANGED = frozenset({"start", "restart", "pause", "unpause", "health_status", "r
                      "update"})
 STATIC_MODES = ("host", "none", "container:")
 INSPECT_CONCURRENCY = 32
+MAX_RENAMES_LOGGED = 1024  # distinct SERVICE_NAME normalisations remembered as logged
 
 
 class ContainerFollower:
@@ -67,6 +68,7 @@ class ContainerFollower:
         self._limit = asyncio.Semaphore(INSPECT_CONCURRENCY)
         self._tasks: list[asyncio.Task[None]] = []
         self._first = asyncio.Event()
+        self._renames_logged: set[tuple[str, str]] = set()
 
     @property
     def fresh(self) -> bool:
@@ -270,6 +272,13 @@ class ContainerFollower:
             name = str(details.get("Name", "")).lstrip("/")
             for skip in decision.skipped:
                 log.info("sidecar: %s: not registered (%s): %s", name, skip.reason, skip.detail)
+        for renamed in decision.renamed:
+            if renamed not in self._renames_logged:
+                if len(self._renames_logged) >= MAX_RENAMES_LOGGED:
+                    self._renames_logged.clear()
+                self._renames_logged.add(renamed)
+                log.info("sidecar: SERVICE_NAME %r is registered as %r (a DNS label: lower "
+                         "case, '_' and '.' as '-')", renamed[0][:80], renamed[1])
         return decision
 
     def _joined(self, reference: str) -> Details | None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 
+from pilotfish.registry.model import InvalidField, service_name
+
 _NOT_LABEL = re.compile(r"[^a-z0-9-]+")
+_SEPARATORS = re.compile(r"[_.]+")
 MAX_LABEL = 63
+MAX_SHOWN = 80  # characters of a refused name quoted back in a log line
 
 
 def dns_label(text: str) -> str | None:
@@ -13,6 +17,23 @@ def dns_label(text: str) -> str | None:
     label = _NOT_LABEL.sub("-", text.lower()).strip("-")
     label = label[:MAX_LABEL].rstrip("-")
     return label or None
+
+
+def explicit_service_name(name: str) -> str:
+    """A SERVICE_NAME as a DNS label: lower case, each run of `_` and `.` as one `-`, none at
+    either end (Consul and Registrator take `my_app`; DNS needs `my-app`). What is still not a
+    label after that (spaces, other characters, over 63) raises InvalidField.
+
+    An image name holds only those separators, so `my_thing` the image and `my_thing` the
+    setting both give `my-thing`.
+    """
+    try:
+        return service_name(_SEPARATORS.sub("-", name).strip("-"))
+    except InvalidField:
+        shown = name if len(name) <= MAX_SHOWN else name[:MAX_SHOWN] + "..."
+        raise InvalidField("service", (
+            f"{shown!r} is not a DNS label even with '_' and '.' as '-': 1-63 characters of "
+            "a-z, 0-9 and '-'")) from None
 
 
 def image_base_name(image: str) -> str | None:

@@ -10,7 +10,7 @@ import socket
 
 from pilotfish.config import ConfigError, env, parse_hostport
 from pilotfish.http import HttpServer, StatusApp
-from pilotfish.registry.model import InvalidField, ttl_seconds
+from pilotfish.registry.model import InvalidField, ttl_seconds, unusable
 from pilotfish.sidecar.containers import Rules
 from pilotfish.sidecar.sidecar import Sidecar, SidecarSettings
 from pilotfish.stack import Component, Stack
@@ -61,8 +61,9 @@ def _advertise_ip(value: str | None) -> str:
         address = ipaddress.ip_address(value)
     except ValueError:
         raise ConfigError(f"--advertise-ip: {value!r} is not an IPv4 or IPv6 address") from None
-    if address.is_unspecified:
-        raise ConfigError(f"--advertise-ip: {value} is not an address others can reach")
+    why = unusable(address)
+    if why is not None:
+        raise ConfigError(f"--advertise-ip: {value} is {why}, not an address others can reach")
     return str(address)
 
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 
-from pilotfish.registry import Catalog, InvalidField
+from pilotfish.registry import Catalog, Instance, InvalidField
 
 BAD_ID = "no spaces/allowed"
+
+
+def _at(address: str) -> Instance:
+    """An instance that differs from a valid one only by its address."""
+    return replace(Instance(service="web", id="w1", address="10.0.0.1", port=80, lease="l1"),
+                   address=address)
+
 
 CALLS: dict[str, tuple[Callable[[Catalog], Awaitable[object]], str]] = {
     "ttl too small": (lambda c: c.create_lease(1), "ttl"),
@@ -25,6 +33,14 @@ CALLS: dict[str, tuple[Callable[[Catalog], Awaitable[object]], str]] = {
     "revoke empty id": (lambda c: c.revoke(""), "lease"),
     "deregister bad id": (lambda c: c.deregister(BAD_ID), "id"),
     "deregister not a string": (lambda c: c.deregister(None), "id"),  # type: ignore[arg-type]
+    "register the unspecified address": (
+        lambda c: c.register(_at("0.0.0.0")), "address"),  # noqa: S104
+    "register an IPv6 unspecified address": (lambda c: c.register(_at("::")), "address"),
+    "register the broadcast address": (lambda c: c.register(_at("255.255.255.255")), "address"),
+    "register a multicast address": (lambda c: c.register(_at("224.0.0.1")), "address"),
+    "register an IPv6 multicast address": (lambda c: c.register(_at("ff02::1")), "address"),
+    "register a mapped unspecified address": (
+        lambda c: c.register(_at("::ffff:0.0.0.0")), "address"),
     "register not an instance": (
         lambda c: c.register({"id": "x"}), "instance"),  # type: ignore[arg-type]
 }

@@ -133,8 +133,27 @@ def test_explicit_registers_only_containers_that_set_a_name() -> None:
     assert [i.service for i in run(port_named, explicit=True).instances] == ["web"]
 
 
+@pytest.mark.parametrize(("setting", "service"), [
+    ("my_app", "my-app"), ("My.App_v2", "my-app-v2"), ("_my__app.", "my-app"), ("web", "web"),
+    ("Web", "web"),
+])
+def test_an_explicit_name_is_made_a_dns_label_as_an_image_name_is(setting: str,
+                                                                   service: str) -> None:
+    """Consul and Registrator take `my_app`; the image `my_app` is registered `my-app`."""
+    decision = run(recorded("image_name", Labels={"SERVICE_NAME": setting}))
+    assert [i.service for i in decision.instances] == [service]
+    assert decision.renamed == (((setting, service),) if setting.lower() != service else ())
+    (by_image,) = run(recorded("image_name", Image=setting.lower())).instances
+    assert by_image.service == service
+    port_named = run(recorded("image_name", Labels={"SERVICE_80_NAME": setting}))
+    assert [i.service for i in port_named.instances] == [service]
+
+
 @pytest.mark.parametrize(("labels", "reason"), [
     ({"SERVICE_NAME": "Not_A Label!"}, "invalid-name"),
+    ({"SERVICE_NAME": "___"}, "invalid-name"),
+    ({"SERVICE_NAME": "a" * 64}, "invalid-name"),
+    ({"SERVICE_NAME": "w\u212aeb"}, "invalid-name"),  # a Kelvin sign is not a k
     ({"SERVICE_NAME": "web", "SERVICE_WEIGHT": "heavy"}, "invalid-setting"),
     ({"SERVICE_NAME": "web", "SERVICE_WEIGHT": "70000"}, "invalid-setting"),
     ({"SERVICE_NAME": "web", "SERVICE_ID": "bad id"}, "invalid-setting"),
@@ -167,6 +186,34 @@ def test_container_mode_takes_the_ports_of_the_joined_container() -> None:
     assert decision.joins is not None
 
 
+def _started(details: dict[str, Any], when: str) -> dict[str, Any]:
+    details["State"]["StartedAt"] = when
+    return details
+
+
+@pytest.mark.parametrize(("owner_mode", "joiner_started", "owner_started", "stale"), [
+    ("pf-capture", "2026-01-01T10:00:00.5Z", "2026-01-01T10:00:01.25Z", True),  # owner restarted
+    ("pf-capture", "2026-01-01T10:00:01.3Z", "2026-01-01T10:00:01.25Z", False),  # joined after
+    ("pf-capture", "2026-01-01T10:00:01.000000001Z", "2026-01-01T10:00:01Z", False),
+    ("pf-capture", "2026-01-01T10:00:00.999999999Z", "2026-01-01T10:00:01Z", True),
+    ("pf-capture", "0001-01-01T00:00:00Z", "2026-01-01T10:00:01Z", False),  # being started
+    ("host", "2026-01-01T10:00:00Z", "2026-01-01T10:00:01Z", False),  # the host's namespace
+])
+def test_a_joiner_its_owner_restarted_away_from_is_skipped(
+        owner_mode: str, joiner_started: str, owner_started: str, stale: bool) -> None:
+    """Docker leaves a container:<owner> joiner in the namespace its owner had when it
+    joined; an owner that restarted since has another (unless it is on the host network)."""
+    owner = _started(recorded("bridge_dynamic"), owner_started)
+    owner["HostConfig"]["NetworkMode"] = owner_mode
+    joiner = _started(recorded("joined"), joiner_started)
+    decision = decide(joiner, Rules(SIDECAR, ADVERTISE, internal=True), lambda _: owner)
+    if stale:
+        assert decision.instances == () and reasons(decision) == ["joined-stale"]
+        assert "restart this one" in decision.skipped[0].detail
+    else:
+        assert decision.instances and not decision.skipped
+
+
 def test_bridge_published_ports_use_the_host_port() -> None:
     """-p 127.0.0.1:18080:80 is loopback-only: skipped unless the advertised IP is loopback;
     -p 18053:53/udp is advertised at the advertised IP; 9999 is not published."""
@@ -191,6 +238,26 @@ def test_internal_uses_the_container_address_and_exposed_ports() -> None:
     assert {i.address for i in ports.values()} == {"10.251.77.3"}
     ports = by_port(run(recorded("bridge_published"), internal=True))
     assert sorted(ports) == [53, 80, 9999]
+
+
+@pytest.mark.parametrize("address", ["224.0.0.1", "255.255.255.255", "ff02::1"])
+def test_a_port_docker_publishes_on_an_unusable_address_is_skipped(address: str) -> None:
+    details = recorded("bridge_published")
+    details["NetworkSettings"]["Ports"]["80/tcp"] = [{"HostIp": address, "HostPort": "18080"}]
+    decision = run(details)
+    assert sorted(reasons(decision)) == ["unpublished", "unusable-address"]
+    (skip,) = [s for s in decision.skipped if s.reason == "unusable-address"]
+    assert address in skip.detail and "80/tcp" in skip.detail
+    assert [i.port for i in decision.instances] == [18053]
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "224.0.0.1", "::"])  # noqa: S104
+def test_an_unusable_container_address_is_skipped_with_internal(address: str) -> None:
+    details = recorded("bridge_dynamic")
+    details["NetworkSettings"]["Networks"]["pf-capture"]["IPAddress"] = address
+    decision = run(details, internal=True)
+    assert decision.instances == () and reasons(decision) == ["unusable-address"]
+    assert address in decision.skipped[0].detail
 
 
 # -- health and state ------------------------------------------------------------------

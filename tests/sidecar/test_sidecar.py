@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from pilotfish.registry import Catalog, open_catalog
-from tests.fixtures.docker import DockerEngine
+from tests.fixtures.docker import DockerEngine, DockerError
 from tests.fixtures.etcd import EtcdServer
 from tests.fixtures.process import StartPilotfish, start_pilotfish
 from tests.fixtures.servers import free_port
@@ -133,6 +134,69 @@ async def test_run_is_served_within_a_second_and_stop_and_rm_withdraw_it(
     assert time.monotonic() - removed < PROMPT
     assert metric(sidecar, 'pilotfish_sidecar_events_total{action="start"}') >= 4
     assert metric(sidecar, "pilotfish_sidecar_in_sync") == 1
+
+
+@contextlib.contextmanager
+def internal_network(docker: DockerEngine, name: str) -> Iterator[str]:
+    """A user-defined bridge network with no way out (--internal), removed afterwards: a
+    container on it has a network namespace of its own, unlike --network host."""
+    for attempt in range(5):
+        subnet = f"10.251.{random.randrange(100, 250)}.0/24"
+        try:
+            docker.docker("network", "create", "--internal", "--subnet", subnet, name)
+            break
+        except DockerError:  # that subnet is taken (another engine's network)
+            if attempt == 4:
+                raise
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(DockerError):
+            docker.remove_all()
+        docker.docker("network", "rm", name)
+
+
+async def test_a_joiner_left_in_its_owners_dead_namespace_is_not_registered_again(
+    docker: DockerEngine, registry: Registry, reader: Catalog, pilotfish: StartPilotfish,
+    unique: str,
+) -> None:
+    """`--network container:<owner>`: the owner restarts into a new namespace, Docker leaves
+    the joiner in the old one (only `lo` left). The joiner is withdrawn and stays so until it
+    is itself restarted. Also: SERVICE_NAME owner_<id> is registered as owner-<id>, logged once
+    although the owner is decided again at every event."""
+    owner, joiner = f"owner-{unique}", f"joiner-{unique}"
+    with internal_network(docker, f"pf-{unique}") as network:
+        sidecar = start_sidecar(pilotfish, registry.url, docker, f"s{unique}", "--internal")
+        docker.run("--network", network, "--name", owner, "--expose", "8080",
+                   "-l", f"SERVICE_NAME=owner_{unique}")
+        docker.run("--network", f"container:{owner}", "--name", joiner,
+                   "-l", f"SERVICE_NAME={joiner}")
+        snapshot = await wait_until(reader, lambda s: len(s.service(owner)) == 1
+                                    and len(s.service(joiner)) == 1, 10)
+        (first,) = snapshot.service(owner)
+        (joined,) = snapshot.service(joiner)
+        assert (joined.address, joined.port) == (first.address, 8080)
+
+        docker.docker("restart", "-t", "0", owner)
+        assert "eth0" not in docker.docker("exec", joiner, "cat", "/proc/net/dev")
+        starts = 'pilotfish_sidecar_events_total{action="start"}'
+        deadline = time.monotonic() + 10
+        while metric(sidecar, starts) < 3:  # the owner, the joiner, the owner again
+            assert time.monotonic() < deadline, "the sidecar never saw the owner restart"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # the inspects that start brings have been applied
+        snapshot = await wait_until(reader, lambda s: len(s.service(owner)) == 1, 5)
+        assert not snapshot.service(joiner), "the joiner came back in a dead namespace"
+        stale = 'pilotfish_sidecar_skipped{reason="joined-stale"}'
+        assert metric(sidecar, stale) == 1
+
+        docker.docker("restart", "-t", "0", joiner)
+        assert "eth0" in docker.docker("exec", joiner, "cat", "/proc/net/dev")
+        await wait_until(reader, lambda s: len(s.service(joiner)) == 1, 10)
+        assert metric(sidecar, stale) == 0
+        renamed = [line for line in sidecar.lines
+                   if f"SERVICE_NAME 'owner_{unique}' is registered as 'owner-{unique}'" in line]
+        assert len(renamed) == 1, renamed
 
 
 async def test_docker_health_decides_what_is_served(
@@ -388,7 +452,8 @@ async def test_route_balances_to_the_containers_the_sidecar_registered(
 
 @pytest.mark.parametrize(("args", "says"), [
     ((), "--advertise-ip is required"),
-    (("--advertise-ip", "0.0.0.0"), "--advertise-ip: 0.0.0.0 is not an address"),
+    (("--advertise-ip", "0.0.0.0"), "--advertise-ip: 0.0.0.0 is the unspecified address"),
+    (("--advertise-ip", "ff02::1"), "--advertise-ip: ff02::1 is a multicast address"),
     (("--advertise-ip", "10.0.0.1", "--ttl", "1"), "--ttl: 1 is out of range"),
     (("--advertise-ip", "10.0.0.1", "--sidecar-id", "bad:id"), "--sidecar-id: 'bad:id'"),
 ])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -9,22 +10,41 @@ import pytest
 from pilotfish.config import ConfigError
 from pilotfish.registry import open_catalog
 
+MISSING = [  # (url, the module that is missing, the client, its extra)
+    ("etcd://127.0.0.1:1/x", "aetcd", "aetcd", "etcd"),
+    ("etcd://127.0.0.1:1/x", "grpc", "aetcd", "etcd"),  # what the client (and backend) import
+    ("etcds://127.0.0.1:1/x", "google", "aetcd", "etcd"),  # protobuf
+    ("zk://127.0.0.1:1/x", "kazoo", "kazoo", "zookeeper"),
+    ("consul://127.0.0.1:1", "consul", "consul", "consul"),
+]
 
-@pytest.mark.parametrize(("url", "client", "extra"), [
-    ("etcd://127.0.0.1:1/x", "aetcd", "etcd"),
-    ("zk://127.0.0.1:1/x", "kazoo", "zookeeper"),
-    ("consul://127.0.0.1:1", "consul", "consul"),
-])
+
+@pytest.mark.parametrize(("url", "missing", "client", "extra"), MISSING)
 async def test_a_missing_client_names_its_extra(monkeypatch: pytest.MonkeyPatch, url: str,
-                                                client: str, extra: str) -> None:
+                                                missing: str, client: str, extra: str) -> None:
     for name in list(sys.modules):  # as if neither the backend nor its client was ever imported
-        if name.startswith("pilotfish.registry.backends.") or name.split(".")[0] == client:
+        if (name.startswith("pilotfish.registry.backends.")
+                or name.split(".")[0] in (client, missing)):
             monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, client, None)  # `import <client>` now fails
+    monkeypatch.setitem(sys.modules, missing, None)  # `import <missing>` now fails
     with pytest.raises(ConfigError) as error:
         await open_catalog(url)
     assert f"pip install 'pilotfish[{extra}]'" in str(error.value)
-    assert client in str(error.value)
+    assert client in str(error.value) and missing in str(error.value)
+
+
+@pytest.mark.parametrize(("url", "missing", "client", "extra"), MISSING)
+def test_pilotfish_up_says_which_extra_without_a_traceback(url: str, missing: str, client: str,
+                                                          extra: str) -> None:
+    """What a new user sees: `pilotfish up --registry URL` where the module is not installed."""
+    blocked = f"import sys; sys.modules[{missing!r}] = None; "
+    result = subprocess.run(
+        [sys.executable, "-c", blocked + "from pilotfish.cli import main; "
+         "sys.exit(main(sys.argv[1:]))", "up", "--registry", url, "--api", "127.0.0.1:0",
+         "--dns", "off"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"pip install 'pilotfish[{extra}]'" in result.stderr
 
 
 async def test_the_embedded_backend_needs_no_extra(monkeypatch: pytest.MonkeyPatch) -> None:

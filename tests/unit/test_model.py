@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pilotfish.registry import Instance, InvalidField, Lease
+from pilotfish.registry.model import UNUSABLE_ADDRESS_PATTERNS, ip_literal
 
 VALID: dict[str, Any] = {
     "service": "web", "id": "web-1", "address": "10.0.0.1", "port": 80, "lease": "l1",
@@ -59,6 +64,16 @@ def test_critical_instances_are_not_served() -> None:
         ("address", "10.0.0.256"),
         ("address", "example.com"),
         ("address", "fe80::1%eth0"),
+        ("address", "0.0.0.0"),
+        ("address", "::"),
+        ("address", "0:0:0:0:0:0:0:0"),
+        ("address", "255.255.255.255"),
+        ("address", "224.0.0.1"),
+        ("address", "239.255.255.250"),
+        ("address", "ff02::1"),
+        ("address", "::ffff:0.0.0.0"),
+        ("address", "::ffff:224.0.0.1"),
+        ("address", "::ffff:ffff:ffff"),
         ("address", None),
         ("port", 0),
         ("port", 65536),
@@ -98,3 +113,44 @@ def test_lease_owner_is_bounded() -> None:
     assert Lease(id="l1", ttl=2, owner="sidecar-1").owner == "sidecar-1"
     with pytest.raises(InvalidField):
         Lease(id="l1", ttl=2, owner="x" * 257)
+
+
+def test_usable_neighbours_of_unusable_addresses_are_kept() -> None:
+    for address in ("0.0.0.1", "223.255.255.255", "240.0.0.1", "255.255.255.254", "::1",
+                    "::2", "fe80::1", "ff::1", "::ffff:10.0.0.1", "::224.0.0.1"):
+        assert instance(address=address).address == str(ipaddress.ip_address(address))
+
+
+_SPECIAL = st.sampled_from([0, 0xFFFFFFFF, 0xE0000001, 0xEFFFFFFF, 0xDFFFFFFF, 0xF0000000,
+                            0x7F000001])
+_V4 = st.one_of(_SPECIAL, st.integers(0, 2**32 - 1)).map(ipaddress.IPv4Address)
+_V6 = st.one_of(
+    st.integers(0, 2**128 - 1),
+    st.integers(0, 2**120 - 1).map(lambda low: (0xFF << 120) | low),  # multicast
+    st.integers(0, 2**8),  # ::, ::1 and their neighbours
+    st.one_of(_SPECIAL, st.integers(0, 2**32 - 1)).map(lambda v4: 0xFFFF << 32 | v4),
+).map(ipaddress.IPv6Address)
+
+
+def _spellings(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
+    """Every usual way to write the address: compressed, exploded, upper case, dotted tail."""
+    if address.version == 4:
+        return [str(address)]
+    forms = [str(address), address.exploded, str(address).upper()]
+    if address.ipv4_mapped is not None:
+        forms += [f"::ffff:{address.ipv4_mapped}", f"0:0:0:0:0:FFFF:{address.ipv4_mapped}"]
+    return forms
+
+
+@given(st.one_of(_V4, _V6))
+def test_the_openapi_patterns_refuse_exactly_what_the_model_refuses(
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    """The schema's `not` patterns (published for clients) agree with ip_literal."""
+    for text in _spellings(address):
+        try:
+            ip_literal(text)
+            refused = False
+        except InvalidField:
+            refused = True
+        matched = any(re.search(pattern, text) for pattern in UNUSABLE_ADDRESS_PATTERNS)
+        assert matched == refused, text

@@ -9,12 +9,14 @@ from pilotfish.config import ConfigError
 from pilotfish.registry.catalog import Catalog
 from pilotfish.registry.redact import redact_url
 
-EXTRAS: dict[str, tuple[str, str]] = {  # scheme: (the client it imports, the extra with it)
-    "etcd": ("aetcd", "etcd"),
-    "etcds": ("aetcd", "etcd"),
-    "zk": ("kazoo", "zookeeper"),
-    "zks": ("kazoo", "zookeeper"),
-    "consul": ("consul", "consul"),
+# scheme: (the client it imports, the extra with it, every top-level module that extra
+# installs: a backend imports some of them (grpc) before its client, and a client its own)
+EXTRAS: dict[str, tuple[str, str, frozenset[str]]] = {
+    "etcd": ("aetcd", "etcd", frozenset({"aetcd", "grpc", "google"})),  # google: protobuf
+    "etcds": ("aetcd", "etcd", frozenset({"aetcd", "grpc", "google"})),
+    "zk": ("kazoo", "zookeeper", frozenset({"kazoo"})),
+    "zks": ("kazoo", "zookeeper", frozenset({"kazoo"})),
+    "consul": ("consul", "consul", frozenset({"consul", "requests"})),
 }
 
 BACKENDS: dict[str, str] = {
@@ -56,10 +58,12 @@ async def _open(url: str, token_file: str | None, ca_file: str | None) -> Catalo
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        client, extra = EXTRAS.get(scheme, ("", ""))
-        if not client or (exc.name or "").partition(".")[0] != client:
+        client, extra, modules = EXTRAS.get(scheme, ("", "", frozenset()))
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in modules:
             raise
-        raise ConfigError(f"{scheme}:// needs the {client} client, which is not installed: "
-                          f"pip install 'pilotfish[{extra}]' (or 'pilotfish[all]')") from None
+        raise ConfigError(f"{scheme}:// needs the {client} client and what it depends on; "
+                          f"{missing} is not installed: pip install 'pilotfish[{extra}]' "
+                          "(or 'pilotfish[all]')") from None
     catalog_class: type[Catalog] = getattr(module, class_name)
     return await catalog_class.from_url(url, token_file, ca_file)
