@@ -265,6 +265,25 @@ class AccessPolicy:
         return None
 
 
+def reads_catalog(scope: Mapping[str, Any], access: AccessPolicy | None) -> bool:
+    """Whether this request may see what the catalog holds (instance ids and addresses), as
+    GET /v1/services would let it: every /metrics asks this before showing per-instance series.
+
+    Anonymous callers may where reads are open; a token needs scope read (or admin). An
+    unknown token is refused (Denied 401), as everywhere else.
+    """
+    acl = access.acl if access is not None else None
+    if acl is None:
+        return True
+    secret = presented_token(scope)
+    if not secret:
+        return acl.default_read
+    token = acl.identify(secret)
+    if token is None:
+        raise Denied(401, "unknown token")
+    return token.can_read()
+
+
 def presented_token(scope: Mapping[str, Any]) -> str | None:
     """The secret a request presents: `Authorization: Bearer`, `X-Consul-Token` or `?token=`."""
     headers: dict[bytes, bytes] = dict(scope["headers"])
