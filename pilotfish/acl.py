@@ -269,19 +269,15 @@ def reads_catalog(scope: Mapping[str, Any], access: AccessPolicy | None) -> bool
     """Whether this request may see what the catalog holds (instance ids and addresses), as
     GET /v1/services would let it: every /metrics asks this before showing per-instance series.
 
-    Anonymous callers may where reads are open; a token needs scope read (or admin). An
-    unknown token is refused (Denied 401), as everywhere else.
+    A token with scope read (or admin) may; anyone where reads are open may. /metrics stays
+    open, so an unknown token is no token here (never a 401 for a scraper's stale secret).
     """
     acl = access.acl if access is not None else None
     if acl is None:
         return True
     secret = presented_token(scope)
-    if not secret:
-        return acl.default_read
-    token = acl.identify(secret)
-    if token is None:
-        raise Denied(401, "unknown token")
-    return token.can_read()
+    token = acl.identify(secret) if secret else None
+    return token.can_read() if token is not None else acl.default_read
 
 
 def presented_token(scope: Mapping[str, Any]) -> str | None:

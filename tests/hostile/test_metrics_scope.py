@@ -59,10 +59,10 @@ def _wait_for_instance(base: str) -> None:
 
 
 def _assert_scoped(base: str, backend_port: int) -> dict[str, int]:
-    """Anonymous and write-only: aggregates only; read token: everything; bad token: 401."""
+    """Anonymous, write-only and unknown tokens: aggregates only; a read token: everything."""
     address = f"{HOST}:{backend_port}"
     seen: dict[str, int] = {}
-    for who, secret in (("anonymous", None), ("writer", WRITER)):
+    for who, secret in (("anonymous", None), ("writer", WRITER), ("unknown", "not-a-token")):
         response = _scrape(base, secret)
         assert response.status_code == 200, (who, response.text)
         text = response.text
@@ -75,9 +75,6 @@ def _assert_scoped(base: str, backend_port: int) -> dict[str, int]:
     assert INSTANCE_ID in full.text and address in full.text
     assert "pilotfish_lb_instance_connections_total{" in full.text
     seen["reader"] = len(full.text.splitlines())
-    unknown = _scrape(base, "not-a-token")
-    assert unknown.status_code == 401 and unknown.json()["code"] == "unauthorized"
-    assert unknown.headers["www-authenticate"].startswith("Bearer")
     return seen
 
 
