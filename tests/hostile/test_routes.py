@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -139,6 +140,64 @@ def test_every_bad_input_is_a_4xx_naming_the_field(lb: PilotfishProcess) -> None
     assert _request(api, "GET", f"/v1/routes/{key}")[0] == 404  # nothing half-made
     log = "".join(lb.lines)
     assert "Traceback" not in log and max(map(len, lb.lines)) < 1000
+
+
+VALUES: list[Any] = [None, 0, 1, -1, 3.5, 1e308, True, False, "", " ", "web", "WEB", "v1",
+                    "v2", "p2c", "hash", "²", "٣", "1", "9" * 40, "a\nb", "\u0000", "é", [], {},
+                    [1], {"a": 1}, "x" * 300]
+LISTEN_PIECES = ["127.0.0.1", "127.1", "[::1]", "::1", "0.0.0.0", "localhost", "[::]", "",
+                 "%3A", "%253A", "%25", ":", ":0", ":65536", ":1x", ":%D9%A1", "[", "]", "/", "."]
+
+
+def _acceptable(key: str, body: dict[str, Any]) -> bool:
+    """What the API must accept, and only that: every value of the right type and range."""
+    def valid_tag(value: object) -> bool:
+        return isinstance(value, str) and 0 < len(value) <= 255 and all(
+            "!" <= c <= "~" for c in value)
+
+    service = body.get("service")
+    return (set(body) <= {"service", "tag", "balance", "proxy_protocol", "max_connections",
+                          "listen", "route"}
+            and service in ("web", "WEB", "v1", "v2", "p2c", "hash", "1", "9" * 40)
+            and (body.get("tag") is None or valid_tag(body["tag"]))
+            and body.get("balance") in (None, "p2c", "hash")
+            and body.get("proxy_protocol") in (None, "v1", "v2")
+            and (body.get("max_connections") is None or (
+                type(body["max_connections"]) is int and 0 <= body["max_connections"] <= 10**6))
+            and body.get("listen") in (None, key)
+            and (body.get("route") is None or isinstance(body["route"], str)))
+
+
+def test_random_route_bodies_and_paths_get_2xx_exactly_when_valid(
+        lb: PilotfishProcess) -> None:
+    """A bounded, seeded fuzz of bodies and listen paths: never a 5xx; 2xx exactly for the
+    valid ones; every refusal in the error shape, naming a field."""
+    api = lb.listening["lb API"]
+    rng = random.Random(21)
+    fields = ["service", "tag", "balance", "proxy_protocol", "max_connections", "listen",
+              "route", "colour"]
+    answers: dict[int, int] = {}
+    for n in range(400):
+        valid_key = n % 4 != 0
+        if valid_key:
+            key = f"{HOST}:{free_port()}"
+        else:  # no combination of these pieces is a canonical HOST:PORT
+            key = "".join(rng.choice(LISTEN_PIECES) for _ in range(rng.randint(1, 4)))
+        body = {name: rng.choice(VALUES) for name in rng.sample(fields, rng.randint(0, 3))}
+        if rng.random() < 0.7:
+            body["service"] = "web"
+        status, _, raw = _request(api, "PUT", f"/v1/routes/{key}", body)
+        answers[status] = answers.get(status, 0) + 1
+        assert status < 500, (key, body, raw[:300])
+        assert (status in (200, 201)) == (valid_key and _acceptable(key, body)), \
+            (key, body, status, raw[:300])
+        if status in (200, 201):
+            assert _request(api, "DELETE", f"/v1/routes/{key}")[0] == 204
+        elif status not in (404, 405):  # an empty key: "/v1/routes/" is the list (GET only)
+            answer = json.loads(raw)
+            assert answer["code"] and answer["error"] and answer.get("field"), (key, body, raw)
+    print(f"routes API fuzz: 400 requests, answers {sorted(answers.items())}")
+    assert "Traceback" not in "".join(lb.lines)
 
 
 def test_allow_names_every_method_of_the_path(lb: PilotfishProcess) -> None:
