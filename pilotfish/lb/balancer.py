@@ -194,12 +194,13 @@ class LoadBalancer:
                     continue
                 try:
                     bound[route.key] = await self._listen(route)
-                except OSError as exc:
+                except Exception as exc:
                     for listener in bound.values():
                         self._close(listener)
+                    reason = exc.strerror if isinstance(exc, OSError) else None
                     log.error("lb: routes file not reloaded, the current routes stay: %s: "
                               "cannot listen on %s: %s", route.origin, route.key,
-                              exc.strerror or shown(exc))
+                              reason or shown(exc))
                     return False
             for route in changed:
                 self.listeners[route.key].reconfigure(route, self.snapshot)

@@ -271,7 +271,7 @@ def parse_routes_file(text: str, path: str) -> list[Route]:
     routes: list[Route] = []
     by_port: dict[int, list[Route]] = {}
     errors: list[InvalidRoute] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # numbered as editors number them
         line = line.partition("#")[0].strip()
         if not line:
             continue
