@@ -265,6 +265,21 @@ class AccessPolicy:
         return None
 
 
+def reads_catalog(scope: Mapping[str, Any], access: AccessPolicy | None) -> bool:
+    """Whether this request may see what the catalog holds (instance ids and addresses), as
+    GET /v1/services would let it: every /metrics asks this before showing per-instance series.
+
+    A token with scope read (or admin) may; anyone where reads are open may. /metrics stays
+    open, so an unknown token is no token here (never a 401 for a scraper's stale secret).
+    """
+    acl = access.acl if access is not None else None
+    if acl is None:
+        return True
+    secret = presented_token(scope)
+    token = acl.identify(secret) if secret else None
+    return token.can_read() if token is not None else acl.default_read
+
+
 def presented_token(scope: Mapping[str, Any]) -> str | None:
     """The secret a request presents: `Authorization: Bearer`, `X-Consul-Token` or `?token=`."""
     headers: dict[bytes, bytes] = dict(scope["headers"])

@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from pilotfish.acl import AccessPolicy, Denied, reads_catalog
 from pilotfish.config import ConfigError, HostPort, env
 from pilotfish.http_limits import HttpLimits, protocol_for
 from pilotfish.http_limits import describe as describe_listeners
@@ -143,12 +144,17 @@ class HttpServer:
 
 
 class StatusApp:
-    """ASGI app answering GET /metrics (Prometheus text) and /health; the rest goes to `app`."""
+    """ASGI app answering GET /metrics (Prometheus text) and /health; the rest goes to `app`.
 
-    def __init__(self, metrics: Metrics, health: Health, app: ASGIApp | None = None) -> None:
+    `access`: the ACL whose readers see per-instance series on /metrics (acl.reads_catalog).
+    """
+
+    def __init__(self, metrics: Metrics, health: Health, app: ASGIApp | None = None,
+                 access: AccessPolicy | None = None) -> None:
         self.metrics = metrics
         self.health = health
         self.app = app
+        self.access = access
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -157,7 +163,8 @@ class StatusApp:
             return
         path = scope.get("path", "")
         if path == "/metrics":
-            await respond(send, 200, self.metrics.render().encode(),
+            include_instances = reads_catalog(scope, self.access)
+            await respond(send, 200, self.metrics.render(include_instances).encode(),
                           "text/plain; version=0.0.4")
         elif path == "/health":
             healthy, body = self.health()
@@ -166,6 +173,12 @@ class StatusApp:
             await self.app(scope, receive, send)
         else:
             await respond(send, 404, b'{"error": "not found", "code": "not_found"}')
+
+
+async def deny(send: Any, exc: Denied) -> None:
+    """401 with `WWW-Authenticate: Bearer`, or 403 naming the token and the missing scope."""
+    await respond(send, exc.status, json.dumps(exc.body()).encode(),
+                  headers=[(b"www-authenticate", exc.challenge().encode())])
 
 
 async def respond(send: Any, status: int, body: bytes,

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Protocol
 
+from pilotfish.acl import AccessPolicy
 from pilotfish.metrics import Metrics
 from pilotfish.registry.catalog import Catalog
 from pilotfish.registry.view import CatalogView
@@ -37,6 +38,9 @@ class Stack:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.metrics = Metrics()
+        # The registry API's ACL when this process runs one: /metrics ports without an ACL
+        # of their own show per-instance series only to the callers it lets read.
+        self.read_access: AccessPolicy | None = None
         self._view: CatalogView | None = None
         self._on_sighup: list[Callable[[], object]] = []
 

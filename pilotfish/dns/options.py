@@ -116,6 +116,6 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     components: list[Component] = [server]
     if args.dns_metrics:
         listen = parse_hostport(args.dns_metrics, "--dns-metrics")
-        app = StatusApp(stack.metrics, server.health)
+        app = StatusApp(stack.metrics, server.health, access=stack.read_access)
         components.append(HttpServer(app, listen, what="dns metrics", metrics=stack.metrics))
     return components

@@ -2,33 +2,65 @@
 
 Whoever can change a route decides where its traffic goes: with `--lb-acl` or
 `--lb-token-file`, changes need an `admin` token and reads follow the ACL's `read` rules
-(the registry API's tokens and answers, pilotfish.acl).
+(the registry API's tokens and answers, pilotfish.acl). Errors take the registry's shape and
+codes: {"error", "code", "field"} with invalid, not_found, too_large, method_not_allowed,
+conflict, unauthorized, forbidden.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
-from urllib.parse import unquote
 
 from pilotfish.acl import ADMIN, AccessPolicy, Denied, forbidden, presented_token
-from pilotfish.config import ConfigError
-from pilotfish.http import respond
+from pilotfish.http import deny, respond
 from pilotfish.lb.balancer import LoadBalancer
-from pilotfish.lb.routes import route_from_json
+from pilotfish.lb.routes import (
+    MAX_SHOWN,
+    InvalidRoute,
+    parse_listen,
+    route_from_json,
+    shown,
+)
+
+log = logging.getLogger(__name__)
 
 PREFIX = "/v1/routes"
 MAX_BODY = 64 * 1024
+READS = ("GET", "HEAD")
+ALLOWED_ON_LIST = ("GET", "HEAD")
+ALLOWED_ON_ROUTE = ("DELETE", "GET", "HEAD", "PUT")
 
 
-def _error(message: str, code: str, field: str | None = None) -> bytes:
-    body: dict[str, Any] = {"error": message, "code": code}
-    if field is not None:
-        body["field"] = field
-    return json.dumps(body).encode()
+class ApiError(Exception):
+    """An answer other than success: status, code, message and the field it is about."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers or []
+
+    def body(self) -> bytes:
+        """The registry's error shape."""
+        body: dict[str, Any] = {"error": self.message, "code": self.code}
+        if self.field is not None:
+            body["field"] = self.field
+        return json.dumps(body).encode()
 
 
-async def _body(receive: Any) -> bytes | None:
+def _too_large() -> ApiError:
+    return ApiError(413, "too_large", f"body: over the limit of {MAX_BODY} bytes", "body",
+                    [(b"connection", b"close")])
+
+
+async def _body(scope: dict[str, Any], receive: Any) -> bytes:
+    """The request body, refused (413) once it passes MAX_BODY, before reading it all."""
+    headers: dict[bytes, bytes] = dict(scope["headers"])
+    declared = headers.get(b"content-length", b"")
+    if declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_BODY):
+        raise _too_large()
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -36,16 +68,31 @@ async def _body(receive: Any) -> bytes | None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:
-            return None
+            raise _too_large()
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
 
 
-async def _deny(send: Any, exc: Denied) -> None:
-    """401 with `WWW-Authenticate: Bearer`, or 403 naming the token and the missing scope."""
-    await respond(send, exc.status, json.dumps(exc.body()).encode(),
-                  headers=[(b"www-authenticate", exc.challenge().encode())])
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in body:
+            raise InvalidRoute(key[:MAX_SHOWN], f"{shown(key)}: given twice")
+        body[key] = value
+    return body
+
+
+def _json(raw: bytes) -> object:
+    """The body as JSON; RecursionError (deep nesting) and every decoding error are a 400."""
+    try:
+        return json.loads(raw, object_pairs_hook=_no_repeats)
+    except RecursionError:
+        raise InvalidRoute("body", "body: nested too deeply to be a route") from None
+    except ValueError as exc:  # also UnicodeDecodeError, and ints past the digit limit
+        if isinstance(exc, InvalidRoute):
+            raise
+        raise InvalidRoute("body", f"body: not JSON ({str(exc)[:MAX_SHOWN]})") from None
 
 
 class RoutesApp:
@@ -58,39 +105,56 @@ class RoutesApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, tracked)
+        except ApiError as exc:
+            await respond(tracked, exc.status, exc.body(), headers=exc.headers)
+        except InvalidRoute as exc:
+            await respond(tracked, 400, ApiError(400, "invalid", str(exc), exc.field).body())
+        except Denied as exc:
+            await deny(tracked, exc)
+        except Exception as exc:  # a bug: one bounded line in the log, no traceback anywhere
+            log.error("lb API: %s %s failed: %s", shown(scope.get("method")),
+                      shown(scope.get("path")), shown(exc))
+            if not started:
+                await respond(send, 500, ApiError(500, "internal", "internal error").body())
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
-        try:
-            self._authorize(scope, write=method not in ("GET", "HEAD"))
-        except Denied as exc:
-            await _deny(send, exc)
-            return
-        if path in (PREFIX, PREFIX + "/"):
-            if method != "GET":
-                await respond(send, 405, _error("use GET", "invalid"))
-                return
+        listing = path in (PREFIX, PREFIX + "/")
+        if not listing and not path.startswith(PREFIX + "/"):
+            self._authorize(scope, write=method not in READS)
+            raise ApiError(404, "not_found", f"no such path: {shown(path)}")
+        allowed = ALLOWED_ON_LIST if listing else ALLOWED_ON_ROUTE
+        if method not in allowed:
+            raise ApiError(405, "method_not_allowed",
+                           f"{method[:32]} is not allowed here; use {', '.join(allowed)}",
+                           headers=[(b"allow", ", ".join(allowed).encode())])
+        self._authorize(scope, write=method not in READS)
+        if listing:
             routes = [route.to_dict() for route in self.balancer.routes()]
             await respond(send, 200, json.dumps({"routes": routes}).encode())
             return
-        if not path.startswith(PREFIX + "/"):
-            await respond(send, 404, _error("not found", "not_found"))
-            return
-        key = unquote(path[len(PREFIX) + 1:])
-        if method == "GET":
+        key = str(parse_listen(path[len(PREFIX) + 1:], canonical=True))
+        if method == "PUT":
+            await self._put(key, scope, receive, send)
+        elif method == "DELETE":
+            if not await self.balancer.delete_route(key):
+                raise ApiError(404, "not_found", f"no route on {key}", "listen")
+            await respond(send, 204, b"")
+        else:
             listener = self.balancer.listeners.get(key)
             if listener is None:
-                await respond(send, 404, _error(f"no route on {key}", "not_found", "listen"))
-                return
+                raise ApiError(404, "not_found", f"no route on {key}", "listen")
             await respond(send, 200, json.dumps(listener.route.to_dict()).encode())
-        elif method == "PUT":
-            await self._put(key, receive, send)
-        elif method == "DELETE":
-            if await self.balancer.delete_route(key):
-                await respond(send, 204, b"")
-            else:
-                await respond(send, 404, _error(f"no route on {key}", "not_found", "listen"))
-        else:
-            await respond(send, 405, _error("use GET, PUT or DELETE", "invalid"))
 
     def _authorize(self, scope: dict[str, Any], write: bool) -> None:
         """Raise Denied unless the request's token may do this (always, without an ACL)."""
@@ -100,30 +164,13 @@ class RoutesApp:
         if write and token is not None and not token.admin:
             raise forbidden(token, ADMIN, "route changes")
 
-    async def _put(self, key: str, receive: Any, send: Any) -> None:
-        raw = await _body(receive)
-        if raw is None:
-            await respond(send, 413, _error("body too large", "invalid", "body"))
-            return
-        try:
-            body = json.loads(raw or b"null")
-        except ValueError:
-            await respond(send, 400, _error("body is not JSON", "invalid", "body"))
-            return
-        try:
-            route = route_from_json(key, body)
-        except ConfigError as exc:
-            field = str(exc).partition(":")[0]
-            await respond(send, 400, _error(str(exc), "invalid", field))
-            return
-        if route.key != key:
-            await respond(send, 400, _error(f"listen: write it as {route.key}", "invalid",
-                                            "listen"))
-            return
+    async def _put(self, key: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        route = route_from_json(key, _json(await _body(scope, receive)))
         try:
             created = await self.balancer.put_route(route)
         except OSError as exc:
-            await respond(send, 409, _error(f"listen: cannot bind {key}: {exc.strerror}",
-                                            "invalid", "listen"))
-            return
-        await respond(send, 201 if created else 200, json.dumps(route.to_dict()).encode())
+            raise ApiError(409, "conflict", f"listen: cannot bind {key}: "
+                                            f"{exc.strerror or shown(exc)}", "listen") from None
+        headers = [(b"location", f"{PREFIX}/{key}".encode())] if created else []
+        await respond(send, 201 if created else 200, json.dumps(route.to_dict()).encode(),
+                      headers=headers)

@@ -16,7 +16,7 @@ from pilotfish.lb.fastpath import Engine, FastListener
 from pilotfish.lb.health import check_forever
 from pilotfish.lb.listener import RouteListener
 from pilotfish.lb.pool import Pool
-from pilotfish.lb.routes import Route, read_routes_file
+from pilotfish.lb.routes import Route, check_overlap, read_routes_file, shown
 from pilotfish.lb.settings import LbSettings
 from pilotfish.lb.stats import describe, samples
 from pilotfish.loop import cancel_and_wait
@@ -62,19 +62,21 @@ class LoadBalancer:
         self.view.subscribe(self._on_snapshot)
         if self.settings.engine == "epoll":
             self.engine = Engine(asyncio.get_running_loop())
-        routes = {route.key: route for route in self._initial}
+        routes: list[Route] = []
+        for route in self._initial:
+            check_overlap(route, routes)
+            routes.append(route)
         if self.routes_file:
             for route in read_routes_file(self.routes_file):
-                if route.key in routes:
-                    raise ConfigError(f"--routes-file: {route.key} is also given by --route")
-                routes[route.key] = route
+                check_overlap(route, routes)
+                routes.append(route)
                 self._from_file.add(route.key)
         try:
-            for route in routes.values():
+            for route in routes:
                 try:
                     await self.put_route(route)
                 except OSError as exc:
-                    raise ConfigError(f"--route {route}: cannot listen on {route.key}: "
+                    raise ConfigError(f"{route.origin}: cannot listen on {route.key}: "
                                       f"{exc.strerror or exc}") from exc
         except BaseException:
             await self._close_all()
@@ -121,28 +123,35 @@ class LoadBalancer:
             if existing is not None:
                 existing.reconfigure(route, self.snapshot)
                 return False
-            listener = RouteListener(self, route) if self.engine is None else \
-                FastListener(self, route, self.engine)
-            await listener.start()
-            listener.update(self.snapshot)
-            self.listeners[route.key] = listener
+            self.listeners[route.key] = await self._listen(route)
             return True
+
+    async def _listen(self, route: Route) -> RouteListener:
+        """A started listener for a new route, fed the current snapshot (OSError: not bound)."""
+        listener = RouteListener(self, route) if self.engine is None else \
+            FastListener(self, route, self.engine)
+        await listener.start()
+        listener.update(self.snapshot)
+        return listener
 
     async def delete_route(self, key: str) -> bool:
         """Stop accepting on a route; its open connections drain (up to the drain timeout)."""
         async with self._lock:
-            listener = self.listeners.pop(key, None)
-            if listener is None:
-                return False
-            self._from_file.discard(key)
-            listener.stop_accepting()
-            log.info("lb route %s removed; %d connections draining", key,
-                     len(listener.connections))
-            if listener.connections:
-                self.draining.add(listener)
-                asyncio.get_running_loop().call_later(
-                    self.settings.drain_timeout, self._drain_expired, listener)
-            return True
+            return self._remove(key)
+
+    def _remove(self, key: str) -> bool:
+        listener = self.listeners.pop(key, None)
+        if listener is None:
+            return False
+        self._from_file.discard(key)
+        listener.stop_accepting()
+        log.info("lb route %s removed; %d connections draining", key,
+                 len(listener.connections))
+        if listener.connections:
+            self.draining.add(listener)
+            asyncio.get_running_loop().call_later(
+                self.settings.drain_timeout, self._drain_expired, listener)
+        return True
 
     def _drain_expired(self, listener: RouteListener) -> None:
         for connection in list(listener.connections):
@@ -157,31 +166,58 @@ class LoadBalancer:
         self._tasks.append(asyncio.create_task(self._reload(), name="lb-reload"))
 
     async def _reload(self) -> None:
-        await self.reload()
+        try:
+            await self.reload()
+        except Exception as exc:  # a bug, not a bad file: say so now, in one line
+            log.error("lb: routes file not reloaded, the current routes stay: %s",
+                      shown(exc))
 
     async def reload(self) -> bool:
-        """Re-read the routes file: add, change and remove only what it changed."""
+        """Re-read the routes file and apply it whole or not at all: the file is checked
+        first, every new address bound next (one that cannot be closes the others again),
+        and only then are routes changed and removed."""
         if not self.routes_file:
             return False
         try:
-            routes = {route.key: route for route in read_routes_file(self.routes_file)}
+            wanted = read_routes_file(self.routes_file)
         except ConfigError as exc:
-            log.error("lb: routes file not reloaded, keeping the current routes: %s", exc)
+            log.error("lb: routes file not reloaded, the current routes stay: %s", exc)
             return False
-        for key in sorted(self._from_file - set(routes)):
-            await self.delete_route(key)
-        for key, route in routes.items():
-            current = self.listeners.get(key)
-            if current is None or current.route != route:
-                try:
-                    await self.put_route(route)
-                except OSError as exc:
-                    log.error("lb: route %s from %s not started: %s", route, self.routes_file,
-                              exc)
+        async with self._lock:
+            keys = {route.key for route in wanted}
+            removed = sorted(self._from_file - keys)
+            changed = [route for route in wanted if route.key in self.listeners
+                       and self.listeners[route.key].route != route]
+            bound: dict[str, RouteListener] = {}
+            for route in wanted:
+                if route.key in self.listeners:
                     continue
-            self._from_file.add(key)
-        log.info("lb: reloaded %s: %d routes", self.routes_file, len(routes))
+                try:
+                    bound[route.key] = await self._listen(route)
+                except Exception as exc:
+                    for listener in bound.values():
+                        self._close(listener)
+                    reason = exc.strerror if isinstance(exc, OSError) else None
+                    log.error("lb: routes file not reloaded, the current routes stay: %s: "
+                              "cannot listen on %s: %s", route.origin, route.key,
+                              reason or shown(exc))
+                    return False
+            for route in changed:
+                self.listeners[route.key].reconfigure(route, self.snapshot)
+            self.listeners.update(bound)
+            for key in removed:
+                self._remove(key)
+            self._from_file = keys
+        log.info("lb: routes file reloaded from %s: %d added, %d changed, %d removed; %d "
+                 "routes running", self.routes_file, len(bound), len(changed), len(removed),
+                 len(self.listeners))
         return True
+
+    def _close(self, listener: RouteListener) -> None:
+        """Close a listener that never joined the routes, and any client it let in."""
+        listener.stop_accepting()
+        for connection in list(listener.connections):
+            connection.abort()
 
     async def _sweep_idle(self) -> None:
         idle = self.settings.idle_timeout

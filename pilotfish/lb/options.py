@@ -102,7 +102,8 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
         access = AccessPolicy(args.lb_acl, read_token(args.lb_token_file))
         if args.lb_acl:
             stack.on_sighup(access.reload)
-        app = StatusApp(stack.metrics, balancer.health, RoutesApp(balancer, access))
+        app = StatusApp(stack.metrics, balancer.health, RoutesApp(balancer, access),
+                        access=access if access.enabled else stack.read_access)
         components.append(HttpServer(app, parse_hostport(args.lb_api, "--lb-api"),
                                      what="lb API", tls=tls_settings(args),
                                      metrics=stack.metrics))

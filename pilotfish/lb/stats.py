@@ -11,6 +11,9 @@ from pilotfish.metrics import Labels, Metrics, Sample
 if TYPE_CHECKING:
     from pilotfish.lb.listener import RouteListener
 
+INSTANCE_PREFIX = "pilotfish_lb_instance_"
+"""Series labelled with an instance's id and address: only catalog readers see them."""
+
 SERIES = {
     "pilotfish_lb_connections_active": ("gauge", "open client connections, per route"),
     "pilotfish_lb_connections_total": ("counter", "client connections accepted, per route"),
@@ -37,7 +40,7 @@ SERIES = {
 def describe(metrics: Metrics, collector: Callable[[], Iterable[Sample]]) -> None:
     """Declare the LB series on the process's metrics registry and hook the collector."""
     for name, (kind, help_text) in SERIES.items():
-        metrics.describe(name, kind, help_text)
+        metrics.describe(name, kind, help_text, per_instance=name.startswith(INSTANCE_PREFIX))
     metrics.collect(collector)
 
 

@@ -41,6 +41,7 @@ from pilotfish.acl import (
     Token,
     forbidden,
     presented_token,
+    reads_catalog,
 )
 from pilotfish.metrics import Metrics
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
@@ -599,7 +600,8 @@ class RegistryApi:
         body = {"status": "ok" if healthy else "unavailable", "backend_healthy": healthy}
         return json_response(body, 200 if healthy else 503)
 
-    async def metrics_text(self) -> Response:
+    async def metrics_text(self, request: Request) -> Response:
+        include_instances = reads_catalog(request.scope, self.access)
         catalog = self.catalog
         with contextlib.suppress(Exception):
             snapshot = await asyncio.wait_for(catalog.snapshot(), BACKEND_TIMEOUT)
@@ -608,7 +610,8 @@ class RegistryApi:
         if catalog.lease_count is not None:
             self.metrics.set("pilotfish_leases", catalog.lease_count)
         self.metrics.set("pilotfish_lease_expirations_total", catalog.expirations)
-        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(self.metrics.render(include_instances),
+                        media_type="text/plain; version=0.0.4")
 
     # wiring
 

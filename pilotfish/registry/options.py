@@ -52,4 +52,5 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
                         tls=tls_settings(args), metrics=stack.metrics)
     if args.acl:
         stack.on_sighup(access.reload)
+    stack.read_access = access
     return [server]

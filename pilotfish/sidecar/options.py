@@ -99,6 +99,6 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     components: list[Component] = [sidecar]
     if args.sidecar_http:
         listen = parse_hostport(args.sidecar_http, "--sidecar-http")
-        components.append(HttpServer(StatusApp(stack.metrics, sidecar.health), listen,
-                                     what="sidecar http", metrics=stack.metrics))
+        app = StatusApp(stack.metrics, sidecar.health, access=stack.read_access)
+        components.append(HttpServer(app, listen, what="sidecar http", metrics=stack.metrics))
     return components

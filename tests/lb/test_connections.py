@@ -255,6 +255,13 @@ async def test_connect_timeout_then_the_client_is_refused(lb: Lb) -> None:
         hole.close()
 
 
+def _free_v6_port() -> int:
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def _has_ipv6() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as sock:
@@ -270,7 +277,7 @@ async def test_ipv6_listener(echo: Backend, engine: str) -> None:
     from tests.fixtures.process import start_pilotfish
 
     process = start_pilotfish("up", "--api", f"{HOST}:0", "--dns", "off", "--lb-api", "off",
-                              "--lb-engine", engine, "--route", "[::1]:0=web",
+                              "--lb-engine", engine, "--route", f"[::1]:{_free_v6_port()}=web",
                               expect=("registry API", "lb route to web"))
     try:
         import httpx

@@ -51,13 +51,14 @@ async def test_routes_api_adds_changes_and_removes_routes(backends: list[Backend
         assert lb.lb_api.get(f"/v1/routes/{key}").json()["service"] == "web"
 
         for body, field in [({"service": "bad_name"}, "service"), ({"balance": "x"}, "service"),
-                            ({"service": "web", "balance": "x"}, "body")]:
+                            ({"service": "web", "balance": "x"}, "balance")]:
             response = lb.lb_api.put(f"/v1/routes/{key}", json=body)
             assert response.status_code == 400 and response.json()["field"] == field, body
         assert lb.lb_api.put("/v1/routes/nonsense", json={"service": "web"}).status_code == 400
         taken = lb.lb_api.put(f"/v1/routes/{HOST}:{lb.process.api.rpartition(':')[2]}",
                               json={"service": "web"})
         assert taken.status_code == 409 and taken.json()["field"] == "listen"
+        assert taken.json()["code"] == "conflict"
 
         held = await connect(port)  # open through the route, then the route goes
         assert await read_exactly(held, 3) == b"b0\n"
@@ -132,7 +133,8 @@ async def test_sigterm_stops_accepting_and_lets_connections_finish(
 
 def test_lb_command_alone_and_bad_routes_exit_with_a_message() -> None:
     process = start_pilotfish("lb", "--registry", "memory://", "--lb-api", f"{HOST}:0",
-                              "--route", f"{HOST}:0=web", expect=("lb API", "lb route to web"))
+                              "--route", f"{HOST}:{free_port()}=web",
+                              expect=("lb API", "lb route to web"))
     assert process.stop() == 0
     import subprocess
     import sys

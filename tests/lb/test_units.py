@@ -34,7 +34,14 @@ def test_parse_route_forms() -> None:
     ("127.0.0.1:9000=", "not HOST:PORT=SERVICE"),
     ("127.0.0.1:99999=web", "not HOST:PORT"),
     ("127.0.0.1:9000=we_b", "not a DNS label"),
-    ("127.0.0.1:9000=web?balance=random", "balance 'random'"),
+    ("127.0.0.1:9000=web?balance=random", "balance: 'random'"),
+    ("127.0.0.1:9000=web?max_connections=²", "max_connections: '²'"),
+    ("127.0.0.1:9000=web?max_connections=٣", "max_connections: '٣'"),
+    ("127.0.0.1:9000=web?proxy_protocol=", "proxy_protocol: ''"),
+    ("127.0.0.1:0=web", "port 0"),
+    ("localhost:9000=web", "not an IP address"),
+    ("127.1:9000=web", "not an IP address"),
+    ("::1:9000=web", "brackets"),
     ("127.0.0.1:9000=web?proxy_protocol=v3", "proxy_protocol"),
     ("127.0.0.1:9000=web?max_connections=-1", "max_connections"),
     ("127.0.0.1:9000=web?colour=blue", "unknown option 'colour'"),
@@ -51,15 +58,22 @@ def test_routes_file_and_json() -> None:
                                "127.0.0.1:9001=db?balance=least_conn\n", "f")
     assert [str(r) for r in routes] == ["127.0.0.1:9000=web",
                                         "127.0.0.1:9001=db?balance=least_conn"]
-    with pytest.raises(ConfigError, match="f:2: 127.0.0.1:9000 is routed twice"):
+    with pytest.raises(ConfigError, match="f:2: listen: 127.0.0.1:9000 is routed twice"):
         parse_routes_file("127.0.0.1:9000=web\n127.0.0.1:9000=db\n", "f")
+    with pytest.raises(ConfigError, match="f:3: listen: 0.0.0.0:9000 overlaps 127.0.0.1:9000"):
+        parse_routes_file("127.0.0.1:9000=web\n[::]:9000=web\n0.0.0.0:9000=db\n", "f")
+    with pytest.raises(ConfigError, match="^f:1: .*; f:2: .*; f:3: .*; and 2 more$"):
+        parse_routes_file("x\n" * 7 + "127.0.0.1:9000=web\n", "f")
+    assert [str(r) for r in parse_routes_file("[0::1]:09000=web\n", "f")] == ["[::1]:9000=web"]
     with pytest.raises(ConfigError, match="^f:1: "):
         parse_routes_file("nonsense\n", "f")
     route = route_from_json("127.0.0.1:9000", {"service": "web", "tag": "v1",
                                                "balance": "weighted"})
     assert str(route) == "127.0.0.1:9000=web.v1?balance=weighted"
     for body, field in [({"service": 5}, "service"), ([], "body"),
-                        ({"service": "web", "balance": "x"}, "body")]:
+                        ({"service": "web", "balance": "x"}, "balance"),
+                        ({"service": "web", "max_connections": "3"}, "max_connections"),
+                        ({"service": "web", "proxy_protocol": 0}, "proxy_protocol")]:
         with pytest.raises(ConfigError, match=f"^{field}"):
             route_from_json("127.0.0.1:9000", body)
 
