@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from pilotfish.config import ConfigError, env
 from pilotfish.dns import options as dns_options
+from pilotfish.fds import raise_open_files_limit, share_open_files
 from pilotfish.http import add_tls_flags
 from pilotfish.lb import options as lb_options
 from pilotfish.loop import run
@@ -79,6 +80,7 @@ def build_components(args: argparse.Namespace, stack: Stack) -> list[Component]:
 
 async def serve(args: argparse.Namespace) -> int:
     """Open the catalog, start the components, and run until SIGTERM or SIGINT."""
+    open_files = raise_open_files_limit()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,7 +91,9 @@ async def serve(args: argparse.Namespace) -> int:
     stack = Stack(catalog)
     loop.add_signal_handler(signal.SIGHUP, stack.sighup)
     try:
-        for component in build_components(args, stack):
+        components = build_components(args, stack)
+        share_open_files(components, open_files)
+        for component in components:
             await component.start()
             started.append(component)
         log.info("pilotfish %s running on registry %s", args.command,

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +18,11 @@ import uvicorn
 
 from pilotfish.acl import AccessPolicy, Denied, reads_catalog
 from pilotfish.config import ConfigError, HostPort, env
-from pilotfish.http_limits import HttpLimits, protocol_for
+from pilotfish.http_accept import Acceptor, bind
+from pilotfish.http_limits import MAX_LINGERING, HttpLimits, Listener
 from pilotfish.http_limits import describe as describe_listeners
+from pilotfish.http_protocol import protocol_for
+from pilotfish.http_tls import server_context
 from pilotfish.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -43,17 +47,19 @@ class TlsSettings:
                            ("--tls-client-ca", self.client_ca)):
             if path is not None and not os.access(path, os.R_OK):
                 raise ConfigError(f"{flag}: cannot read {path!r}")
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            context.load_cert_chain(self.cert, self.key)
+            server_context(self.cert, self.key, None)
         except ssl.SSLError as exc:
             raise ConfigError(f"--tls-cert/--tls-key: {exc.reason or exc}: not a certificate "
                               "and the private key that goes with it (PEM)") from None
-        if self.client_ca is not None:
-            try:
-                context.load_verify_locations(self.client_ca)
-            except ssl.SSLError as exc:
-                raise ConfigError(f"--tls-client-ca: {exc.reason or exc}") from None
+        try:
+            self.context()
+        except ssl.SSLError as exc:
+            raise ConfigError(f"--tls-client-ca: {exc.reason or exc}") from None
+
+    def context(self) -> ssl.SSLContext:
+        """The server's TLS context."""
+        return server_context(self.cert, self.key, self.client_ca)
 
 
 def add_tls_flags(parser: argparse.ArgumentParser) -> None:
@@ -83,11 +89,32 @@ def tls_settings(args: argparse.Namespace) -> TlsSettings | None:
     return settings
 
 
+MIN_CONNECTIONS = 16  # the smallest cap an open-files budget sizes a listener to
+
+
 class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the pilotfish process owns SIGTERM/SIGINT."""
+    """uvicorn on our accept loop (pilotfish.http_accept), without its own signal handling:
+    the pilotfish process owns SIGTERM/SIGINT."""
+
+    def __init__(self, config: uvicorn.Config, listener: Listener) -> None:
+        super().__init__(config)
+        self.listener = listener
 
     def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
         return contextlib.nullcontext()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        assert sockets is not None  # HttpServer.start binds them: errors are its to report
+        config = self.config
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state)
+
+        acceptor = Acceptor(sockets, create_protocol, self.listener)
+        acceptor.start()
+        self.servers = [acceptor]  # type: ignore[list-item]
+        self.started = True
 
 
 class HttpServer:
@@ -98,38 +125,47 @@ class HttpServer:
                  limits: HttpLimits | None = None, tls: TlsSettings | None = None,
                  metrics: Metrics | None = None) -> None:
         self.limits = limits if limits is not None else HttpLimits()
-        protocol, self.listener = protocol_for(self.limits)
+        protocol, self.listener = protocol_for(self.limits, what)
         if metrics is not None:
             describe_listeners(metrics)
-            metrics.collect(lambda: self.listener.samples(what))
-        ssl_options: dict[str, Any] = {}
+            metrics.collect(self.listener.samples)
         if tls is not None:
-            ssl_options = {"ssl_certfile": tls.cert, "ssl_keyfile": tls.key}
-            if tls.client_ca is not None:
-                ssl_options.update(ssl_ca_certs=tls.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+            self.listener.tls = tls.context()  # TLS starts after accept (pilotfish.http_tls)
         self.scheme = "https" if tls is not None else "http"
         config = uvicorn.Config(
             app, host=listen.host, port=listen.port, log_level="warning", access_log=False,
             lifespan="off", loop="none", http=protocol, timeout_keep_alive=self.limits.keep_alive,
             timeout_graceful_shutdown=2,  # long-polls (?wait=) must not hold up SIGTERM
-            **ssl_options,
         )
-        self.server = _EmbeddedServer(config)
+        self.server = _EmbeddedServer(config, self.listener)
         self.what = what
         self.address = listen
         self._before_stop = before_stop
         self._task: Any = None
 
+    def share_open_files(self, files: int) -> None:
+        """Keep this listener within `files` descriptors: its cap, the refused connections
+        it lets drain, and its reserve descriptor."""
+        most = max(MIN_CONNECTIONS, files - MAX_LINGERING - 1)
+        if most < self.listener.limits.max_connections:
+            log.warning("%s: at most %d connections (the open-files limit leaves no more)",
+                        self.what, most)
+            self.listener.resize(most)
+
     async def start(self) -> None:
         """Bind and begin serving; afterwards `address` holds the real port."""
-        self._task = asyncio.create_task(self.server.serve())
+        try:
+            sockets = bind(self.address.host, self.address.port, self.server.config.backlog)
+        except OSError as exc:
+            raise ConfigError(f"{self.what}: cannot listen on {self.address}: "
+                              f"{exc.strerror or exc}") from None
+        self._task = asyncio.create_task(self.server.serve(sockets=sockets))
         while not self.server.started:
             if self._task.done():
                 self._task.result()
                 raise RuntimeError(f"{self.what} failed to start on {self.address}")
             await asyncio.sleep(0.01)
-        sock = self.server.servers[0].sockets[0]
-        host, port = sock.getsockname()[:2]
+        host, port = sockets[0].getsockname()[:2]
         self.address = HostPort(host, port)
         log.info("%s listening on %s://%s", self.what, self.scheme, self.address)
 

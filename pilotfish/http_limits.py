@@ -1,26 +1,34 @@
 """Per-listener HTTP limits, so no client can take a listener away from everyone else.
 
-uvicorn bounds neither the request head nor the time a client takes to send a request, and
-holds any number of connections. This protocol (uvicorn's httptools one, plus the checks)
-refuses a head over `max_header` bytes (431), closes a connection whose request has not
-fully arrived within `request_timeout` (408 while the head is incomplete), and keeps at most
-`max_connections` per listener: when full, the connection idle the longest makes room, and
-if every connection is busy with a request the newcomer is refused (503).
+A listener keeps at most `max_connections` (pilotfish.http_protocol enforces the head size
+and the request deadline on each). Blocking reads (long-polls) may hold at most a share of
+them, and a connection that has carried a write is not closed to make room while anything
+else can be: when full, an idle reader's connection goes first, then the oldest long-poll is
+answered at once (with the current answer, which a long-poll client simply asks again after),
+and only when all are busy is the newcomer refused (503).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable, Iterator
+import dataclasses
+import logging
+import ssl
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
+from pilotfish.long_polls import TooManyWaiting
 from pilotfish.metrics import Metrics, Sample
 
-LINGER = 1.0  # seconds a refused connection is drained before it is closed
+if TYPE_CHECKING:
+    from pilotfish.http_protocol import GuardedProtocol
+
+log = logging.getLogger(__name__)
+
+MAX_LINGERING = 64  # refused connections draining at once per listener; beyond, closed at once
+COMPLAIN_EVERY = 10.0  # seconds between two log lines about the same kind of refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,38 +39,101 @@ class HttpLimits:
     request_timeout: float = 10.0  # from connecting (or a request's first byte) to its last
     max_connections: int = 1024
     keep_alive: int = 75  # idle seconds between requests on one connection
+    long_poll_share: float = 0.5  # of max_connections that waiting long-polls may hold
+
+
+class Complaint:
+    """One log line per COMPLAIN_EVERY seconds about a refusal that may come by the thousand."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self._last = -COMPLAIN_EVERY
+        self._since = 0
+
+    def __call__(self, detail: str = "") -> None:
+        self._since += 1
+        now = time.monotonic()
+        if now - self._last >= COMPLAIN_EVERY:
+            log.warning("%s%s (%d refused since the last such message)", self.message, detail,
+                        self._since)
+            self._last, self._since = now, 0
 
 
 class Listener:
     """The open connections of one listener, least recently active first."""
 
-    def __init__(self, limits: HttpLimits) -> None:
+    def __init__(self, limits: HttpLimits, what: str = "http") -> None:
         self.limits = limits
+        self.what = what
+        self.tls: ssl.SSLContext | None = None  # set: connections start TLS after accept
         self.connections: dict[GuardedProtocol, None] = {}
-        self.refused: dict[int, int] = {}  # answered outside any request (408, 431, 503)
+        self.lingering: dict[GuardedProtocol, None] = {}  # answered, draining, outside the cap
+        self.waiting: dict[GuardedProtocol, asyncio.Future[None]] = {}  # long-polls, oldest first
+        self.writers = 0  # connections that have carried a write
+        self.refused: dict[int, int] = {}  # answered outside any request (400, 408, 431, 503)
         self.evicted = 0  # idle connections closed to make room
+        self.shed = 0  # long-polls answered early to make room
+        self.polls_refused = 0  # long-polls refused (503): the share was full
         self.cut = 0  # requests whose body did not arrive in time
+        self._full = Complaint(f"{what}: every connection busy, refusing new ones")
+        self._no_files = Complaint(f"{what}: out of file descriptors, refusing new connections")
 
-    def samples(self, what: str) -> Iterator[Sample]:
-        """The listener's refusals as metric samples (they never reach the ASGI app)."""
-        listener = ("listener", what)
+    @property
+    def most_waiting(self) -> int:
+        """How many long-polls may wait at once."""
+        return max(1, int(self.limits.max_connections * self.limits.long_poll_share))
+
+    def resize(self, max_connections: int) -> None:
+        """Change the connection cap (sized to the open-files limit before serving)."""
+        self.limits = dataclasses.replace(self.limits, max_connections=max_connections)
+
+    def samples(self) -> Iterator[Sample]:
+        """The listener's state and refusals as metric samples (they never reach the app)."""
+        listener = ("listener", self.what)
+        yield "pilotfish_http_connections", (listener,), float(len(self.connections))
+        yield "pilotfish_http_long_polls_waiting", (listener,), float(len(self.waiting))
         for status, count in sorted(self.refused.items()):
             yield ("pilotfish_http_refused_total", (listener, ("status", str(status))),
                    float(count))
         yield "pilotfish_http_evicted_total", (listener,), float(self.evicted)
+        yield ("pilotfish_http_long_polls_shed_total", (listener, ("action", "answered_early")),
+               float(self.shed))
+        yield ("pilotfish_http_long_polls_shed_total", (listener, ("action", "refused")),
+               float(self.polls_refused))
         yield "pilotfish_http_cut_total", (listener,), float(self.cut)
 
     def admit(self, connection: GuardedProtocol) -> bool:
-        """Make room for a new connection by closing the longest idle; False when all are busy."""
-        if len(self.connections) >= self.limits.max_connections:
-            idle = next((c for c in self.connections if c.idle), None)
-            if idle is None:
-                return False
-            self.evicted += 1
-            self.connections.pop(idle)
-            idle.transport.close()
+        """Make room for a new connection if the cap is reached; False when nothing can go."""
+        if len(self.connections) >= self.limits.max_connections and not self._make_room():
+            return False
         self.connections[connection] = None
         return True
+
+    def _make_room(self) -> bool:
+        """Close the longest idle connection that never wrote; else answer the oldest waiting
+        long-poll now; else, when writers hold over half the cap, close the longest idle one."""
+        idle_writer = None
+        for connection in self.connections:
+            if connection.idle:
+                if not connection.wrote:
+                    self._evict(connection)
+                    return True
+                idle_writer = idle_writer or connection
+        if self.waiting:
+            poll = next(iter(self.waiting))
+            self.connections.pop(poll, None)
+            self.shed += 1
+            poll.answer_now(self.waiting.pop(poll))
+            return True
+        if idle_writer is not None and self.writers > self.limits.max_connections // 2:
+            self._evict(idle_writer)
+            return True
+        return False
+
+    def _evict(self, connection: GuardedProtocol) -> None:
+        self.evicted += 1
+        self.connections.pop(connection)
+        connection.close_now()
 
     def touch(self, connection: GuardedProtocol) -> None:
         """The connection is active: it is the last to be evicted now."""
@@ -70,153 +141,72 @@ class Listener:
             del self.connections[connection]
             self.connections[connection] = None
 
+    def wrote(self, connection: GuardedProtocol) -> None:
+        """The connection carried a write that succeeded: keep it over readers."""
+        if not connection.wrote:
+            connection.wrote = True
+            self.writers += 1
+
+    def begin_wait(self, connection: GuardedProtocol) -> asyncio.Future[None]:
+        """A long-poll starts waiting, within the share (TooManyWaiting beyond it)."""
+        if len(self.waiting) >= self.most_waiting:
+            self.polls_refused += 1
+            raise TooManyWaiting()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting[connection] = future
+        return future
+
+    def linger(self, connection: GuardedProtocol) -> None:
+        """The connection was answered and is draining: out of the cap, into a bounded set."""
+        self.connections.pop(connection, None)
+        self.lingering[connection] = None
+        while len(self.lingering) > MAX_LINGERING:
+            oldest = next(iter(self.lingering))
+            del self.lingering[oldest]
+            oldest.stop_lingering()
+
+    def forget(self, connection: GuardedProtocol) -> None:
+        """The connection is closed."""
+        self.connections.pop(connection, None)
+        self.lingering.pop(connection, None)
+        self.waiting.pop(connection, None)
+        if connection.wrote:
+            connection.wrote = False
+            self.writers -= 1
+
+    def count(self, status: int) -> None:
+        """One refusal outside any request, answered with `status` (or closed, on TLS)."""
+        self.refused[status] = self.refused.get(status, 0) + 1
+        if status == 503:
+            self._full(f" ({len(self.connections)} open, cap {self.limits.max_connections})")
+
+    def out_of_files(self, error: OSError) -> None:
+        """accept() failed for want of a file descriptor: the newcomer gets a 503 if it can."""
+        self.refused[503] = self.refused.get(503, 0) + 1
+        self._no_files(f" ({error.strerror})")
+
+    def close_unserved(self) -> None:
+        """Close connections that never got to HTTP (TLS handshakes): the server stops."""
+        for connection in [c for c in self.connections if not c.serving]:
+            connection.close_now()
+        for connection in [c for c in self.lingering if not c.serving]:
+            connection.stop_lingering()
+
 
 def describe(metrics: Metrics) -> None:
     """Declare the listener metrics once per process, whichever listeners it runs."""
+    metrics.describe("pilotfish_http_connections", "gauge",
+                     "Open connections counted against the listener's cap")
+    metrics.describe("pilotfish_http_long_polls_waiting", "gauge",
+                     "Blocking reads (?index=) waiting for a change")
     metrics.describe("pilotfish_http_refused_total", "counter",
-                     "Connections answered outside any request: 408 (the request did not "
-                     "arrive in time), 431 (head too large), 503 (every connection busy)")
+                     "Connections answered outside any request: 400 (plain HTTP to a TLS "
+                     "port), 408 (the request or TLS handshake did not arrive in time), 431 "
+                     "(head too large), 503 (every connection busy, or no file descriptor left)")
     metrics.describe("pilotfish_http_evicted_total", "counter",
                      "Idle connections closed to make room for a new one")
+    metrics.describe("pilotfish_http_long_polls_shed_total", "counter",
+                     "Blocking reads answered early to make room (answered_early) or refused "
+                     "503 because their share of the connections was taken (refused)")
     metrics.describe("pilotfish_http_cut_total", "counter",
                      "Connections closed because a request body did not arrive in time")
-
-
-def protocol_for(limits: HttpLimits) -> tuple[type[GuardedProtocol], Listener]:
-    """A protocol class for one listener (uvicorn builds one instance per connection)."""
-    listener = Listener(limits)
-    return type("ListenerProtocol", (GuardedProtocol,), {"listener": listener}), listener
-
-
-class _LingeringTransport:
-    """A transport whose close() lets the client read our answer while it is still sending.
-
-    Closing a socket with unread input resets the connection, and the client loses the 413,
-    431 or 408 that explains why. So: say we are done (write EOF), drop what still arrives,
-    and close once the client closes too, or LINGER seconds later.
-    """
-
-    def __init__(self, transport: asyncio.Transport, protocol: GuardedProtocol) -> None:
-        self._transport = transport
-        self._protocol = protocol
-        self._closing = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-    def is_closing(self) -> bool:
-        return self._closing or self._transport.is_closing()
-
-    def close(self) -> None:
-        if self.is_closing():
-            return
-        self._closing = True
-        protocol = self._protocol
-        if not (protocol.answered or protocol.receiving):
-            self._transport.close()
-            return
-        protocol.answered = True
-        if self._transport.can_write_eof():
-            self._transport.write_eof()
-        protocol.linger(self._transport.close)
-
-
-class GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bounded head, a request deadline and a connection cap."""
-
-    listener: ClassVar[Listener]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._in_head = True
-        self._head_bytes = 0
-        self._in_body = False
-        self._deadline: asyncio.TimerHandle | None = None
-        self.answered = False  # an answer is out and the connection closing: input is dropped
-
-    @property
-    def receiving(self) -> bool:
-        """Part of a request has arrived and the rest may still be on its way."""
-        return (self._in_head and self._head_bytes > 0) or self._in_body
-
-    def linger(self, close: Callable[[], None]) -> None:
-        """Close after LINGER seconds (sooner if the client closes)."""
-        self._disarm()
-        self._deadline = self.loop.call_later(LINGER, close)
-
-    @property
-    def idle(self) -> bool:
-        """No request is being served: waiting for one, or receiving one not yet complete."""
-        return self.cycle is None or self.cycle.response_complete
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(cast(asyncio.Transport, _LingeringTransport(transport, self)))
-        if not self.listener.admit(self):
-            self._answer(503, "unavailable", "too many connections; try again")
-            return
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.listener.connections.pop(self, None)
-        self._disarm()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self.answered:
-            return  # lingering after an answer: what still arrives is dropped unread
-        super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
-            self._head_bytes += len(data)
-            if self._head_bytes > self.listener.limits.max_header:
-                self._answer(431, "too_large", "request head over "
-                             f"{self.listener.limits.max_header} bytes")
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_head = True
-        self._head_bytes = 0
-        self.listener.touch(self)
-        if self._deadline is None:
-            self._arm()
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._in_body = True
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self._in_body = False
-        if not self.answered:
-            self._disarm()
-        super().on_message_complete()
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(self.listener.limits.request_timeout, self._late)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _late(self) -> None:
-        self._deadline = None
-        if self.transport.is_closing():
-            return
-        if self._in_head:
-            self._answer(408, "timeout", "the request did not arrive in time")
-        else:
-            self.listener.cut += 1
-            self.transport.close()  # a body that trickles: the handler sees the client gone
-
-    def _answer(self, status: int, code: str, message: str) -> None:
-        """Answer outside any request (a refusal) and close the connection."""
-        body = json.dumps({"error": message, "code": code}).encode()
-        reasons = {408: "Request Timeout", 431: "Request Header Fields Too Large",
-                   503: "Service Unavailable"}
-        head = (f"HTTP/1.1 {status} {reasons[status]}\r\ncontent-type: application/json\r\n"
-                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
-        self.transport.write(head + body)
-        self.listener.refused[status] = self.listener.refused.get(status, 0) + 1
-        self.answered = True
-        self.transport.close()

@@ -277,6 +277,10 @@ class DnsServer:
             raise
         return sock
 
+    def open_files_needed(self) -> int:
+        """Descriptors it may hold: its TCP clients, its sockets, forwarding (pilotfish.fds)."""
+        return TCP_MAX_CONNECTIONS + 16
+
     async def stop(self) -> None:
         """Close the listeners and open connections; stop following the catalog."""
         if self._udp is not None:

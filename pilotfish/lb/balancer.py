@@ -241,6 +241,11 @@ class LoadBalancer:
                         if connection.idle >= limit:
                             connection.close()
 
+    def open_files_needed(self) -> int:
+        """Descriptors it may hold: two per connection, plus listeners and checks
+        (pilotfish.fds)."""
+        return 2 * self.settings.max_connections + 64
+
     async def stop(self) -> None:
         """Graceful stop: accept no more, let connections finish (up to the stop timeout)."""
         self.stopping = True

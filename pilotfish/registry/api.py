@@ -43,6 +43,7 @@ from pilotfish.acl import (
     presented_token,
     reads_catalog,
 )
+from pilotfish.long_polls import RETRY_AFTER, TooManyWaiting, slot_of, waiting
 from pilotfish.metrics import Metrics
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
 from pilotfish.registry.model import (
@@ -523,7 +524,9 @@ class RegistryApi:
         wait_seconds = parse_wait(wait)
         snapshot: Snapshot | None = await self._call(self.catalog.snapshot())
         if snapshot is not None and index is not None and index == snapshot.index:
-            snapshot = await self._block(request, snapshot, service, tag, wait_seconds)
+            with waiting(slot_of(request.scope)) as early:
+                snapshot = await self._block(request, snapshot, service, tag, wait_seconds,
+                                             early)
         if snapshot is None:
             return Response(status_code=CLIENT_GONE)
         instances = [i.to_dict() for i in snapshot.service(service, tag)]
@@ -538,7 +541,8 @@ class RegistryApi:
         wait_seconds = parse_wait(wait)
         snapshot: Snapshot | None = await self._call(self.catalog.snapshot())
         if snapshot is not None and index is not None and index == snapshot.index:
-            snapshot = await self._watch(request, index, wait_seconds)
+            with waiting(slot_of(request.scope)) as early:
+                snapshot = await self._watch(request, index, wait_seconds, early)
         if snapshot is None:
             return Response(status_code=CLIENT_GONE)
         return Response(self._catalog_body(snapshot), media_type="application/json",
@@ -554,7 +558,7 @@ class RegistryApi:
         return self._encoded_catalog[1]
 
     async def _block(self, request: Request, seen: Snapshot, service: str, tag: str | None,
-                     wait: float) -> Snapshot | None:
+                     wait: float, early: asyncio.Future[None]) -> Snapshot | None:
         """Wait until this service's answer changes or `wait` elapses (a Consul-style long-poll).
 
         None when the client went away first.
@@ -562,21 +566,24 @@ class RegistryApi:
         before = seen.service(service, tag)
         deadline = time.monotonic() + wait
         snapshot: Snapshot | None = seen
-        while (remaining := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
+        while ((remaining := deadline - time.monotonic()) > 0 and not self._stopping.is_set()
+               and not early.done()):
             assert snapshot is not None
-            snapshot = await self._watch(request, snapshot.index, remaining)
+            snapshot = await self._watch(request, snapshot.index, remaining, early)
             if snapshot is None or snapshot.service(service, tag) != before:
                 break
         return snapshot
 
-    async def _watch(self, request: Request, index: int, wait: float) -> Snapshot | None:
-        """catalog.watch for a long-poll, cut short when the server stops or the client leaves."""
+    async def _watch(self, request: Request, index: int, wait: float,
+                     early: asyncio.Future[None]) -> Snapshot | None:
+        """catalog.watch for a long-poll, cut short when the server stops, the listener needs
+        the connection (`early`), or the client leaves."""
         watch = asyncio.ensure_future(self.catalog.watch(index, wait))
         stopping = asyncio.ensure_future(self._stopping.wait())
         gone = asyncio.ensure_future(until_disconnected(request))
         try:
-            done, _ = await asyncio.wait({watch, stopping, gone},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            pending: set[asyncio.Future[Any]] = {watch, stopping, gone, early}
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
             gone.cancel()
@@ -690,6 +697,13 @@ class RegistryApi:
         @app.exception_handler(BackendUnavailable)
         async def unavailable(_: Request, exc: BackendUnavailable) -> Response:
             return _error(503, "unavailable", f"registry backend unavailable: {exc}")
+
+        @app.exception_handler(TooManyWaiting)
+        async def too_many_waiting(_: Request, exc: TooManyWaiting) -> Response:
+            response = _error(503, "unavailable", str(exc))
+            response.headers["Retry-After"] = str(RETRY_AFTER)
+            response.headers["Connection"] = "close"  # its slot goes to someone else
+            return response
 
         @app.exception_handler(ClientDisconnect)
         async def client_gone(_: Request, __: ClientDisconnect) -> Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from pilotfish.config import HostPort
-from pilotfish.http import HttpServer
+from pilotfish.http import HttpServer, TlsSettings
 from pilotfish.http_limits import HttpLimits
 from pilotfish.registry.api import RegistryApi
 from pilotfish.registry.backends.memory import MemoryCatalog
@@ -65,12 +66,12 @@ async def closed_by_server(reader: asyncio.StreamReader, within: float) -> bytes
 
 
 @asynccontextmanager
-async def running_api(limits: HttpLimits = SMALL, max_body: int = 64 * 1024
-                      ) -> AsyncIterator[Api]:
+async def running_api(limits: HttpLimits = SMALL, max_body: int = 64 * 1024,
+                      tls: TlsSettings | None = None) -> AsyncIterator[Api]:
     catalog = MemoryCatalog()
     api = RegistryApi(catalog, max_body=max_body)
     server = HttpServer(api.app, HostPort("127.0.0.1", 0), before_stop=api.stop_waiting,
-                        limits=limits, metrics=api.metrics)
+                        limits=limits, metrics=api.metrics, tls=tls)
     await server.start()
     try:
         yield Api(server, api)
@@ -123,6 +124,25 @@ async def test_a_huge_head_is_refused_with_431_before_it_is_read() -> None:
         assert metric(scraped, REFUSED.format(status=431)) == 1
 
 
+@pytest.mark.parametrize("size", [17_000, 60_000, 70_000, 130_000])
+async def test_a_head_over_the_limit_is_refused_however_it_arrives(size: int) -> None:
+    """Issue 21, item 10: a head arriving in one read was parsed whole before the check."""
+    async with running_api(HttpLimits(request_timeout=5)) as api:
+        filler = "x" * (size - 100)
+        head = (f"GET /v1/services HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                f"x-big: {filler}\r\n\r\n").encode()
+        status, said = await api.request(head)
+        assert status == 431, said[:200]
+        many = "".join(f"x-h{n}: {'y' * 90}\r\n" for n in range(size // 100))
+        status, said = await api.request(f"GET /v1/services HTTP/1.1\r\nhost: x\r\n{many}"
+                                         "connection: close\r\n\r\n".encode())
+        assert status == 431, said[:200]
+        just_under = "x" * (16 * 1024 - 200)
+        status, said = await api.request(f"GET /v1/services HTTP/1.1\r\nhost: x\r\nx-big: "
+                                         f"{just_under}\r\nconnection: close\r\n\r\n".encode())
+        assert status == 200, said[:200]
+
+
 async def test_a_request_that_never_completes_is_cut_off_on_time() -> None:
     async with running_api() as api:
         silent_reader, silent = await api.connect()
@@ -163,24 +183,68 @@ async def test_new_clients_displace_idle_ones_and_busy_ones_are_not_dropped() ->
         for _, writer in idle:
             writer.close()
         await wait_for(lambda: not api.server.listener.connections, 2, "connections not gone")
-        # Every slot busy with a long-poll: a newcomer is refused, and the polls live on.
+
+
+async def read_one(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One response on a kept-alive connection: (status, head and body)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                  if line.startswith(b"content-length:"))
+    return int(head.split(b" ", 2)[1]), head + await reader.readexactly(length)
+
+
+async def test_long_polls_hold_half_the_slots_and_writers_keep_theirs() -> None:
+    async with running_api(HttpLimits(request_timeout=5, max_connections=20)) as api:
+        listener = api.server.listener
         index = (await api.api.catalog.snapshot()).index
         polls = []
-        for _ in range(SMALL.max_connections):
+        for _ in range(12):
             reader, writer = await api.connect()
             writer.write(f"GET /v1/catalog?index={index}&wait=30s HTTP/1.1\r\n"
                          "host: x\r\n\r\n".encode())
             polls.append((reader, writer))
-        await wait_for(lambda: all(not c.idle for c in api.server.listener.connections), 5,
-                       "polls did not start")
-        status, body = await api.get("/v1/services")
-        assert status == 503, body
-        assert api.server.listener.refused == {503: 1}
-        assert not any(reader.at_eof() for reader, _ in polls)
+        await wait_for(lambda: len(listener.waiting) == 10, 5, "polls did not start")
+        for reader, _ in polls[10:]:  # beyond half the cap: 503, ask again in a second
+            status, said = await read_response(reader)
+            assert status == 503 and b"retry-after: 1" in said.lower(), said
+        # Ten kept-alive connections that wrote (a lease each); 10 polls + 10 writers: full.
+        writers = []
+        for _ in range(10):
+            reader, writer = await api.connect()
+            writer.write(b"POST /v1/leases HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\n"
+                         b'{"ttl": 30}')
+            status, said = await read_one(reader)
+            assert status == 201, said
+            writers.append((reader, writer, json.loads(said.split(b"\r\n\r\n")[1])["id"]))
+        assert listener.writers == 10 and len(listener.connections) == 20
+        # A newcomer gets in: the oldest poll answers now (its current answer) and closes.
+        assert (await api.get("/v1/services"))[0] == 200
+        status, said = await read_response(polls[0][0])
+        assert status == 200 and b"connection: close" in said.lower(), said
+        assert listener.shed == 1 and listener.evicted == 0
         for _, writer in polls:
             writer.close()
-        await wait_for(lambda: not api.server.listener.connections, 5, "polls not gone")
-        assert (await api.get("/v1/services"))[0] == 200
+        await wait_for(lambda: not listener.waiting, 5, "polls not gone")
+        # Writers and requests still being received fill every slot: a newcomer is refused,
+        # and the writers' idle connections are not taken from them.
+        trickling = []
+        for _ in range(10):
+            reader, writer = await api.connect()
+            writer.write(b"POST /v1/leases HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\n{")
+            trickling.append((reader, writer))
+        await wait_for(lambda: len(listener.connections) == 20 and sum(
+            not c.idle for c in listener.connections) == 10, 5, "bodies did not start")
+        status, said = await api.get("/v1/services")
+        assert status == 503, said
+        for reader, writer, lease in writers:
+            writer.write(f"PUT /v1/leases/{lease}/keepalive HTTP/1.1\r\nhost: x\r\n"
+                         "\r\n".encode())
+            assert (await read_one(reader))[0] == 200
+        for _, writer in trickling:
+            writer.write(b'"ttl": 30}')
+        for reader, _ in trickling:
+            assert (await read_one(reader))[0] == 201
+        assert listener.evicted == 0
 
 
 async def test_a_body_over_the_limit_is_refused_without_reading_it() -> None:

@@ -15,7 +15,9 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
 
+from pilotfish.long_polls import WaitSlot, waiting
 from pilotfish.registry.catalog import Catalog, Snapshot
 
 MAX_ANSWERS = 4096
@@ -64,27 +66,35 @@ class Blocker:
         self._call = call  # a catalog call with the API's timeout
 
     async def answer(self, key: Hashable, render: Render, client_index: int | None,
-                     wait: float) -> tuple[bytes, int]:
-        """(body, index): at once unless client_index is this answer's current index."""
+                     wait: float, slot: WaitSlot | None = None) -> tuple[bytes, int]:
+        """(body, index): at once unless client_index is this answer's current index.
+
+        While it waits it holds `slot` (TooManyWaiting when the listener has none left), and
+        it answers at once when the listener takes the slot back."""
         deadline = time.monotonic() + jittered(wait)
         snapshot = await self._call(self.catalog.snapshot())
         body = await render(snapshot)
         index = self.answers.index_of(key, body, snapshot.index)
-        while client_index == index and not self.stopping.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            snapshot = await self._next(snapshot.index, remaining)
-            body = await render(snapshot)
-            index = self.answers.index_of(key, body, snapshot.index)
+        if client_index != index or self.stopping.is_set():
+            return body, index
+        with waiting(slot) as early:
+            while client_index == index and not self.stopping.is_set() and not early.done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                snapshot = await self._next(snapshot.index, remaining, early)
+                body = await render(snapshot)
+                index = self.answers.index_of(key, body, snapshot.index)
         return body, index
 
-    async def _next(self, index: int, wait: float) -> Snapshot:
-        """The catalog past `index`, or as it is when `wait` ends or the server stops."""
+    async def _next(self, index: int, wait: float, early: asyncio.Future[None]) -> Snapshot:
+        """The catalog past `index`, or as it is when `wait` ends, the server stops or the
+        listener needs the connection."""
         watch = asyncio.ensure_future(self.catalog.watch(index, wait))
         stopping = asyncio.ensure_future(self.stopping.wait())
         try:
-            await asyncio.wait({watch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            pending: set[asyncio.Future[Any]] = {watch, stopping, early}
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
             finished = watch.done()

@@ -21,6 +21,7 @@ from fastapi.responses import Response
 
 from pilotfish.acl import Denied
 from pilotfish.config import env
+from pilotfish.long_polls import RETRY_AFTER, TooManyWaiting, slot_of
 from pilotfish.registry.api import BACKEND_TIMEOUT, ApiError, parse_wait
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot
 from pilotfish.registry.consul.blocking import Blocker
@@ -176,9 +177,14 @@ class ConsulApi:
                     self._bodies.popitem(last=False)
                 return body
 
-            body, index = await self.blocker.answer(answer_key, encode, query.index, query.wait)
+            body, index = await self.blocker.answer(answer_key, encode, query.index, query.wait,
+                                                    slot_of(request.scope))
         except ConsulError as exc:
             return _text(exc.status, exc.message)
+        except TooManyWaiting as exc:
+            refused = _text(503, str(exc))
+            refused.headers.update({"Retry-After": str(RETRY_AFTER), "Connection": "close"})
+            return refused
         except BackendUnavailable as exc:
             return _text(500, f"rpc error: registry backend unavailable: {exc}")
         return Response(body, media_type="application/json", headers={
