@@ -367,6 +367,10 @@ EXAMPLE = {"ServiceID": "web-1", "ServiceName": "web", "ServiceTags": ["a", "b"]
            "ServiceMeta": {"k": "v", "a.b": "x"}, "ServicePort": 80, "Node": "n1",
            "NodeMeta": {}, "ServiceEnableTagOverride": False}
 
+VARIED = [EXAMPLE, {**EXAMPLE, "ServiceID": "a" * 40, "ServiceTags": [], "ServiceMeta": {}},
+          {**EXAMPLE, "ServiceID": "é1", "ServicePort": 1, "NodeMeta": {"k": "v"}},
+          {**EXAMPLE, "ServiceID": "", "ServiceEnableTagOverride": True, "Node": "x"}]
+
 
 @settings(max_examples=600, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
@@ -380,6 +384,8 @@ def test_fuzzed_filters_compile_or_say_why_in_process(expression: str) -> None:
     started = time.perf_counter()
     assert isinstance(keep(EXAMPLE), bool)
     assert time.perf_counter() - started < 0.05
+    selected = asyncio.run(keep.select(VARIED))  # one operand at a time over many: the same
+    assert selected == [item for item in VARIED if keep(item)]
 
 
 @settings(max_examples=250, deadline=None, derandomize=True,
