@@ -166,3 +166,19 @@ def test_access_control_still_decides_the_methods_a_path_takes(tmp_path: Path) -
         reader = {"Authorization": "Bearer reader-secret-1"}
         assert client.get("/v1/catalog/services", headers=reader).status_code == 200
         assert client.post("/v1/leases", json={"ttl": 10}, headers=reader).status_code == 403
+
+
+@pytest.mark.parametrize("query, complaint", [
+    ({"index": "9" * 5000}, "Invalid index"),  # int() of it raised ValueError: a 500
+    ({"index": "-1"}, "Invalid index"),
+    ({"wait": "9" * 50}, "Invalid wait time"),
+    ({"node-meta": "novalue"}, "Invalid node-meta"),
+])
+def test_bad_consul_parameters_are_400s(query: dict[str, str], complaint: str) -> None:
+    with start_pilotfish("registry", "--api", "127.0.0.1:0") as running, \
+            httpx.Client(base_url=running.api, timeout=10) as client:
+        for path in ("/v1/catalog/services", "/v1/health/service/web"):
+            response = client.get(path, params=query)
+            assert response.status_code == 400 and complaint in response.text, response.text
+            assert len(response.text) < 300
+        assert not running.crashes()

@@ -46,6 +46,7 @@ T = TypeVar("T")
 DEFAULT_DATACENTER = "dc1"
 CHECK_STATES = ("any", "passing", "warning", "critical")
 MAX_CACHED_BODIES = 1024
+MAX_INDEX_DIGITS = 20  # a uint64, as Consul's indexes
 
 
 class ConsulError(Exception):
@@ -186,8 +187,9 @@ class ConsulApi:
         index = None
         if params.get("index") not in (None, ""):
             text = params["index"]
-            if not (text.isascii() and text.isdigit()):
-                raise ConsulError(400, f"Invalid index: {text!r}")
+            if not (text.isascii() and text.isdigit() and len(text) <= MAX_INDEX_DIGITS):
+                raise ConsulError(400, f"Invalid index: {text[:40]!r}: want a whole number "
+                                       f"of at most {MAX_INDEX_DIGITS} digits")
             index = int(text)
         try:
             wait = parse_wait(params.get("wait"))
