@@ -7,7 +7,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import FastAPI, Path, Query, Request
@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pilotfish.acl import (
@@ -46,6 +46,7 @@ from pilotfish.acl import (
 from pilotfish.long_polls import RETRY_AFTER, TooManyWaiting, slot_of, waiting
 from pilotfish.metrics import Metrics
 from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
+from pilotfish.registry.failures import INTERNAL_BODY, LastResort
 from pilotfish.registry.model import (
     ID_PATTERN,
     MAX_META,
@@ -712,12 +713,7 @@ class RegistryApi:
         @app.exception_handler(StarletteHTTPException)
         async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
             if exc.status_code == 405:
-                allowed = _allowed_methods(app, request.scope)
-                response = _error(405, "method_not_allowed",
-                                  f"{request.method} is not allowed here; use "
-                                  f"{', '.join(allowed)}")
-                response.headers["Allow"] = ", ".join(allowed)
-                return response
+                return method_not_allowed(request.scope, path_methods(app, request.scope) or [])
             if exc.status_code == 404:
                 return _error(404, "not_found", f"no such path: {request.url.path}")
             return _error(exc.status_code, "invalid", str(exc.detail))
@@ -735,18 +731,69 @@ class RegistryApi:
         async def denied(_: Request, exc: Denied) -> Response:
             return denied_response(exc)
 
-        app_with_acl = AccessControl(app, self.access)
-        return RequestCounter(app_with_acl, self.metrics)  # type: ignore[return-value]
+        @app.exception_handler(Exception)
+        async def unexpected(_: Request, __: Exception) -> Response:
+            # answered here as JSON; Starlette re-raises it, and LastResort logs one line
+            return Response(INTERNAL_BODY, status_code=500, media_type="application/json")
+
+        app_with_acl = MethodGate(AccessControl(app, self.access), app)
+        return RequestCounter(LastResort(app_with_acl), self.metrics)  # type: ignore[return-value]
 
 
-def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
-    """Every method some route takes on this path (Starlette alone names only the first's)."""
-    methods: set[str] = set()
-    for route in app.router.routes:
+def _api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """The API routes, also those of included routers (which newer FastAPI keeps apart)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif (included := getattr(route, "original_router", None)) is not None:
+            yield from _api_routes(included.routes)  # included without a prefix (api.py)
+
+
+def path_methods(app: FastAPI, scope: Scope) -> list[str] | None:
+    """Every method the routes on this path take (None: no route has this path)."""
+    methods: set[str] | None = None
+    for route in _api_routes(app.router.routes):
         match, _ = route.matches({**scope, "method": ""})
-        if match != Match.NONE and isinstance(route, APIRoute):
-            methods |= route.methods or set()
-    return sorted(methods)
+        if match != Match.NONE:
+            methods = (methods or set()) | (route.methods or set())
+    return None if methods is None else sorted(methods)
+
+
+def method_not_allowed(scope: Scope, allowed: list[str]) -> Response:
+    """405 with `Allow`: JSON on pilotfish's paths, plain text (as Consul) on Consul's."""
+    from pilotfish.registry.consul.routes import is_consul_path
+    method, listed = scope.get("method", ""), ", ".join(allowed)
+    if is_consul_path(scope.get("path", "")):
+        response = Response(f"method {method} not allowed", status_code=405,
+                            media_type="text/plain")
+    else:
+        response = _error(405, "method_not_allowed", f"{method} is not allowed here; use "
+                                                     f"{listed}")
+    response.headers["Allow"] = listed
+    return response
+
+
+class MethodGate:
+    """405 for a method the path's routes do not take, before access control looks at it.
+
+    Without it an ACL answers `PUT /v1/catalog/services` with 401 "writes need a token", as if
+    a token could make it work.
+    """
+
+    def __init__(self, app: ASGIApp, routes: FastAPI) -> None:
+        self.app = app
+        self.routes = routes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            allowed = path_methods(self.routes, scope)
+            if allowed is not None and scope["method"] not in allowed:
+                await method_not_allowed(scope, allowed)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _error(status: int, code: str, message: str, field: str | None = None) -> Response:

@@ -7,18 +7,26 @@ or bare words. Selectors are checked against the endpoint's JSON shape, so a mis
 even when the answer is empty. Through a list of objects (`Checks.Status`) a positive match needs
 one element to match, and its negation none. Anything else is a `FilterError` (a 400 naming the
 position), never a silently empty answer.
+
+`matches` is RE2 (pilotfish.registry.consul.regex), linear as Consul's. Over a big answer the
+expression is evaluated one operand at a time across the items still undecided (so `and`/`or`
+short-circuit per item as usual), in slices that leave the event loop free (`Filter.select`),
+within FILTER_BUDGET seconds of work per answer.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from pilotfish.registry.consul.pacing import OverBudget, Pacer
+from pilotfish.registry.consul.regex import LinearRegex, PatternError
 
 Item = Mapping[str, Any]
-Predicate = Callable[[Item], bool]
+Test = Callable[[Item], bool]
 
 MAP_FIELDS = frozenset({"Meta", "NodeMeta", "ServiceMeta", "TaggedAddresses",
                         "ServiceTaggedAddresses"})
@@ -26,6 +34,9 @@ MAP_FIELDS = frozenset({"Meta", "NodeMeta", "ServiceMeta", "TaggedAddresses",
 
 MAX_FILTER = 4096
 MAX_DEPTH = 64
+FILTER_BUDGET = 1.0
+"""Seconds of work one answer's filter may take (about 300x a simple filter over 2,000
+instances); past it the answer is a 400 that says so, not minutes of a busy process."""
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
   | (?P<op>==|!=|\(|\)|\[|\]|\.)
@@ -47,8 +58,7 @@ class _Token:
     at: int
 
 
-def _tokens(text: str) -> list[_Token]:
-    tokens: list[_Token] = []
+def _scan(text: str) -> Iterator[_Token]:
     at = 0
     while at < len(text):
         match = _TOKEN.match(text, at)
@@ -57,10 +67,18 @@ def _tokens(text: str) -> list[_Token]:
         kind = match.lastgroup or ""
         if kind != "space":
             word = match.group()
-            tokens.append(_Token("keyword" if kind == "word" and word in _KEYWORDS else kind,
-                                 word, at))
+            yield _Token("keyword" if kind == "word" and word in _KEYWORDS else kind, word, at)
         at = match.end()
-    tokens.append(_Token("end", "", len(text)))
+    yield _Token("end", "", len(text))
+
+
+async def _scan_paced(text: str) -> list[_Token]:
+    pacer = Pacer()
+    tokens = []
+    for token in _scan(text):
+        tokens.append(token)
+        if pacer.due():
+            await pacer.pause()
     return tokens
 
 
@@ -109,6 +127,14 @@ class _Selector:
 
     def values(self, item: Item) -> list[Any]:
         """Every value the selector reaches in one item (empty when a map key is absent)."""
+        if not self.fans_out:  # the common case, kept fast: one value or none
+            value: Any = item
+            for part in self.path:
+                # items are JSON objects (dicts); the ABC check costs 3x as much per step
+                if not (type(value) is dict or isinstance(value, Mapping)) or part not in value:
+                    return []
+                value = value[part]
+            return [value]
         current: list[Any] = [item]
         for part, step in zip(self.path, self.steps, strict=True):
             following: list[Any] = []
@@ -146,15 +172,122 @@ def _resolve(path: Sequence[str], root: Shape, at: int) -> _Selector:
     return _Selector(tuple(path), tuple(steps), shape, fans_out)
 
 
+class _Node(Protocol):
+    """One operand of the expression: tested on one item, or selected among many."""
+
+    def holds(self, item: Item) -> bool: ...
+
+    async def among(self, items: Sequence[Item], chosen: list[int],
+                    pacer: Pacer) -> list[int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    test: Test
+
+    def holds(self, item: Item) -> bool:
+        return self.test(item)
+
+    async def among(self, items: Sequence[Item], chosen: list[int],
+                    pacer: Pacer) -> list[int]:
+        kept = []
+        for index in chosen:
+            if pacer.due():
+                await pacer.pause()
+            if self.test(items[index]):
+                kept.append(index)
+        return kept
+
+
+@dataclass(frozen=True, slots=True)
+class _All:
+    parts: tuple[_Node, ...]
+
+    def holds(self, item: Item) -> bool:
+        return all(part.holds(item) for part in self.parts)
+
+    async def among(self, items: Sequence[Item], chosen: list[int],
+                    pacer: Pacer) -> list[int]:
+        for part in self.parts:
+            if not chosen:
+                break
+            chosen = await part.among(items, chosen, pacer)
+        return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class _Any:
+    parts: tuple[_Node, ...]
+
+    def holds(self, item: Item) -> bool:
+        return any(part.holds(item) for part in self.parts)
+
+    async def among(self, items: Sequence[Item], chosen: list[int],
+                    pacer: Pacer) -> list[int]:
+        undecided = chosen
+        hits: set[int] = set()
+        for part in self.parts:
+            if not undecided:
+                break
+            found = set(await part.among(items, undecided, pacer))
+            if found:
+                hits |= found
+                undecided = [index for index in undecided if index not in found]
+        return [index for index in chosen if index in hits]
+
+
+@dataclass(frozen=True, slots=True)
+class _Not:
+    part: _Node
+
+    def holds(self, item: Item) -> bool:
+        return not self.part.holds(item)
+
+    async def among(self, items: Sequence[Item], chosen: list[int],
+                    pacer: Pacer) -> list[int]:
+        found = set(await self.part.among(items, chosen, pacer))
+        return [index for index in chosen if index not in found]
+
+
+class Filter:
+    """A compiled ?filter=: `filter(item)` tests one item, `await filter.select(items)` many."""
+
+    def __init__(self, root: _Node | None, text: str = "") -> None:
+        self._root = root
+        self.text = text
+
+    def __call__(self, item: Item) -> bool:
+        return self._root is None or self._root.holds(item)
+
+    async def select(self, items: Sequence[Item], budget: float = FILTER_BUDGET) -> list[Item]:
+        """The items the filter keeps, in order, computed in slices that leave the loop free.
+
+        FilterError when that takes more than `budget` seconds of work.
+        """
+        if self._root is None:
+            return list(items)
+        pacer = Pacer(budget)
+        try:
+            kept = await self._root.among(items, list(range(len(items))), pacer)
+        except OverBudget as exc:
+            raise FilterError(f"evaluating it over {len(items)} items {exc}: simplify "
+                              "the expression") from None
+        return [items[index] for index in kept]
+
+
 class _Parser:
-    def __init__(self, text: str, root: Shape) -> None:
-        self.tokens = _tokens(text)
+    def __init__(self, tokens: list[_Token], root: Shape) -> None:
+        self.tokens = tokens
         self.pos = 0
         self.root = root
         self.depth = 0
+        self.patterns: list[_Pattern] = []
 
     def peek(self, offset: int = 0) -> _Token:
-        return self.tokens[min(self.pos + offset, len(self.tokens) - 1)]
+        try:
+            return self.tokens[self.pos + offset]
+        except IndexError:  # past the end: the end token again
+            return self.tokens[-1]
 
     def take(self) -> _Token:
         token = self.peek()
@@ -173,26 +306,26 @@ class _Parser:
             found = repr(token.text) if token.kind != "end" else "the end"
             raise FilterError(f"expected {text!r} at position {token.at}, found {found}")
 
-    def parse(self) -> Predicate:
+    def parse(self) -> _Node:
         predicate = self.disjunction()
         if self.peek().kind != "end":
             token = self.peek()
             raise FilterError(f"unexpected {token.text!r} at position {token.at}")
         return predicate
 
-    def disjunction(self) -> Predicate:
+    def disjunction(self) -> _Node:
         parts = [self.conjunction()]
         while self.accept("or"):
             parts.append(self.conjunction())
-        return parts[0] if len(parts) == 1 else (lambda item: any(p(item) for p in parts))
+        return parts[0] if len(parts) == 1 else _Any(tuple(parts))
 
-    def conjunction(self) -> Predicate:
+    def conjunction(self) -> _Node:
         parts = [self.unary()]
         while self.accept("and"):
             parts.append(self.unary())
-        return parts[0] if len(parts) == 1 else (lambda item: all(p(item) for p in parts))
+        return parts[0] if len(parts) == 1 else _All(tuple(parts))
 
-    def unary(self) -> Predicate:
+    def unary(self) -> _Node:
         if self.peek().text in ("not", "(") and self.peek().kind in ("keyword", "op"):
             self.depth += 1
             if self.depth > MAX_DEPTH:
@@ -200,15 +333,14 @@ class _Parser:
                                   f"{self.peek().at}")
             try:
                 if self.accept("not"):
-                    negated = self.unary()
-                    return lambda item: not negated(item)
+                    return _Not(self.unary())
                 self.expect("(")
                 inner = self.disjunction()
                 self.expect(")")
                 return inner
             finally:
                 self.depth -= 1
-        return self.match()
+        return _Leaf(self.match())
 
     def selector(self) -> _Selector:
         start = self.peek()
@@ -243,7 +375,7 @@ class _Parser:
         found = repr(token.text) if token.kind != "end" else "the end"
         raise FilterError(f"expected a value at position {token.at}, found {found}")
 
-    def match(self) -> Predicate:
+    def match(self) -> Test:
         first = self.peek()
         # `<value> [not] in <selector>`: look ahead for `in` after one operand
         if first.kind in ("string", "number") or self._value_before_in():
@@ -265,7 +397,7 @@ class _Parser:
         if self.accept("contains"):
             return _contains(selector, self.value(), negate, at)
         if self.accept("matches"):
-            return _matches(selector, self.value(), negate, at)
+            return _matches(selector, self.value(), negate, at, self.patterns)
         token = self.peek()
         found = repr(token.text) if token.kind != "end" else "the end"
         raise FilterError(f"unsupported operator {found} at position {token.at}: use ==, !=, "
@@ -312,19 +444,19 @@ def _scalar(selector: _Selector, value: str, at: int) -> Any:
                       f"(position {at})")
 
 
-def _equals(selector: _Selector, value: str, negate: bool, at: int) -> Predicate:
+def _equals(selector: _Selector, value: str, negate: bool, at: int) -> Test:
     wanted = _scalar(selector, value, at)
-    return lambda item: any(v == wanted for v in selector.values(item)) != negate
+    return lambda item: (wanted in selector.values(item)) != negate
 
 
-def _empty(selector: _Selector, negate: bool, at: int) -> Predicate:
+def _empty(selector: _Selector, negate: bool, at: int) -> Test:
     if selector.shape.kind not in ("list", "map", "str", "null"):
         raise FilterError(f"is empty needs a list, map or string; {selector.name} is a "
                           f"{selector.shape.kind} (position {at})")
     return lambda item: all(not v for v in selector.values(item)) != negate
 
 
-def _contains(selector: _Selector, value: str, negate: bool, at: int) -> Predicate:
+def _contains(selector: _Selector, value: str, negate: bool, at: int) -> Test:
     kind = selector.shape.kind
     if kind not in ("list", "map", "str"):
         raise FilterError(f"contains/in needs a list, map or string; {selector.name} is a "
@@ -339,72 +471,68 @@ def _contains(selector: _Selector, value: str, negate: bool, at: int) -> Predica
     return lambda item: any(holds(v) for v in selector.values(item)) != negate
 
 
-_QUANTIFIERS = frozenset("*+?{")
-_LOOKAROUND = re.compile(r"\(\?<?[=!]|\\[1-9]")
+class _Pattern:
+    """A `matches` operand: checked while parsing, compiled after (see compile_filter_paced)."""
+
+    def __init__(self, pattern: str, at: int) -> None:
+        self.pattern, self.at = pattern, at
+        self._regex: LinearRegex | None = None
+
+    def compile(self) -> None:
+        try:
+            self._regex = LinearRegex(self.pattern)
+        except PatternError as exc:
+            raise FilterError(f"matches: {exc} (position {self.at})") from None
+
+    def search(self, text: str) -> bool:
+        if self._regex is None:
+            self.compile()
+        assert self._regex is not None
+        return self._regex.search(text)
 
 
-def _linear_pattern(pattern: str, at: int) -> None:
-    """Refuse what could backtrack exponentially in Python's re (Consul's RE2 never does).
-
-    Lookarounds and backreferences are not RE2 at all; a repeated group that itself repeats or
-    alternates, like (a+)+ or (a|aa)*, is valid RE2 but could hang this process.
-    """
-    if _LOOKAROUND.search(pattern):
-        raise FilterError(f"matches: lookarounds and backreferences are not supported "
-                          f"(position {at})")
-    risky: list[bool] = []  # per open group: whether it repeats or alternates inside
-    closed_risky = False
-    n = 0
-    while n < len(pattern):
-        char = pattern[n]
-        if char == "\\":
-            n += 2
-            closed_risky = False
-            continue
-        if char == "[":  # a character class: skip to its end
-            end = n + 1
-            end += 1 if pattern[end:end + 1] in ("^", "]") else 0
-            while end < len(pattern) and pattern[end] != "]":
-                end += 2 if pattern[end] == "\\" else 1
-            n, closed_risky = end + 1, False
-            continue
-        if char in _QUANTIFIERS:
-            if closed_risky:
-                raise FilterError(f"matches: a repeated group that repeats or alternates "
-                                  f"inside, like (a+)+, is not supported (position {at})")
-            if risky:
-                risky[-1] = True
-        elif char == "|" and risky:
-            risky[-1] = True
-        closed_risky = False
-        if char == "(":
-            risky.append(False)
-            n += 1 if pattern[n + 1:n + 2] == "?" else 0  # (?:…), (?P<…>…): not a quantifier
-        elif char == ")" and risky:
-            closed_risky = risky.pop()
-            if risky and closed_risky:
-                risky[-1] = True
-        n += 1
-
-
-def _matches(selector: _Selector, value: str, negate: bool, at: int) -> Predicate:
+def _matches(selector: _Selector, value: str, negate: bool, at: int,
+             patterns: list[_Pattern]) -> Test:
     if selector.shape.kind != "str":
         raise FilterError(f"matches needs a string; {selector.name} is a "
                           f"{selector.shape.kind} (position {at})")
-    _linear_pattern(value, at)
-    try:
-        pattern = re.compile(value)
-    except re.error as exc:
-        raise FilterError(f"bad regular expression {value!r} (position {at}): {exc}") from None
+    pattern = _Pattern(value, at)
+    patterns.append(pattern)
     return lambda item: any(
-        isinstance(v, str) and pattern.search(v) is not None for v in selector.values(item)
+        isinstance(v, str) and pattern.search(v) for v in selector.values(item)
     ) != negate
 
 
-def compile_filter(text: str, example: Item) -> Predicate:
-    """A predicate over an endpoint's JSON items; `example` is one item of that endpoint."""
+def _check_length(text: str) -> None:
     if len(text) > MAX_FILTER:
         raise FilterError(f"filter is longer than {MAX_FILTER} characters")
+
+
+def _parse(tokens: list[_Token], text: str, example: Item) -> tuple[Filter, list[_Pattern]]:
+    parser = _Parser(tokens, Shape.of(example))
+    return Filter(parser.parse(), text), parser.patterns
+
+
+def compile_filter(text: str, example: Item) -> Filter:
+    """The filter over an endpoint's JSON items; `example` is one item of that endpoint."""
+    _check_length(text)
     if not text.strip():
-        return lambda item: True
-    return _Parser(text, Shape.of(example)).parse()
+        return Filter(None, text)
+    compiled, patterns = _parse(list(_scan(text)), text, example)
+    for pattern in patterns:
+        pattern.compile()
+    return compiled
+
+
+async def compile_filter_paced(text: str, example: Item) -> Filter:
+    """compile_filter, letting the loop run while it scans and between patterns (each takes
+    up to ~1 ms to compile); parsing the longest filter takes another ~2 ms."""
+    _check_length(text)
+    if not text.strip():
+        return Filter(None, text)
+    compiled, patterns = _parse(await _scan_paced(text), text, example)
+    pacer = Pacer()
+    for pattern in patterns:
+        await pacer.step()
+        pattern.compile()
+    return compiled
