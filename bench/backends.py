@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pilotfish.registry import Catalog, Instance, open_catalog
+from pilotfish.catalog import Catalog, Instance, open_catalog
 
 REPOSITORY = Path(__file__).resolve().parent.parent  # where `-m bench.backends` is found
 Server = Callable[[], contextlib.AbstractContextManager[str]]

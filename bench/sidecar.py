@@ -33,7 +33,7 @@ from typing import Any
 
 import aiodocker
 
-from pilotfish.registry import Catalog, open_catalog
+from pilotfish.catalog import Catalog, open_catalog
 from tests.fixtures.docker import DockerEngine
 from tests.fixtures.process import PilotfishProcess, start_pilotfish
 

@@ -9,17 +9,17 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from pilotfish.catalog.backends import open_catalog
+from pilotfish.catalog.backends.http import Unauthorized
+from pilotfish.catalog.redact import redact_url
 from pilotfish.config import ConfigError, env
 from pilotfish.dns import options as dns_options
 from pilotfish.fds import raise_open_files_limit, share_open_files
-from pilotfish.http import add_tls_flags
+from pilotfish.http.server import add_tls_flags
 from pilotfish.lb import options as lb_options
 from pilotfish.loop import run
-from pilotfish.registry import hold as register_options
+from pilotfish.registrar import command as register_options
 from pilotfish.registry import options as registry_options
-from pilotfish.registry.backends import open_catalog
-from pilotfish.registry.backends.http import Unauthorized
-from pilotfish.registry.redact import redact_url
 from pilotfish.sidecar import options as sidecar_options
 from pilotfish.stack import Component, ComponentOptions, Stack
 

@@ -6,10 +6,10 @@ import argparse
 from collections.abc import Callable
 from typing import Protocol
 
-from pilotfish.acl import AccessPolicy
+from pilotfish.catalog.interface import Catalog
+from pilotfish.catalog.view import CatalogView
+from pilotfish.http.acl import AccessPolicy
 from pilotfish.metrics import Metrics
-from pilotfish.registry.catalog import Catalog
-from pilotfish.registry.view import CatalogView
 
 
 class Component(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
+from pilotfish.catalog.model import MIN_TTL
 from pilotfish.config import ConfigError, HostPort, env, parse_hostport
 from pilotfish.dns.access import (
     DEFAULT_FORWARD_ALLOW,
@@ -17,8 +18,7 @@ from pilotfish.dns.loops import refuse_own_listener
 from pilotfish.dns.names import domain_name
 from pilotfish.dns.server import DnsServer
 from pilotfish.dns.zone import ZoneSettings
-from pilotfish.http import HttpServer, StatusApp
-from pilotfish.registry.model import MIN_TTL
+from pilotfish.http.server import HttpServer, StatusApp
 from pilotfish.stack import Component, Stack
 
 DEFAULT_DNS = "127.0.0.1:8600"

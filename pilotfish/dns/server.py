@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from pilotfish.catalog.interface import Catalog, Snapshot
+from pilotfish.catalog.view import CatalogView
 from pilotfish.config import HostPort
 from pilotfish.dns.access import RateLimit, slip
 from pilotfish.dns.answers import RCODE_NAMES
@@ -22,8 +24,6 @@ from pilotfish.dns.responder import DEFAULT_UDP_SIZE, FORWARD, MAX_UDP_QUERY, Re
 from pilotfish.dns.stats import DnsStats
 from pilotfish.dns.zone import Zone, ZoneSettings, type_name
 from pilotfish.metrics import Metrics, Sample
-from pilotfish.registry.catalog import Catalog, Snapshot
-from pilotfish.registry.view import CatalogView
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,8 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pilotfish.catalog.interface import Snapshot
+from pilotfish.catalog.model import Instance
 from pilotfish.dns.answers import NOERROR, NXDOMAIN, RCODE_NAMES, REFUSED, Answer
 from pilotfish.dns.names import encode, packed_address, tag_label
 from pilotfish.dns.records import (
@@ -35,8 +37,6 @@ from pilotfish.dns.records import (
     srv_record,
 )
 from pilotfish.dns.stats import DnsStats
-from pilotfish.registry.catalog import Snapshot
-from pilotfish.registry.model import Instance
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Whoever can change a route decides where its traffic goes: with `--lb-acl` or
 `--lb-token-file`, changes need an `admin` token and reads follow the ACL's `read` rules
-(the registry API's tokens and answers, pilotfish.acl). Errors take the registry's shape and
+(the registry API's tokens and answers, pilotfish.http.acl). Errors take the registry's shape and
 codes: {"error", "code", "field"} with invalid, not_found, too_large, method_not_allowed,
 conflict, unauthorized, forbidden.
 """
@@ -13,8 +13,8 @@ import json
 import logging
 from typing import Any
 
-from pilotfish.acl import ADMIN, AccessPolicy, Denied, forbidden, presented_token
-from pilotfish.http import deny, respond
+from pilotfish.http.acl import ADMIN, AccessPolicy, Denied, forbidden, presented_token
+from pilotfish.http.server import deny, respond
 from pilotfish.lb.balancer import LoadBalancer
 from pilotfish.lb.routes import (
     MAX_SHOWN,

@@ -11,6 +11,7 @@ import resource
 from collections.abc import Iterable
 from typing import Any
 
+from pilotfish.catalog.interface import Snapshot
 from pilotfish.config import ConfigError
 from pilotfish.lb.fastpath import Engine, FastListener
 from pilotfish.lb.health import check_forever
@@ -21,7 +22,6 @@ from pilotfish.lb.settings import LbSettings
 from pilotfish.lb.stats import describe, samples
 from pilotfish.loop import cancel_and_wait
 from pilotfish.metrics import Sample
-from pilotfish.registry.catalog import Snapshot
 from pilotfish.stack import Stack
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from pilotfish.catalog.interface import Snapshot
 from pilotfish.config import HostPort
 from pilotfish.lb.balancers import Balancer, make_balancer
 from pilotfish.lb.link import Link
@@ -14,7 +15,6 @@ from pilotfish.lb.proxy import Connection
 from pilotfish.lb.proxy_protocol import header
 from pilotfish.lb.routes import Route
 from pilotfish.lb.settings import LbSettings
-from pilotfish.registry.catalog import Snapshot
 
 if TYPE_CHECKING:
     from pilotfish.lb.balancer import LoadBalancer

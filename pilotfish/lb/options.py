@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from pilotfish.acl import AccessPolicy
 from pilotfish.config import ConfigError, env, parse_hostport, read_token
-from pilotfish.http import HttpServer, StatusApp, tls_settings
+from pilotfish.http.acl import AccessPolicy
+from pilotfish.http.server import HttpServer, StatusApp, tls_settings
 from pilotfish.lb.api import RoutesApp
 from pilotfish.lb.balancer import LoadBalancer
 from pilotfish.lb.routes import parse_route

@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from pilotfish.catalog.model import Instance
 from pilotfish.lb.settings import LbSettings
-from pilotfish.registry.model import Instance
 
 if TYPE_CHECKING:
     from pilotfish.lb.link import Link

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
+from pilotfish.catalog.model import TAG_PATTERN, InvalidField, service_name
 from pilotfish.config import ConfigError, HostPort
-from pilotfish.registry.model import TAG_PATTERN, InvalidField, service_name
 
 BALANCES = ("p2c", "round_robin", "least_conn", "weighted", "hash")
 """Balancing algorithms a route can name (`?balance=`); p2c is the default."""

@@ -32,22 +32,8 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pilotfish.acl import (
-    ADMIN,
-    ANY_WRITE,
-    WRITE,
-    AccessPolicy,
-    Denied,
-    Token,
-    forbidden,
-    presented_token,
-    reads_catalog,
-)
-from pilotfish.long_polls import RETRY_AFTER, TooManyWaiting, slot_of, waiting
-from pilotfish.metrics import Metrics
-from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot, UnknownLease
-from pilotfish.registry.failures import INTERNAL_BODY, LastResort
-from pilotfish.registry.model import (
+from pilotfish.catalog.interface import BackendUnavailable, Catalog, Snapshot, UnknownLease
+from pilotfish.catalog.model import (
     ID_PATTERN,
     MAX_META,
     MAX_META_VALUE,
@@ -69,6 +55,20 @@ from pilotfish.registry.model import (
     service_name,
     ttl_seconds,
 )
+from pilotfish.http.acl import (
+    ADMIN,
+    ANY_WRITE,
+    WRITE,
+    AccessPolicy,
+    Denied,
+    Token,
+    forbidden,
+    presented_token,
+    reads_catalog,
+)
+from pilotfish.http.failures import INTERNAL_BODY, LastResort
+from pilotfish.http.long_polls import RETRY_AFTER, TooManyWaiting, slot_of, waiting
+from pilotfish.metrics import Metrics
 
 T = TypeVar("T")
 B = TypeVar("B", bound=BaseModel)

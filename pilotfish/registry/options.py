@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from pilotfish.acl import AccessPolicy
 from pilotfish.config import env, parse_hostport, read_token
-from pilotfish.http import HttpServer, tls_settings
+from pilotfish.http.acl import AccessPolicy
+from pilotfish.http.server import HttpServer, tls_settings
 from pilotfish.stack import Component, Stack
 
 DEFAULT_API = "127.0.0.1:8500"

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pilotfish.registry.model import unusable
+from pilotfish.catalog.model import unusable
 from pilotfish.sidecar.labels import listed, raw_settings
 
 Details = Mapping[str, Any]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pilotfish.registry.model import Health, Instance, InvalidField
+from pilotfish.catalog.model import Health, Instance, InvalidField
 from pilotfish.sidecar.addresses import Details, Endpoint, Skip, endpoints
 from pilotfish.sidecar.health import container_health
 from pilotfish.sidecar.labels import PortSettings, listed, port_settings, raw_settings, truthy

@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pilotfish.catalog.model import Instance
 from pilotfish.loop import cancel_and_wait
-from pilotfish.registry.model import Instance
 from pilotfish.sidecar.addresses import Details
 from pilotfish.sidecar.containers import Decision, Rules, decide
 from pilotfish.sidecar.docker import DockerSource, DockerUnavailable

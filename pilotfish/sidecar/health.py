@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pilotfish.registry.model import Health
+from pilotfish.catalog.model import Health
 
 
 def container_health(state: Mapping[str, Any]) -> Health | None:

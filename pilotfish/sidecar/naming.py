@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pilotfish.registry.model import InvalidField, service_name
+from pilotfish.catalog.model import InvalidField, service_name
 
 _NOT_LABEL = re.compile(r"[^a-z0-9-]+")
 _SEPARATORS = re.compile(r"[_.]+")

@@ -8,9 +8,9 @@ import logging
 import re
 import socket
 
+from pilotfish.catalog.model import InvalidField, ttl_seconds, unusable
 from pilotfish.config import ConfigError, env, parse_hostport
-from pilotfish.http import HttpServer, StatusApp
-from pilotfish.registry.model import InvalidField, ttl_seconds, unusable
+from pilotfish.http.server import HttpServer, StatusApp
 from pilotfish.sidecar.containers import Rules
 from pilotfish.sidecar.sidecar import Sidecar, SidecarSettings
 from pilotfish.stack import Component, Stack

@@ -8,11 +8,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pilotfish.catalog.interface import Catalog
+from pilotfish.catalog.model import Instance
 from pilotfish.loop import cancel_and_wait
 from pilotfish.metrics import Metrics, Sample
-from pilotfish.registry.catalog import Catalog
-from pilotfish.registry.model import Instance
-from pilotfish.registry.registrar import Registrar
+from pilotfish.registrar.registrar import Registrar
 from pilotfish.sidecar import stats
 from pilotfish.sidecar.containers import Rules
 from pilotfish.sidecar.docker import DockerSource

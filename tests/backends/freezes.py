@@ -30,8 +30,8 @@ import dns.rcode
 import dns.rdatatype
 import httpx
 
-from pilotfish.registry import BackendUnavailable, Catalog, open_catalog
-from pilotfish.registry.registrar import Registrar
+from pilotfish.catalog import BackendUnavailable, Catalog, open_catalog
+from pilotfish.registrar.registrar import Registrar
 from tests.backends.scenarios import add_until_done
 from tests.fixtures.process import PilotfishProcess, StartPilotfish
 from tests.fixtures.watching import instance

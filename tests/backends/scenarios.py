@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from pilotfish.registry import BackendUnavailable, Catalog, Instance, Snapshot, open_catalog
-from pilotfish.registry.registrar import Registrar
-from pilotfish.registry.view import CatalogView
+from pilotfish.catalog import BackendUnavailable, Catalog, Instance, Snapshot, open_catalog
+from pilotfish.catalog.view import CatalogView
+from pilotfish.registrar.registrar import Registrar
 from tests.fixtures.process import PilotfishProcess
 from tests.fixtures.watching import eventually, ids, instance, wait_until_back, wait_until_ids
 

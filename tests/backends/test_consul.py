@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pilotfish.registry import Instance, open_catalog
+from pilotfish.catalog import Instance, open_catalog
 from tests.backends.scenarios import (
     Server,
     registered_and_viewed,

@@ -22,9 +22,9 @@ import aetcd
 import httpx
 import pytest
 
-from pilotfish.registry import Catalog, open_catalog
-from pilotfish.registry.backends.etcd import EtcdCatalog
-from pilotfish.registry.expiring import RECOVERY_GRACE
+from pilotfish.catalog import Catalog, open_catalog
+from pilotfish.catalog.backends.etcd import EtcdCatalog
+from pilotfish.catalog.expiry import RECOVERY_GRACE
 from tests.backends.scenarios import (
     Churn,
     Server,

@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from pilotfish.registry import open_catalog
-from pilotfish.registry.backends.etcd import EtcdCatalog, keepalive_timeout
-from pilotfish.registry.backends.zookeeper import min_ttl
-from pilotfish.registry.catalog import ChangeSignal
-from pilotfish.registry.expiring import ExpiringSnapshots, Freshness
-from pilotfish.registry.model import InvalidField
+from pilotfish.catalog import open_catalog
+from pilotfish.catalog.backends.etcd import EtcdCatalog, keepalive_timeout
+from pilotfish.catalog.backends.zookeeper import min_ttl
+from pilotfish.catalog.expiry import ExpiringSnapshots, Freshness
+from pilotfish.catalog.interface import ChangeSignal
+from pilotfish.catalog.model import InvalidField
 from tests.fixtures.watching import instance
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pilotfish.registry import BackendUnavailable, Instance, open_catalog
-from pilotfish.registry.backends.http import HttpCatalog, Unauthorized
-from pilotfish.registry.registrar import Registrar
-from pilotfish.registry.view import CatalogView
+from pilotfish.catalog import BackendUnavailable, Instance, open_catalog
+from pilotfish.catalog.backends.http import HttpCatalog, Unauthorized
+from pilotfish.catalog.view import CatalogView
+from pilotfish.registrar.registrar import Registrar
 from tests.fixtures.process import StartPilotfish
 from tests.fixtures.watching import wait_until, wait_until_back
 

@@ -25,8 +25,8 @@ import httpx
 import pytest
 from kazoo.client import KazooClient
 
-from pilotfish.registry import Catalog, open_catalog
-from pilotfish.registry.backends.zookeeper import ZooKeeperCatalog
+from pilotfish.catalog import Catalog, open_catalog
+from pilotfish.catalog.backends.zookeeper import ZooKeeperCatalog
 from tests.backends.scenarios import (
     Churn,
     Server,

@@ -8,11 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
+from pilotfish.catalog.backends.memory import MemoryCatalog
+from pilotfish.catalog.model import Instance
 from pilotfish.registry.api import RegistryApi
-from pilotfish.registry.backends.memory import MemoryCatalog
 from pilotfish.registry.consul.blocking import AnswerIndexes
 from pilotfish.registry.consul.shapes import derive_node
-from pilotfish.registry.model import Instance
 from tests.consulapi import golden
 
 MAP_FIELDS = {"Meta", "NodeMeta", "ServiceMeta", "TaggedAddresses", "ServiceTaggedAddresses",

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from pilotfish.registry import Catalog, Instance, InvalidField, UnknownLease
+from pilotfish.catalog import Catalog, Instance, InvalidField, UnknownLease
 from tests.fixtures.watching import wait_until
 
 TTL = 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pilotfish.registry import Catalog, Instance
+from pilotfish.catalog import Catalog, Instance
 from tests.fixtures.watching import eventually, wait_until
 
 TTL = 2

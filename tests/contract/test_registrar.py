@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from pilotfish.registry import BackendUnavailable, Catalog, open_catalog
-from pilotfish.registry.catalog import Snapshot
-from pilotfish.registry.registrar import Registrar
+from pilotfish.catalog import BackendUnavailable, Catalog, open_catalog
+from pilotfish.catalog.interface import Snapshot
+from pilotfish.registrar.registrar import Registrar
 from tests.fixtures.consul import ConsulDouble
 from tests.fixtures.etcd import EtcdServer
 from tests.fixtures.process import start_pilotfish

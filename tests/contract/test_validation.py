@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from pilotfish.registry import Catalog, Instance, InvalidField
+from pilotfish.catalog import Catalog, Instance, InvalidField
 
 BAD_ID = "no spaces/allowed"
 

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pilotfish.catalog.interface import Snapshot
+from pilotfish.catalog.model import Instance
 from pilotfish.dns.responder import Responder
 from pilotfish.dns.stats import DnsStats
 from pilotfish.dns.zone import Zone, ZoneSettings
-from pilotfish.registry.catalog import Snapshot
-from pilotfish.registry.model import Instance
 from tests.dns.conftest import DOMAIN, DnsStack, start_stack
 
 NAMES = [f"web.service.{DOMAIN}", f"_web._tcp.service.{DOMAIN}", f"blue.web.service.{DOMAIN}",

@@ -15,11 +15,11 @@ import dns.rdatatype
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pilotfish.catalog.interface import Snapshot
+from pilotfish.catalog.model import Instance
 from pilotfish.dns.responder import MAX_UDP_QUERY, Responder
 from pilotfish.dns.stats import DnsStats
 from pilotfish.dns.zone import Zone, ZoneSettings
-from pilotfish.registry.catalog import Snapshot
-from pilotfish.registry.model import Instance
 
 D = "sd.example"
 

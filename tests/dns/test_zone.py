@@ -12,6 +12,8 @@ import dns.rdatatype
 import pytest
 from dnslib import DNSRecord
 
+from pilotfish.catalog.interface import Snapshot
+from pilotfish.catalog.model import Instance
 from pilotfish.config import ConfigError
 from pilotfish.dns.answers import Answer
 from pilotfish.dns.names import addr_label, domain_name, encode, tag_label
@@ -19,8 +21,6 @@ from pilotfish.dns.records import QUESTION_NAME, address_record
 from pilotfish.dns.responder import FORWARD, Responder
 from pilotfish.dns.stats import DnsStats
 from pilotfish.dns.zone import Zone, ZoneSettings, key
-from pilotfish.registry.catalog import Snapshot
-from pilotfish.registry.model import Instance
 
 D = "sd.example"
 

@@ -17,12 +17,12 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from pilotfish.catalog.backends.memory import MemoryCatalog
+from pilotfish.catalog.model import Instance
 from pilotfish.config import HostPort
-from pilotfish.http import HttpServer, TlsSettings
-from pilotfish.http_limits import HttpLimits
+from pilotfish.http.limits import HttpLimits
+from pilotfish.http.server import HttpServer, TlsSettings
 from pilotfish.registry.api import RegistryApi
-from pilotfish.registry.backends.memory import MemoryCatalog
-from pilotfish.registry.model import Instance
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 SMALL = HttpLimits(max_header=8 * 1024, request_timeout=0.5, max_connections=20)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pilotfish.registry import open_catalog
+from pilotfish.catalog import open_catalog
 from tests.fixtures.process import StartPilotfish, start_pilotfish
 from tests.fixtures.watching import wait_until
 

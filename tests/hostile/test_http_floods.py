@@ -20,10 +20,10 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from pilotfish.http_limits import HttpLimits
-from pilotfish.registry.backends.http import HttpCatalog
-from pilotfish.registry.model import Instance
-from pilotfish.registry.registrar import Registrar
+from pilotfish.catalog.backends.http import HttpCatalog
+from pilotfish.catalog.model import Instance
+from pilotfish.http.limits import HttpLimits
+from pilotfish.registrar.registrar import Registrar
 from tests.e2e.test_http_limits import Api, metric, running_api
 from tests.fixtures.process import PilotfishProcess, start_pilotfish
 
@@ -261,8 +261,8 @@ def test_silent_connections_beyond_the_open_files_limit_leave_new_clients_an_ans
 FD_STARVED = """
 import asyncio, resource, sys
 from pilotfish.config import HostPort
-from pilotfish.http import HttpServer, StatusApp
-from pilotfish.http_limits import HttpLimits
+from pilotfish.http.server import HttpServer, StatusApp
+from pilotfish.http.limits import HttpLimits
 from pilotfish.metrics import Metrics
 import logging
 logging.basicConfig(level="INFO", stream=sys.stderr, format="%(levelname)s %(message)s")

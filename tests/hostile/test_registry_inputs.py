@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pilotfish.catalog.backends.memory import MemoryCatalog
+from pilotfish.catalog.interface import Snapshot
 from pilotfish.config import HostPort
-from pilotfish.http import HttpServer
+from pilotfish.http.server import HttpServer
 from pilotfish.registry.api import RegistryApi
-from pilotfish.registry.backends.memory import MemoryCatalog
-from pilotfish.registry.catalog import Snapshot
 from tests.fixtures.process import PilotfishProcess, start_pilotfish
 
 LOG_LIMIT = 2048  # bytes of log one failed request may cost

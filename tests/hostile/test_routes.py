@@ -347,9 +347,9 @@ def test_a_bad_file_at_start_names_the_file_and_line(tmp_path: Path, line: str,
 async def test_an_unexpected_failure_is_one_short_log_line_and_no_traceback(
         caplog: pytest.LogCaptureFixture) -> None:
     """The ASGI server's receive() failing mid-body (a broken connection, a server bug)."""
+    from pilotfish.catalog.backends import open_catalog
     from pilotfish.lb.api import RoutesApp
     from pilotfish.lb.balancer import LoadBalancer
-    from pilotfish.registry.backends import open_catalog
     from pilotfish.stack import Stack
 
     catalog = await open_catalog("memory://")

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pilotfish.http import TlsSettings
-from pilotfish.http_limits import HttpLimits
+from pilotfish.http.limits import HttpLimits
+from pilotfish.http.server import TlsSettings
 from tests.e2e.test_http_limits import metric, running_api
 from tests.fixtures.process import start_pilotfish
 from tests.security.certs import Pki, make_pki

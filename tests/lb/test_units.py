@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from pilotfish.catalog.model import Instance
 from pilotfish.config import ConfigError, HostPort
 from pilotfish.lb.balancers import RoundRobin
 from pilotfish.lb.health import record
@@ -16,7 +17,6 @@ from pilotfish.lb.pool import Pool
 from pilotfish.lb.proxy_protocol import V2_SIGNATURE, header
 from pilotfish.lb.routes import Route, parse_route, parse_routes_file, route_from_json
 from pilotfish.lb.settings import LbSettings
-from pilotfish.registry.model import Instance
 
 
 def test_parse_route_forms() -> None:

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from pilotfish.acl import AccessPolicy, digest, parse_acl
+from pilotfish.catalog.backends.memory import MemoryCatalog
 from pilotfish.config import ConfigError
+from pilotfish.http.acl import AccessPolicy, digest, parse_acl
 from pilotfish.registry.api import RegistryApi
-from pilotfish.registry.backends.memory import MemoryCatalog
 
 SECRETS = {
     "web-team": "web-secret-1",
@@ -275,7 +275,7 @@ async def test_moving_an_instance_needs_write_on_the_service_it_leaves(api: Api)
 async def test_a_lease_this_process_never_saw_is_claimed_only_by_a_token_covering_it(
         api: Api) -> None:
     lease = await api.catalog.create_lease(30, "from-before-a-restart")
-    from pilotfish.registry.model import Instance
+    from pilotfish.catalog.model import Instance
     await api.catalog.register(Instance(service="web", id="old", address="10.0.0.5", port=80,
                                         lease=lease.id))
     assert (await api.as_("db-team", "PUT", f"/v1/leases/{lease.id}/keepalive")).status_code \

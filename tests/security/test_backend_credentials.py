@@ -9,9 +9,9 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
+from pilotfish.catalog import Instance, open_catalog
+from pilotfish.catalog.backends.credentials import split_credentials
 from pilotfish.config import ConfigError
-from pilotfish.registry import Instance, open_catalog
-from pilotfish.registry.credentials import split_credentials
 from tests.fixtures.zookeeper import ZooKeeperServer
 
 

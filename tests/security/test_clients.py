@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pilotfish.registry import Instance, open_catalog
-from pilotfish.registry.backends.http import Unauthorized
-from pilotfish.registry.redact import redact_url
+from pilotfish.catalog import Instance, open_catalog
+from pilotfish.catalog.backends.http import Unauthorized
+from pilotfish.catalog.redact import redact_url
 from tests.fixtures.process import StartPilotfish
 
 WEB_SECRET = "web-team-secret"

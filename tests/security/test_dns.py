@@ -19,6 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pilotfish.catalog.interface import Snapshot
+from pilotfish.catalog.model import Instance
 from pilotfish.config import ConfigError
 from pilotfish.dns.access import (
     DEFAULT_FORWARD_ALLOW,
@@ -31,8 +33,6 @@ from pilotfish.dns.access import (
 from pilotfish.dns.responder import FORWARD, Responder
 from pilotfish.dns.stats import DnsStats
 from pilotfish.dns.zone import Zone, ZoneSettings
-from pilotfish.registry.catalog import Snapshot
-from pilotfish.registry.model import Instance
 from tests.fixtures.process import PilotfishProcess, start_pilotfish
 
 DOMAIN = "sec.test"

@@ -22,9 +22,9 @@ import httpx
 import pytest
 from aetcd import rpc
 
+from pilotfish.catalog import BackendUnavailable, Instance, open_catalog
+from pilotfish.catalog.backends.etcd import EtcdCatalog
 from pilotfish.config import ConfigError
-from pilotfish.registry import BackendUnavailable, Instance, open_catalog
-from pilotfish.registry.backends.etcd import EtcdCatalog
 from tests.fixtures.etcd_secure import EtcdUser, SecureEtcd
 from tests.fixtures.process import StartPilotfish
 from tests.fixtures.watching import ids, seen_through_the_watch, wait_until
@@ -123,7 +123,7 @@ async def test_a_lapsed_token_is_renewed_without_losing_the_watch_or_the_lease(
         # The whole process stalls (an overloaded host) for longer than a token lives:
         # etcd forgets both catalogs' tokens (it checks once a second).
         time.sleep(TOKEN_TTL + 1.6)  # noqa: ASYNC251 - the loop itself must stall
-        with caplog.at_level(logging.INFO, logger="pilotfish.registry.backends.etcd"):
+        with caplog.at_level(logging.INFO, logger="pilotfish.catalog.backends.etcd"):
             renewed = await writer.keepalive(lease.id)  # the same lease, not a new one
             assert renewed.id == lease.id and renewed.ttl == 15
             assert await writer.register(web("t2", lease.id))
@@ -233,7 +233,7 @@ async def test_tokens_lost_in_an_etcd_restart_are_renewed(auth_etcd: SecureEtcd)
 async def test_a_user_for_an_etcd_without_authentication_is_warned_about(
         etcd_url: str, caplog: pytest.LogCaptureFixture) -> None:
     url = etcd_url.replace("etcd://", f"etcd://pf:{PASSWORD}@")
-    with caplog.at_level(logging.WARNING, logger="pilotfish.registry.backends.etcd"):
+    with caplog.at_level(logging.WARNING, logger="pilotfish.catalog.backends.etcd"):
         catalog = await open_catalog(url)
     try:
         lease = await catalog.create_lease(10, "auth-test")

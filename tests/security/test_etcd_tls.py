@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pilotfish.catalog import Instance, open_catalog
+from pilotfish.catalog.backends.etcd.secure import security_from_url
 from pilotfish.config import ConfigError
-from pilotfish.registry import Instance, open_catalog
-from pilotfish.registry.backends.etcd.secure import security_from_url
 from tests.fixtures.etcd_secure import EtcdTls, EtcdUser, SecureEtcd
 from tests.fixtures.watching import ids, seen_through_the_watch, wait_until
 from tests.security.certs import Pki, make_backend_pki

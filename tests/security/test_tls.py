@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pilotfish.registry import BackendUnavailable, Instance, open_catalog
+from pilotfish.catalog import BackendUnavailable, Instance, open_catalog
 from tests.fixtures.process import StartPilotfish, start_pilotfish
 from tests.security.certs import Pki, make_pki
 

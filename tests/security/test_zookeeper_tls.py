@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pilotfish.catalog import open_catalog
 from pilotfish.config import ConfigError
-from pilotfish.registry import open_catalog
 from tests.fixtures.watching import seen_through_the_watch
 from tests.fixtures.zookeeper_tls import TlsZooKeeper
 from tests.security.certs import Pki, make_backend_pki

@@ -14,7 +14,7 @@ import dns.rcode
 import dns.rdatatype
 import httpx
 
-from pilotfish.registry import Catalog, Instance, Snapshot
+from pilotfish.catalog import Catalog, Instance, Snapshot
 from tests.fixtures.docker import DockerEngine
 from tests.fixtures.process import PilotfishProcess, StartPilotfish, start_pilotfish
 from tests.fixtures.watching import wait_until

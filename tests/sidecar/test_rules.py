@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pilotfish.registry.model import Instance
+from pilotfish.catalog.model import Instance
 from pilotfish.sidecar.containers import Decision, Rules, decide
 
 DATA = Path(__file__).parent / "data"

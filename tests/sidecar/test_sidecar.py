@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from pilotfish.registry import Catalog, open_catalog
+from pilotfish.catalog import Catalog, open_catalog
 from tests.fixtures.docker import DockerEngine, DockerError
 from tests.fixtures.etcd import EtcdServer
 from tests.fixtures.process import StartPilotfish, start_pilotfish

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pilotfish.registry.backends.etcd import parse_url
+from pilotfish.catalog.backends.etcd import parse_url
 
 
 def test_many_endpoints_and_a_prefix() -> None:

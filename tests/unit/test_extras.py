@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from pilotfish.catalog import open_catalog
 from pilotfish.config import ConfigError
-from pilotfish.registry import open_catalog
 
 MISSING = [  # (url, the module that is missing, the client, its extra)
     ("etcd://127.0.0.1:1/x", "aetcd", "aetcd", "etcd"),
@@ -23,7 +23,7 @@ MISSING = [  # (url, the module that is missing, the client, its extra)
 async def test_a_missing_client_names_its_extra(monkeypatch: pytest.MonkeyPatch, url: str,
                                                 missing: str, client: str, extra: str) -> None:
     for name in list(sys.modules):  # as if neither the backend nor its client was ever imported
-        if (name.startswith("pilotfish.registry.backends.")
+        if (name.startswith("pilotfish.catalog.backends.")
                 or name.split(".")[0] in (client, missing)):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, missing, None)  # `import <missing>` now fails
@@ -50,6 +50,6 @@ def test_pilotfish_up_says_which_extra_without_a_traceback(url: str, missing: st
 async def test_the_embedded_backend_needs_no_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     for client in ("aetcd", "kazoo", "consul"):
         monkeypatch.setitem(sys.modules, client, None)
-    monkeypatch.delitem(sys.modules, "pilotfish.registry.backends.memory", raising=False)
+    monkeypatch.delitem(sys.modules, "pilotfish.catalog.backends.memory", raising=False)
     catalog = await open_catalog("memory://")
     await catalog.close()

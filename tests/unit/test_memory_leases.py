@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import tracemalloc
 
-from pilotfish.registry.backends.memory import MemoryCatalog
+from pilotfish.catalog.backends.memory import MemoryCatalog
 
 CYCLES = 20_000
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pilotfish.registry import Instance, InvalidField, Lease
-from pilotfish.registry.model import UNUSABLE_ADDRESS_PATTERNS, ip_literal
+from pilotfish.catalog import Instance, InvalidField, Lease
+from pilotfish.catalog.model import UNUSABLE_ADDRESS_PATTERNS, ip_literal
 
 VALID: dict[str, Any] = {
     "service": "web", "id": "web-1", "address": "10.0.0.1", "port": 80, "lease": "l1",

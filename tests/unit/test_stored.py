@@ -6,16 +6,16 @@ import json
 
 import pytest
 
-from pilotfish.registry.backends.http import HttpCatalog
-from pilotfish.registry.backends.stored import (
+from pilotfish.catalog.backends.http import HttpCatalog
+from pilotfish.catalog.backends.stored import (
     WRITE_ATTEMPTS,
     Conflict,
     StoredLease,
     decode_instance,
     retry_on_conflict,
 )
-from pilotfish.registry.catalog import BackendUnavailable
-from pilotfish.registry.model import InvalidField
+from pilotfish.catalog.interface import BackendUnavailable
+from pilotfish.catalog.model import InvalidField
 
 
 def test_a_stored_lease_round_trips_through_its_json() -> None:

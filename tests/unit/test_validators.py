@@ -9,8 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pilotfish.registry.api import ApiError, parse_index, parse_wait
-from pilotfish.registry.model import (
+from pilotfish.catalog.model import (
     Instance,
     InvalidField,
     Lease,
@@ -18,6 +17,7 @@ from pilotfish.registry.model import (
     ip_literal,
     service_name,
 )
+from pilotfish.registry.api import ApiError, parse_index, parse_wait
 
 # Characters that have slipped through `$`, str.isdigit(), \d or str.lower() somewhere.
 HOSTILE = ["\n", "\r", "\t", "\x00", "\x1b", "\x7f", "\x85", "\u2028", "\u00a0", "\u200b",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pilotfish.registry.backends.memory import MemoryCatalog
-from pilotfish.registry.catalog import BackendUnavailable, Snapshot
-from pilotfish.registry.model import Instance
-from pilotfish.registry.view import CatalogView
+from pilotfish.catalog.backends.memory import MemoryCatalog
+from pilotfish.catalog.interface import BackendUnavailable, Snapshot
+from pilotfish.catalog.model import Instance
+from pilotfish.catalog.view import CatalogView
 
 
 class FlakyCatalog(MemoryCatalog):

@@ -17,8 +17,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
-from pilotfish.long_polls import WaitSlot, waiting
-from pilotfish.registry.catalog import Catalog, Snapshot
+from pilotfish.catalog.interface import Catalog, Snapshot
+from pilotfish.http.long_polls import WaitSlot, waiting
 
 MAX_ANSWERS = 4096
 """Answers whose index is remembered; one forgotten gets a fresh (higher) index: a spurious

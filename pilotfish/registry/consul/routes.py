@@ -19,11 +19,12 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
-from pilotfish.acl import Denied
+from pilotfish.catalog.interface import BackendUnavailable, Catalog, Snapshot
+from pilotfish.catalog.model import Instance
 from pilotfish.config import env
-from pilotfish.long_polls import RETRY_AFTER, TooManyWaiting, slot_of
+from pilotfish.http.acl import Denied
+from pilotfish.http.long_polls import RETRY_AFTER, TooManyWaiting, slot_of
 from pilotfish.registry.api import BACKEND_TIMEOUT, ApiError, parse_wait
-from pilotfish.registry.catalog import BackendUnavailable, Catalog, Snapshot
 from pilotfish.registry.consul.blocking import Blocker
 from pilotfish.registry.consul.filter import FilterError, Item, compile_filter_paced
 from pilotfish.registry.consul.pacing import Pacer
@@ -41,7 +42,6 @@ from pilotfish.registry.consul.shapes import (
     service_json,
     services_json,
 )
-from pilotfish.registry.model import Instance
 
 T = TypeVar("T")
 DEFAULT_DATACENTER = "dc1"
@@ -422,7 +422,7 @@ def consul_router(catalog: Catalog, stopping: asyncio.Event) -> APIRouter:
     """The Consul-compatible read routes, for the registry API app to include.
 
     Tokens (X-Consul-Token, ?token=, a bearer token) are checked by the API's ACL middleware
-    (pilotfish.acl), which answers these paths through consul_denied.
+    (pilotfish.http.acl), which answers these paths through consul_denied.
     """
     return ConsulApi(catalog, stopping).router
 

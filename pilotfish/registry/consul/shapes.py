@@ -28,9 +28,9 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pilotfish.registry.catalog import Catalog, Snapshot
+from pilotfish.catalog.interface import Catalog, Snapshot
+from pilotfish.catalog.model import Instance
 from pilotfish.registry.consul.pacing import Pacer
-from pilotfish.registry.model import Instance
 
 NODE_NAMESPACE = uuid.UUID("5b0c6f9e-2f4e-4a57-9d41-7d6a1c9e3f10")
 OWN_LEASE_PREFIX = "instance:"  # the owner the API gives an instance's own lease (api.py)

@@ -1,0 +1,84 @@
+"""A local copy of the catalog fed by watch, so no query or connection waits on a backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from pilotfish.catalog.interface import Catalog, Snapshot
+from pilotfish.loop import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Snapshot], None]
+RETRY_FLOOR = 0.05  # never retry a failing backend in a tighter loop than this
+
+
+class CatalogView:
+    """Keeps the latest snapshot and tells listeners; keeps the last one when the backend fails."""
+
+    def __init__(self, catalog: Catalog, wait: float = 30.0, retry: float = 1.0) -> None:
+        self.catalog = catalog
+        self.snapshot = Snapshot(0, ())
+        self.stale = True  # until the first snapshot arrives, and while the backend is down
+        self.ready = asyncio.Event()
+        self._wait = wait
+        self._retry = retry
+        self._listeners: list[Listener] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call listener with every new snapshot (and now, if one is already here)."""
+        self._listeners.append(listener)
+        if self.ready.is_set():
+            listener(self.snapshot)
+
+    async def start(self) -> None:
+        """Begin following the catalog; returns once the first snapshot is in (or it failed)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._follow(), name="catalog-view")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ready.wait(), self._wait)
+
+    async def stop(self) -> None:
+        """Stop following."""
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    async def _follow(self) -> None:
+        while True:
+            generation = self.catalog.changes.generation
+            try:
+                if self.stale and self.ready.is_set():
+                    # One read proves the backend answers again, even when nothing changed
+                    # meanwhile (a watch would then block for its whole wait).
+                    snapshot = await self.catalog.snapshot()
+                else:
+                    snapshot = await self.catalog.watch(self.snapshot.index, self._wait)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any backend failure: fail static, retry
+                if not self.stale:
+                    log.warning("catalog unreachable, serving the last view: %s", exc)
+                self.stale = True
+                # Catch up as soon as the backend says it is back (it signals a change),
+                # or retry after `retry` at the latest.
+                await asyncio.sleep(min(RETRY_FLOOR, self._retry))
+                await self.catalog.changes.wait_past(generation, self._retry)
+                continue
+            if self.stale and self.ready.is_set():
+                log.info("catalog reachable again at index %d", snapshot.index)
+            self.stale = False
+            if snapshot.index != self.snapshot.index or not self.ready.is_set():
+                self._publish(snapshot)
+
+    def _publish(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.ready.set()
+        for listener in self._listeners:
+            try:
+                listener(snapshot)
+            except Exception:
+                log.exception("view listener failed")

@@ -1,0 +1,1 @@
+"""Holding registrations: the registrar (one lease, a desired set) and `pilotfish register`."""
