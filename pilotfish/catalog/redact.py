@@ -18,4 +18,6 @@ def redact_url(url: str) -> str:
     query = "&".join(
         f"{pair.partition('=')[0]}=***" if pair.partition("=")[0] in SECRET_PARAMS else pair
         for pair in parts.query.split("&") if pair)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing secret; geturl() would turn `memory://` into `memory:`
     return parts._replace(netloc=netloc, query=query).geturl()
