@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -28,34 +27,42 @@ def dns_addresses(port: int, service: str, domain: str = "pilotfish") -> set[str
             if item.rdtype == dns.rdatatype.A}
 
 
-def dig_srv(port: int, service: str, domain: str = "pilotfish") -> list[tuple[int, str]]:
-    """`dig SRV _<service>._tcp.service.<domain>` as in the walkthrough: (port, address) of
-    each answer, the address from the additional section."""
-    output = subprocess.run(
-        ["dig", f"@{HOST}", "-p", str(port), "+noall", "+answer", "+additional",
-         f"_{service}._tcp.service.{domain}", "SRV"],
-        capture_output=True, text=True, timeout=10, check=True).stdout
+def srv_records(dig_output: str) -> list[tuple[int, str]]:
+    """(port, address) of each SRV record in dig's output, the address from its additional
+    section ("?" when it has none)."""
     targets: list[tuple[int, str]] = []
     addresses: dict[str, str] = {}
-    for line in output.splitlines():
+    for line in dig_output.splitlines():
         words = line.split()
-        if len(words) >= 8 and words[3] == "SRV":
+        if line.startswith(";") or len(words) < 5:
+            continue
+        if words[3] == "SRV" and len(words) >= 8:
             targets.append((int(words[6]), words[7]))
-        elif len(words) >= 5 and words[3] == "A":
+        elif words[3] == "A":
             addresses[words[0]] = words[4]
     return sorted((port, addresses.get(target, "?")) for port, target in targets)
+
+
+def draining_series(metrics_text: str) -> dict[str, float]:
+    """instance (address:port) -> value of each pilotfish_lb_instance_draining series."""
+    found = {}
+    for line in metrics_text.splitlines():
+        match = SERIES.match(line)
+        if match and match["name"] == "pilotfish_lb_instance_draining":
+            found[dict(LABEL.findall(match["labels"]))["instance"]] = float(match["value"])
+    return found
+
+
+def instances(port: int, service: str) -> dict[str, str]:
+    """id -> lease of the service's instances, as the registry API lists them."""
+    answer = httpx.get(f"http://{HOST}:{port}/v1/services/{service}", timeout=2.0).json()
+    return {item["id"]: item["lease"] for item in answer["instances"]}
 
 
 def lb_pool(port: int) -> set[str]:
     """address:port of every instance the LB sends new connections to (not draining)."""
     text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=2.0).text
-    pool = set()
-    for line in text.splitlines():
-        match = SERIES.match(line)
-        if match and match["name"] == "pilotfish_lb_instance_draining" \
-                and float(match["value"]) == 0:
-            pool.add(dict(LABEL.findall(match["labels"]))["instance"])
-    return pool
+    return {instance for instance, value in draining_series(text).items() if value == 0}
 
 
 def through_lb(port: int, requests: int) -> list[str]:
