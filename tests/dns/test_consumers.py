@@ -1,6 +1,6 @@
 """Consumers nobody here wrote: HAProxy 2.6 filling servers from SRV, Unbound as a stub resolver.
 
-The HAProxy and Unbound configurations are the ones the README's "Consuming pilotfish DNS"
+The HAProxy and Unbound configurations are the ones docs/dns.md's "Consuming pilotfish DNS"
 section shows.
 """
 
@@ -37,7 +37,7 @@ needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None,
 needs_unbound = pytest.mark.skipif(shutil.which("unbound") is None,
                                    reason="Unbound is not installed (scripts/test installs it)")
 
-# The README's resolvers section: removals and additions reach HAProxy within 2 s. HAProxy
+# docs/dns.md's resolvers section: removals and additions reach HAProxy within 2 s. HAProxy
 # drops any answer bigger than accepted_payload_size, over TCP too; UDP stays at --dns-udp-size.
 RESOLVERS = """
 resolvers {name}
@@ -318,7 +318,7 @@ class _HelloHttp(http.server.BaseHTTPRequestHandler):
 
 @needs_nginx
 def test_nginx_resolver_follows_the_service(stack: DnsStack) -> None:
-    """The README's nginx snippet: `resolver` with a port, the upstream in a variable."""
+    """docs/dns.md's nginx snippet: `resolver` with a port, the upstream in a variable."""
     backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HelloHttp)
     threading.Thread(target=backend.serve_forever, daemon=True).start()
     port = backend.server_address[1]

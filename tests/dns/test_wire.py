@@ -39,7 +39,7 @@ def ask(responder: Responder, wire: bytes, tcp: bool = False,
 
 
 def registered_names(instances: list[Instance]) -> set[str]:
-    """Every name with records, as the README documents them, from the instances alone."""
+    """Every name with records, as docs/dns.md documents them, from the instances alone."""
     names = {D, f"ns.{D}"}
     for i in instances:
         if i.health == "critical":
