@@ -135,6 +135,16 @@ def test_the_derived_node_is_stable_and_documented() -> None:
     assert derive_node("", "fd00::5").name == "fd00-0000-0000-0000-0000-0000-0000-0005"
 
 
+def test_a_sidecars_node_is_named_after_the_sidecar_not_its_engine() -> None:
+    """A sidecar's lease owner is `<sidecar id>/<engine id>` (48 characters of engine id): the
+    node name keeps the sidecar id only; the ID and the owner meta keep the whole owner."""
+    engine = "IJO2:ABCD:EFGH:IJKL:MNOP:QRST:UVWX:YZ23:4567:ABCD:EFGH:IJKL"
+    node = derive_node(f"host-a/{engine}", "10.0.0.5")
+    assert node.name == "host-a-10-0-0-5"
+    assert node.owner == f"host-a/{engine}"
+    assert node.id != derive_node("host-a/OTHER:ENGINE", "10.0.0.5").id
+
+
 async def test_an_answers_index_moves_only_when_that_answer_changes(
         app: tuple[httpx.AsyncClient, MemoryCatalog]) -> None:
     client, catalog = app

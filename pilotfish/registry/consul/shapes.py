@@ -3,13 +3,15 @@
 Consul places every service instance on a node (an agent's host). A pilotfish instance has none,
 so one is derived from what the catalog knows, stably:
 
-- the node's **name** is `<owner>-<address>` with every run of characters outside `A-Za-z0-9-`
-  turned into `-` (`sidecar host-a` + `10.0.0.5` -> `sidecar-host-a-10-0-0-5`; an IPv6 address
-  is written out in full, `fd00::5` -> `fd00-0000-0000-0000-0000-0000-0000-0005`), or just the
-  address part (`10-0-0-5`) when the lease has no owner or is an instance's own lease
-  (registered through the API with a `ttl`);
-- its **ID** is a UUID (version 5) of the owner and address, its **Address** the instance's
-  address, its `Meta` says `pilotfish-owner`.
+- the node's **name** is `<owner>-<address>`, the owner cut at its first `/` (a sidecar's
+  owner is `<sidecar id>/<engine id>`: the node is named after the sidecar id, as a Consul node
+  after its host) and every run of characters outside `A-Za-z0-9-` turned into `-`
+  (`host-a/<engine id>` + `10.0.0.5` -> `host-a-10-0-0-5`; an IPv6 address is written out in
+  full, `fd00::5` -> `fd00-0000-0000-0000-0000-0000-0000-0005`), or just the address part
+  (`10-0-0-5`) when the lease has no owner or is an instance's own lease (registered through
+  the API with a `ttl`);
+- its **ID** is a UUID (version 5) of the whole owner and the address, its **Address** the
+  instance's address, its `Meta` says `pilotfish-owner` (the whole owner).
 
 So every instance of one registrar (a sidecar's host) at one address shares a node, and the same
 instance keeps its node across restarts of pilotfish. Health: one `serfHealth` check (passing:
@@ -54,7 +56,7 @@ def derive_node(owner: str, address: str) -> Node:
     """The node for an instance of this lease owner at this address (see the module doc)."""
     holder = "" if owner.startswith(OWN_LEASE_PREFIX) else owner
     address_part = _address_label(address)
-    owner_part = _NOT_LABEL.sub("-", holder).strip("-")[:63]
+    owner_part = _NOT_LABEL.sub("-", holder.partition("/")[0]).strip("-")[:63]
     name = f"{owner_part}-{address_part}" if owner_part else address_part
     node_id = str(uuid.uuid5(NODE_NAMESPACE, f"{holder}\n{address}"))
     return Node(name=name, id=node_id, address=address, owner=holder)
