@@ -59,6 +59,12 @@ def instances(port: int, service: str) -> dict[str, str]:
     return {item["id"]: item["lease"] for item in answer["instances"]}
 
 
+def consul_nodes(port: int, service: str) -> dict[str, str]:
+    """ServiceAddress -> Node of the service's instances, as the Consul-compatible API shows."""
+    answer = httpx.get(f"http://{HOST}:{port}/v1/catalog/service/{service}", timeout=2.0).json()
+    return {item["ServiceAddress"]: item["Node"] for item in answer}
+
+
 def lb_pool(port: int) -> set[str]:
     """address:port of every instance the LB sends new connections to (not draining)."""
     text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=2.0).text

@@ -4,7 +4,8 @@ The tour runs as written (tests/compose/tour.py says the one textual change: fre
 well-known ones): the embedded stack, steps 2-6, the switch to etcd, steps 2-6 again, `down`.
 Between and beside the commands the test checks what the README says they show, and the
 figures behind the words: SRV answers for the three replicas; the replicas take turns through
-the LB; a killed replica leaves DNS and the LB within 1 s of its death and the LB's pool lists
+the LB; the Consul-compatible API puts each on a node named `sidecar-<address>`; a killed
+replica leaves DNS and the LB within 1 s of its death and the LB's pool lists
 only the live ones; a SIGKILLed sidecar's registrations lapse within its TTL + 1 s; the
 sidecar, restarted or recreated, keeps every instance id; a replica scaled up is served within
 1 s of starting; the final `down --volumes` leaves nothing behind.
@@ -19,6 +20,7 @@ import pytest
 
 from tests.compose.conftest import is_image_command
 from tests.compose.probes import (
+    consul_nodes,
     dns_addresses,
     draining_series,
     instances,
@@ -117,6 +119,9 @@ def walk_steps_2_to_6(tour: Tour, recreate_sidecar: bool) -> None:
     answers = Counter(tour.run(3).split())
     assert set(answers) == set(replicas.values()), answers
     assert max(answers.values()) - min(answers.values()) <= 1, answers
+    # Consul's view: each replica on a node named after the sidecar id, not the engine id.
+    assert consul_nodes(tour.project.ports["API"], SERVICE) == {
+        address: "sidecar-" + address.replace(".", "-") for address in replicas}
 
     step_4(tour, replicas)
     alive = set(tour.replicas())
