@@ -8,13 +8,14 @@ its message cut short, and the innermost few frames.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from types import TracebackType
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pilotfish.http.errors import error_body
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,7 @@ def failure_line(scope: Scope, exc: BaseException) -> str:
             f"{_short(message, MAX_MESSAGE)!r} at {' <- '.join(_innermost(exc.__traceback__))}")
 
 
-INTERNAL_BODY = json.dumps({"error": "internal error: the registry logged what failed",
-                            "code": "internal"}).encode()
+INTERNAL_BODY = error_body("internal", "internal error: the registry logged what failed")
 
 
 class LastResort:

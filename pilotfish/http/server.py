@@ -18,10 +18,12 @@ import uvicorn
 
 from pilotfish.config import ConfigError, HostPort, env
 from pilotfish.http.accept import Acceptor, bind
-from pilotfish.http.acl import AccessPolicy, Denied, reads_catalog
+from pilotfish.http.acl import AccessPolicy, reads_catalog
+from pilotfish.http.errors import ApiError
 from pilotfish.http.limits import MAX_LINGERING, HttpLimits, Listener
 from pilotfish.http.limits import describe as describe_listeners
 from pilotfish.http.protocol import protocol_for
+from pilotfish.http.responses import respond
 from pilotfish.http.tls import server_context
 from pilotfish.metrics import Metrics
 
@@ -208,20 +210,4 @@ class StatusApp:
         elif self.app is not None:
             await self.app(scope, receive, send)
         else:
-            await respond(send, 404, b'{"error": "not found", "code": "not_found"}')
-
-
-async def deny(send: Any, exc: Denied) -> None:
-    """401 with `WWW-Authenticate: Bearer`, or 403 naming the token and the missing scope."""
-    await respond(send, exc.status, json.dumps(exc.body()).encode(),
-                  headers=[(b"www-authenticate", exc.challenge().encode())])
-
-
-async def respond(send: Any, status: int, body: bytes,
-                  content_type: str = "application/json",
-                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """Send a whole response through a raw ASGI `send`."""
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type.encode()),
-                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})
+            await ApiError(404, "not_found", "not found").send(send)

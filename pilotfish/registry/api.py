@@ -66,8 +66,10 @@ from pilotfish.http.acl import (
     presented_token,
     reads_catalog,
 )
+from pilotfish.http.errors import CODES, ApiError, body_too_large
 from pilotfish.http.failures import INTERNAL_BODY, LastResort
 from pilotfish.http.long_polls import RETRY_AFTER, TooManyWaiting, slot_of, waiting
+from pilotfish.http.responses import json_response
 from pilotfish.metrics import Metrics
 
 T = TypeVar("T")
@@ -83,14 +85,6 @@ WAIT_PATTERN = r"([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m)?"
 _DURATION = re.compile(WAIT_PATTERN)
 _INDEX = re.compile(r"[0-9]{1,19}")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
-
-
-class ApiError(Exception):
-    """An error answered as JSON: {"error": message, "code": code, "field": field?}."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
 
 
 def _anchored(pattern: str) -> str:
@@ -162,7 +156,8 @@ class ErrorBody(BaseModel):
     """Every error answer."""
 
     error: str
-    code: str
+    code: str = Field(json_schema_extra={"enum": list(CODES)},
+                      description="one of the codes of every pilotfish HTTP surface")
     field: str | None = Field(default=None, json_schema_extra=_no_default)
     token: str | None = Field(default=None, json_schema_extra=_no_default,
                               description="403: the name of the token refused")
@@ -214,22 +209,16 @@ class HealthOut(BaseModel):
     backend_healthy: bool
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A compact JSON response without a serialization pass through pydantic."""
-    body = json.dumps(data, separators=(",", ":")).encode()
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 once it passes `limit` bytes (before reading it all)."""
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too_large", f"body: over the limit of {limit} bytes", "body")
+        raise body_too_large(limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise ApiError(413, "too_large", f"body: over the limit of {limit} bytes", "body")
+            raise body_too_large(limit)
     return bytes(body)
 
 
@@ -680,12 +669,9 @@ class RegistryApi:
         from pilotfish.registry.consul.routes import consul_router  # Consul's read API (issue 14)
         app.include_router(consul_router(self.catalog, self._stopping))
 
-        @app.exception_handler(ApiError)
+        @app.exception_handler(ApiError)  # Denied too: 401 and write-scope 403s
         async def api_error(_: Request, exc: ApiError) -> Response:
-            response = _error(exc.status, exc.code, exc.message, exc.field)
-            if exc.status == 413:
-                response.headers["Connection"] = "close"  # do not read the rest of it
-            return response
+            return exc.response()
 
         @app.exception_handler(InvalidField)
         async def invalid_field(_: Request, exc: InvalidField) -> Response:
@@ -726,10 +712,6 @@ class RegistryApi:
                 parts = parts[:parts.index("[key]") - 1]
             field = ".".join(parts)
             return _error(422, "invalid", f"{field or 'body'}: {first['msg']}", field or None)
-
-        @app.exception_handler(Denied)
-        async def denied(_: Request, exc: Denied) -> Response:
-            return denied_response(exc)
 
         @app.exception_handler(Exception)
         async def unexpected(_: Request, __: Exception) -> Response:
@@ -797,10 +779,7 @@ class MethodGate:
 
 
 def _error(status: int, code: str, message: str, field: str | None = None) -> Response:
-    body: dict[str, Any] = {"error": message, "code": code}
-    if field:
-        body["field"] = field
-    return json_response(body, status)
+    return ApiError(status, code, message, field).response()
 
 
 OPEN_PATHS = frozenset({"/metrics", "/v1/health", "/v1/docs", "/v1/openapi.json",
@@ -814,12 +793,6 @@ def caller(request: Request) -> Token | None:
     """The token the AccessControl middleware found (None: the API is open, or anonymous)."""
     token: Token | None = request.scope.get(CALLER)
     return token
-
-
-def denied_response(exc: Denied) -> Response:
-    """401 with `WWW-Authenticate: Bearer`, or 403 naming the token and the missing scope."""
-    return json_response(exc.body(), exc.status,
-                         headers={"WWW-Authenticate": exc.challenge()})
 
 
 class AccessControl:
@@ -847,8 +820,7 @@ class AccessControl:
                 needs_read=not scope["path"].startswith(LEASE_PATHS))  # those: by ownership
         except Denied as exc:
             from pilotfish.registry.consul.routes import consul_denied, is_consul_path
-            response = consul_denied(exc) if is_consul_path(scope["path"]) else (
-                denied_response(exc))
+            response = consul_denied(exc) if is_consul_path(scope["path"]) else exc.response()
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

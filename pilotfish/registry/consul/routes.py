@@ -23,8 +23,9 @@ from pilotfish.catalog.interface import BackendUnavailable, Catalog, Snapshot
 from pilotfish.catalog.model import Instance
 from pilotfish.config import env
 from pilotfish.http.acl import Denied
+from pilotfish.http.errors import ApiError
 from pilotfish.http.long_polls import RETRY_AFTER, TooManyWaiting, slot_of
-from pilotfish.registry.api import BACKEND_TIMEOUT, ApiError, parse_wait
+from pilotfish.registry.api import BACKEND_TIMEOUT, parse_wait
 from pilotfish.registry.consul.blocking import Blocker
 from pilotfish.registry.consul.filter import FilterError, Item, compile_filter_paced
 from pilotfish.registry.consul.pacing import Pacer
