@@ -6,7 +6,8 @@ import argparse
 
 from pilotfish.config import env, parse_hostport, read_token
 from pilotfish.http.acl import AccessPolicy
-from pilotfish.http.server import HttpServer, tls_settings
+from pilotfish.http.server import HttpServer
+from pilotfish.http.tls import tls_settings
 from pilotfish.stack import Component, Stack
 
 DEFAULT_API = "127.0.0.1:8500"

@@ -28,7 +28,9 @@ from pilotfish.http.acl import AccessPolicy
 from pilotfish.http.errors import CODES
 from pilotfish.http.failures import LastResort
 from pilotfish.http.limits import HttpLimits
-from pilotfish.http.server import HttpServer, StatusApp, TlsSettings
+from pilotfish.http.server import HttpServer
+from pilotfish.http.status import StatusApp
+from pilotfish.http.tls import TlsSettings
 from pilotfish.metrics import Metrics
 from pilotfish.registry.api import RegistryApi
 from tests.fixtures.process import PilotfishProcess, start_pilotfish

@@ -21,7 +21,8 @@ from pilotfish.catalog.backends.memory import MemoryCatalog
 from pilotfish.catalog.model import Instance
 from pilotfish.config import HostPort
 from pilotfish.http.limits import HttpLimits
-from pilotfish.http.server import HttpServer, TlsSettings
+from pilotfish.http.server import HttpServer
+from pilotfish.http.tls import TlsSettings
 from pilotfish.registry.api import RegistryApi
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
