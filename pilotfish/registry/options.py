@@ -44,7 +44,7 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     """The API listener, sharing the process's metrics registry."""
     if args.api in (None, "", "off"):
         return []
-    from pilotfish.registry.api import RegistryApi
+    from pilotfish.registry.app import RegistryApi
 
     access = AccessPolicy(args.acl, read_token(args.token_file))
     api = RegistryApi(stack.catalog, metrics=stack.metrics, max_body=args.max_body,

@@ -7,7 +7,7 @@ from typing import Any
 import schemathesis
 
 from pilotfish.http.errors import ApiError
-from pilotfish.registry.api import parse_wait
+from pilotfish.registry.bodies import parse_wait
 
 SHORT_WAIT = "200ms"  # a valid long-poll still blocks, but never holds the run for minutes
 

@@ -32,7 +32,7 @@ from pilotfish.http.server import HttpServer
 from pilotfish.http.status import StatusApp
 from pilotfish.http.tls import TlsSettings
 from pilotfish.metrics import Metrics
-from pilotfish.registry.api import RegistryApi
+from pilotfish.registry.app import RegistryApi
 from tests.fixtures.process import PilotfishProcess, start_pilotfish
 from tests.fixtures.servers import HOST, free_port
 from tests.security.certs import make_pki

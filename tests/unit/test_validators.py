@@ -18,7 +18,7 @@ from pilotfish.catalog.model import (
     service_name,
 )
 from pilotfish.http.errors import ApiError
-from pilotfish.registry.api import parse_index, parse_wait
+from pilotfish.registry.bodies import parse_index, parse_wait
 
 # Characters that have slipped through `$`, str.isdigit(), \d or str.lower() somewhere.
 HOSTILE = ["\n", "\r", "\t", "\x00", "\x1b", "\x7f", "\x85", "\u2028", "\u00a0", "\u200b",
