@@ -11,8 +11,8 @@ from pilotfish.http.errors import ApiError
 from pilotfish.http.responses import respond
 from pilotfish.metrics import Metrics
 
-Health = Callable[[], tuple[bool, dict[str, Any]]]
-"""Returns (healthy, body): 200 with the body when healthy, else 503."""
+HealthProbe = Callable[[], tuple[bool, dict[str, Any]]]
+"""A component's health: (healthy, body), answered 200 with the body when healthy, else 503."""
 
 ASGIApp = Callable[..., Any]
 
@@ -23,7 +23,7 @@ class StatusApp:
     `access`: the ACL whose readers see per-instance series on /metrics (acl.reads_catalog).
     """
 
-    def __init__(self, metrics: Metrics, health: Health, app: ASGIApp | None = None,
+    def __init__(self, metrics: Metrics, health: HealthProbe, app: ASGIApp | None = None,
                  access: AccessPolicy | None = None) -> None:
         self.metrics = metrics
         self.health = health
