@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import os
 from types import TracebackType
-from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from pilotfish.http.errors import error_body
+from pilotfish.http.middleware import Middleware
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +56,10 @@ def failure_line(scope: Scope, exc: BaseException) -> str:
 INTERNAL_BODY = error_body("internal", "internal error: the registry logged what failed")
 
 
-class LastResort:
+class LastResort(Middleware):
     """Answers 500 JSON for any exception that escapes the app, and logs it in one line."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracked(message: Message) -> None:

@@ -5,7 +5,6 @@ check themselves (AccessChecks: write scopes per service, and lease ownership)."
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -24,6 +23,7 @@ from pilotfish.http.acl import (
     presented_token,
 )
 from pilotfish.http.errors import ApiError
+from pilotfish.http.middleware import Middleware
 from pilotfish.registry.calls import bounded
 from pilotfish.registry.consul.dialect import (
     consul_denied,
@@ -44,7 +44,7 @@ def caller(request: Request) -> Token | None:
     return token
 
 
-class AccessControl:
+class AccessControl(Middleware):
     """Identifies the caller's token for every request and answers 401 / read-scope 403 itself.
 
     Write scopes and lease ownership depend on the path and body: the handlers check those.
@@ -52,15 +52,11 @@ class AccessControl:
     """
 
     def __init__(self, app: ASGIApp, access: AccessPolicy) -> None:
-        self.app = app
+        super().__init__(app)
         self.access = access
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or not self.access.enabled
-                or scope["path"] in OPEN_PATHS):
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.access.enabled or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         try:
@@ -105,7 +101,7 @@ def method_not_allowed(scope: Scope, allowed: list[str]) -> Response:
     return response
 
 
-class MethodGate:
+class MethodGate(Middleware):
     """405 for a method the path's routes do not take, before access control looks at it.
 
     Without it an ACL answers `PUT /v1/catalog/services` with 401 "writes need a token", as if
@@ -113,18 +109,14 @@ class MethodGate:
     """
 
     def __init__(self, app: ASGIApp, routes: FastAPI) -> None:
-        self.app = app
+        super().__init__(app)
         self.routes = routes
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            allowed = path_methods(self.routes, scope)
-            if allowed is not None and scope["method"] not in allowed:
-                await method_not_allowed(scope, allowed)(scope, receive, send)
-                return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        allowed = path_methods(self.routes, scope)
+        if allowed is not None and scope["method"] not in allowed:
+            await method_not_allowed(scope, allowed)(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 

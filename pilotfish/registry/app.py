@@ -21,6 +21,7 @@ from pilotfish.http.acl import AccessPolicy, reads_catalog
 from pilotfish.http.errors import ApiError
 from pilotfish.http.failures import INTERNAL_BODY, LastResort
 from pilotfish.http.long_polls import RETRY_AFTER, TooManyWaiting
+from pilotfish.http.middleware import Middleware
 from pilotfish.http.responses import json_response
 from pilotfish.metrics import Metrics
 from pilotfish.registry.access import (
@@ -240,21 +241,14 @@ def _answer_errors(app: FastAPI) -> None:
         return Response(INTERNAL_BODY, status_code=500, media_type="application/json")
 
 
-class RequestCounter:
+class RequestCounter(Middleware):
     """Counts HTTP responses by status for /metrics, without wrapping bodies."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def counted(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.metrics.inc("pilotfish_http_requests_total", status=str(message["status"]))
