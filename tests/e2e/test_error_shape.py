@@ -20,8 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pilotfish.catalog.backends.memory import MemoryCatalog
-from pilotfish.catalog.interface import Snapshot
+from pilotfish.catalog.interface import BackendUnavailable
 from pilotfish.config import HostPort
 from pilotfish.http.accept import REFUSAL
 from pilotfish.http.acl import AccessPolicy
@@ -33,6 +32,7 @@ from pilotfish.http.status import StatusApp
 from pilotfish.http.tls import TlsSettings
 from pilotfish.metrics import Metrics
 from pilotfish.registry.app import RegistryApi
+from tests.fixtures.backends import FailingCatalog
 from tests.fixtures.process import PilotfishProcess, start_pilotfish
 from tests.fixtures.servers import HOST, free_port
 from tests.security.certs import make_pki
@@ -82,24 +82,13 @@ def check_raw(said: bytes, status: int, code: str, field: str | None = None) -> 
     check(status, headers["content-type"], body, code, field)
 
 
-class BreakableCatalog(MemoryCatalog):
-    """The embedded backend, with a bug that can be switched on: its snapshot fails."""
-
-    broken = False
-
-    async def snapshot(self) -> Snapshot:
-        if self.broken:
-            raise RuntimeError("a bug in a backend")
-        return await super().snapshot()
-
-
 @asynccontextmanager
 async def registry(tmp_path: Path, tls: TlsSettings | None = None
-                   ) -> AsyncIterator[tuple[HttpServer, BreakableCatalog]]:
+                   ) -> AsyncIterator[tuple[HttpServer, FailingCatalog]]:
     """The registry API with an ACL, in this process, on a real socket with small limits."""
     acl = tmp_path / "acl.toml"
     acl.write_text(ACL)
-    catalog = BreakableCatalog()
+    catalog = FailingCatalog()
     api = RegistryApi(catalog, max_body=1024, access=AccessPolicy(str(acl)))
     server = HttpServer(api.app, HostPort(HOST, 0), before_stop=api.stop_waiting,
                         limits=LIMITS, tls=tls)
@@ -152,9 +141,11 @@ async def test_the_registry_api_answers_every_error_in_the_one_shape(tmp_path: P
         await asyncio.sleep(0.3)
         check_response(await client.get("/v1/catalog", params={"index": index, "wait": "3s"}),
                        503, "unavailable")
-        catalog.broken = True
+        catalog.failure = BackendUnavailable("cut off (test)")
+        check_response(await client.get("/v1/services"), 503, "unavailable")
+        catalog.failure = RuntimeError("a bug in a backend")
         check_response(await client.get("/v1/services"), 500, "internal")
-        catalog.broken = False
+        catalog.failure = None
         waiting.cancel()
         second.cancel()
 
