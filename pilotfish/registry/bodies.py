@@ -46,6 +46,7 @@ B = TypeVar("B", bound=BaseModel)
 MAX_WAIT = 600.0
 DEFAULT_WAIT = 300.0
 DEFAULT_MAX_BODY = 64 * 1024
+OWN_LEASE_PREFIX = "instance:"  # the owner of the lease an instance registered with a ttl gets
 WAIT_PATTERN = r"([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m)?"
 _DURATION = re.compile(WAIT_PATTERN)
 _INDEX = re.compile(r"[0-9]{1,19}")
@@ -210,6 +211,11 @@ def parse_wait(value: str | None) -> float:
     if not match:
         raise ApiError(400, "invalid", f"wait: {value!r} is not a duration like 30s", "wait")
     return min(float(match.group(1)) * _UNITS[match.group(2)], MAX_WAIT)
+
+
+def own_lease_owner(instance_id: str) -> str:
+    """The owner of the lease the API makes for an instance registered with a ttl."""
+    return f"{OWN_LEASE_PREFIX}{instance_id}"
 
 
 def parse_index(value: object) -> object:

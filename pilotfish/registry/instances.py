@@ -14,13 +14,15 @@ from pilotfish.catalog.model import Instance, identifier, service_name, ttl_seco
 from pilotfish.http.errors import ApiError
 from pilotfish.http.responses import json_response
 from pilotfish.registry.access import AccessChecks
-from pilotfish.registry.bodies import InstanceBody, InstancePath, ServicePath, parse_body
+from pilotfish.registry.bodies import (
+    InstanceBody,
+    InstancePath,
+    ServicePath,
+    own_lease_owner,
+    parse_body,
+)
 from pilotfish.registry.calls import bounded
 from pilotfish.registry.leases import LeaseHandlers
-
-
-def _own_owner(instance_id: str) -> str:
-    return f"instance:{instance_id}"
 
 
 class InstanceHandlers:
@@ -69,7 +71,7 @@ class InstanceHandlers:
     ) -> tuple[Instance, bool]:
         """Register on a lease owned by the instance alone, reusing it while it lives."""
         Instance(service=service, id=instance_id, lease="pending", **fields)  # validate first
-        owner = _own_owner(instance_id)
+        owner = own_lease_owner(instance_id)
         current = (await bounded(self.catalog.snapshot())).get(instance_id)
         lease = None
         if current is not None:
@@ -93,7 +95,7 @@ class InstanceHandlers:
     async def _revoke_own_lease(self, instance_id: str, lease_id: str) -> None:
         """Revoke the lease the API made for this instance alone, once nothing rides on it."""
         lease = await bounded(self.catalog.lease(lease_id))
-        if lease is None or lease.owner != _own_owner(instance_id):
+        if lease is None or lease.owner != own_lease_owner(instance_id):
             return
         snapshot = await bounded(self.catalog.snapshot())
         if not any(i.lease == lease_id for i in snapshot.instances.values()):
