@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from pilotfish.catalog.interface import Snapshot
 from pilotfish.config import HostPort
-from pilotfish.lb.balancers import Balancer, make_balancer
 from pilotfish.lb.link import Link
+from pilotfish.lb.pickers import Picker, make_picker
 from pilotfish.lb.pool import Backend, Pool
 from pilotfish.lb.proxy import Connection
 from pilotfish.lb.proxy_protocol import header
@@ -48,7 +48,7 @@ class RouteListener:
         self.settings: LbSettings = balancer.settings
         self.route = route
         self.pool = Pool(self.settings)
-        self.picker: Balancer = make_balancer(route.balance)
+        self.picker: Picker = make_picker(route.balance)
         self.connections: set[Link] = set()
         self.stats = RouteStats()
         self.address = route.listen
@@ -79,7 +79,7 @@ class RouteListener:
             self.pool.update(())  # the old service's backends drain
             self.pool.update(snapshot.service(route.service, route.tag))
         if route.balance != old.balance:
-            self.picker = make_balancer(route.balance)
+            self.picker = make_picker(route.balance)
         log.info("lb route %s changed to %s", old.key, route)
 
     def update(self, snapshot: Snapshot) -> None:
