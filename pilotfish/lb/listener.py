@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pilotfish.catalog.interface import Snapshot
 from pilotfish.config import HostPort
-from pilotfish.lb.link import Link
+from pilotfish.lb.engine import Link, RouteStats
 from pilotfish.lb.pickers import Picker, make_picker
 from pilotfish.lb.pool import Backend, Pool
 from pilotfish.lb.proxy import Connection
@@ -22,18 +22,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CONNECT_ERRORS = (OSError, asyncio.CancelledError)  # refused, unreachable, timed out
-
-
-class RouteStats:
-    """Per-route counters (per-instance ones live on each Backend)."""
-
-    __slots__ = ("accepted", "refused", "retries", "resets")
-
-    def __init__(self) -> None:
-        self.resets = [0, 0]  # connections reset by the client, by the backend
-        self.accepted = 0
-        self.refused: dict[str, int] = {}
-        self.retries = 0
 
 
 class RouteListener:
