@@ -19,7 +19,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pilotfish.lb.pool import Backend, BackendConnection
+from pilotfish.config import HostPort
+from pilotfish.lb.pickers import Picker
+from pilotfish.lb.pool import Backend, BackendConnection, Pool
+from pilotfish.lb.routes import Route
+from pilotfish.lb.settings import LbSettings
 
 
 class RouteStats:
@@ -57,3 +61,51 @@ class Link(BackendConnection, Protocol):
 
     def abort(self) -> None:
         """Close both sockets now."""
+
+
+class Gate(Protocol):
+    """One route as an engine sees it: what the engine is given, and what it reports to."""
+
+    route: Route  # the listen address to bind; proxy_protocol: whether to learn sockname
+    pool: Pool  # the route's backends (the gate's: it picks from them)
+    picker: Picker  # how it picks
+    settings: LbSettings  # timeouts, limits, buffer sizes
+    stats: RouteStats  # the engine counts resets here
+    address: HostPort  # the address bound (for logs)
+    accepting: bool  # False once the route is removed or the LB stops
+
+    def admit(self, link: Link) -> bool:
+        """A client was accepted: within the limits it is kept and dialled (True); else it was
+        counted as refused and the engine resets it (False)."""
+
+    def connected(self, link: Link, backend: Backend, alive: bool = True) -> bytes | None:
+        """A dial succeeded: the bytes to send the backend first (the PROXY header, or b""),
+        or None when the client left meanwhile (the engine closes the backend socket)."""
+
+    def failed(self, link: Link, backend: Backend, error: BaseException) -> None:
+        """A dial failed (or the client left while it ran): the gate retries or refuses."""
+
+    def finished(self, link: Link) -> None:
+        """An admitted client's connection ended (reported once): its counters settle."""
+
+
+class Listener(Protocol):
+    """A route's listening sockets, as one engine runs them."""
+
+    async def start(self) -> tuple[Any, ...]:
+        """Bind the route's listen address and accept clients; the address bound (OSError:
+        it could not be bound, and nothing is left open)."""
+
+    def stop(self) -> None:
+        """Close the listening sockets; connections already open carry on."""
+
+
+class Engine(Protocol):
+    """What carries connections: the balancer starts one and asks it for each route's
+    listener."""
+
+    def listener(self, gate: Gate) -> Listener:
+        """A listener for the gate's route, not yet bound."""
+
+    def close(self) -> None:
+        """Stop, once every connection it carried is gone."""
