@@ -128,10 +128,10 @@ class RoutesApp:
                 raise ApiError(404, "not_found", f"no route on {key}", "listen")
             await respond(send, 204, b"")
         else:
-            listener = self.balancer.listeners.get(key)
-            if listener is None:
+            gate = self.balancer.gates.get(key)
+            if gate is None:
                 raise ApiError(404, "not_found", f"no route on {key}", "listen")
-            await respond(send, 200, json.dumps(listener.route.to_dict()).encode())
+            await respond(send, 200, json.dumps(gate.route.to_dict()).encode())
 
     def _authorize(self, scope: dict[str, Any], write: bool) -> None:
         """Raise Denied unless the request's token may do this (always, without an ACL)."""
