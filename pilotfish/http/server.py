@@ -17,14 +17,8 @@ from pilotfish.http.accept import Acceptor, bind
 from pilotfish.http.limits import MAX_LINGERING, HttpLimits, Listener
 from pilotfish.http.limits import describe as describe_listeners
 from pilotfish.http.protocol import protocol_for
-from pilotfish.http.status import StatusApp as StatusApp  # see below
 from pilotfish.http.tls import TlsSettings
-from pilotfish.http.tls import tls_settings as tls_settings  # see below
 from pilotfish.metrics import Metrics
-
-# pilotfish/lb/options.py still imports StatusApp and tls_settings from here; they live in
-# pilotfish.http.status and pilotfish.http.tls. Drop these two re-exports once it imports
-# them from there (pilotfish/lb/ is being rebuilt on another branch).
 
 log = logging.getLogger(__name__)
 
