@@ -18,7 +18,8 @@ from pilotfish.dns.loops import refuse_own_listener
 from pilotfish.dns.names import domain_name
 from pilotfish.dns.server import DnsServer
 from pilotfish.dns.zone import ZoneSettings
-from pilotfish.http.server import HttpServer, StatusApp
+from pilotfish.http.server import HttpServer
+from pilotfish.http.status import StatusApp
 from pilotfish.stack import Component, Stack
 
 DEFAULT_DNS = "127.0.0.1:8600"
