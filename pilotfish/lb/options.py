@@ -12,6 +12,7 @@ from pilotfish.lb.balancer import LoadBalancer
 from pilotfish.lb.routes import parse_route
 from pilotfish.lb.settings import LbSettings
 from pilotfish.stack import Component, Stack
+from pilotfish.ui.app import UiApp
 
 DEFAULT_LB_API = "127.0.0.1:8700"
 DEFAULTS = LbSettings()
@@ -102,9 +103,10 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
         access = AccessPolicy(args.lb_acl, read_token(args.lb_token_file))
         if args.lb_acl:
             stack.on_sighup(access.reload)
-        app = StatusApp(stack.metrics, balancer.health, RoutesApp(balancer, access),
-                        access=access if access.enabled else stack.read_access)
+        reads = access if access.enabled else stack.read_access
+        ui = UiApp(stack, RoutesApp(balancer, access), reads)  # the status UI at /
+        app = StatusApp(stack.metrics, balancer.health, ui, access=reads)
         components.append(HttpServer(app, parse_hostport(args.lb_api, "--lb-api"),
-                                     what="lb API", tls=tls_settings(args),
-                                     metrics=stack.metrics))
+                                     what="lb API", before_stop=ui.close,
+                                     tls=tls_settings(args), metrics=stack.metrics))
     return components

@@ -14,6 +14,7 @@ from pilotfish.http.server import HttpServer, StatusApp
 from pilotfish.sidecar.containers import Rules
 from pilotfish.sidecar.sidecar import Sidecar, SidecarSettings
 from pilotfish.stack import Component, Stack
+from pilotfish.ui.app import UiApp
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     components: list[Component] = [sidecar]
     if args.sidecar_http:
         listen = parse_hostport(args.sidecar_http, "--sidecar-http")
-        app = StatusApp(stack.metrics, sidecar.health, access=stack.read_access)
-        components.append(HttpServer(app, listen, what="sidecar http", metrics=stack.metrics))
+        ui = UiApp(stack, None, stack.read_access)  # the status UI at /
+        app = StatusApp(stack.metrics, sidecar.health, ui, access=stack.read_access)
+        components.append(HttpServer(app, listen, what="sidecar http", before_stop=ui.close,
+                                     metrics=stack.metrics))
     return components
