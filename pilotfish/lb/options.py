@@ -9,6 +9,7 @@ from pilotfish.http.acl import AccessPolicy
 from pilotfish.http.server import HttpServer, StatusApp, tls_settings
 from pilotfish.lb.api import RoutesApp
 from pilotfish.lb.balancer import LoadBalancer
+from pilotfish.lb.report import reporter
 from pilotfish.lb.routes import parse_route
 from pilotfish.lb.settings import LbSettings
 from pilotfish.stack import Component, Stack
@@ -99,6 +100,7 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     routes = [parse_route(text) for text in texts]
     balancer = LoadBalancer(stack, routes, settings(args), routes_file=args.routes_file)
     components: list[Component] = [balancer]
+    stack.reports["lb"] = reporter(balancer)
     if args.lb_api not in (None, "", "off"):
         access = AccessPolicy(args.lb_acl, read_token(args.lb_token_file))
         if args.lb_acl:

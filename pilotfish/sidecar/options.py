@@ -12,6 +12,7 @@ from pilotfish.catalog.model import InvalidField, ttl_seconds, unusable
 from pilotfish.config import ConfigError, env, parse_hostport
 from pilotfish.http.server import HttpServer, StatusApp
 from pilotfish.sidecar.containers import Rules
+from pilotfish.sidecar.report import reporter
 from pilotfish.sidecar.sidecar import Sidecar, SidecarSettings
 from pilotfish.stack import Component, Stack
 from pilotfish.ui.app import UiApp
@@ -97,6 +98,7 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
         log.warning("sidecar: --registry %s lives in this process only; point it at the "
                     "registry others read (etcd://, zk://, consul://, http://)", args.registry)
     sidecar = Sidecar(stack.catalog, settings(args), stack.metrics)
+    stack.reports["sidecar"] = reporter(sidecar)
     components: list[Component] = [sidecar]
     if args.sidecar_http:
         listen = parse_hostport(args.sidecar_http, "--sidecar-http")
