@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from pilotfish.ui.board import Board
-from pilotfish.ui.html import ago, badge, clock, esc
+from pilotfish.ui.html import ago, badge, clock, count, esc
 
 
 def health_panel(board: Board) -> str:
@@ -33,15 +33,16 @@ def health_panel(board: Board) -> str:
         down = sum(1 for r in lb["routes"] for b in r["backends"] if b["state"] != "healthy")
         state = badge("warning", f"{down} not healthy") if down else badge("passing", "ok")
         cards.append(f'<div class="card" id="health-lb"><h3>Load balancer {state}</h3><p>'
-                     f'{len(lb["routes"])} routes, {lb["active"]} open connections</p></div>')
+                     f'{count(len(lb["routes"]), "route")}, {count(lb["active"], "open connection")}'
+                     "</p></div>")
     sidecar = board.sidecar()
     if sidecar is not None:
         docker = badge("passing", "Docker up") if sidecar["fresh"] else \
             badge("critical", "Docker down")
         sync = "in sync" if sidecar["in_sync"] else "converging"
         cards.append(f'<div class="card" id="health-sidecar"><h3>Sidecar {docker}</h3><p>'
-                     f'{len(sidecar["containers"])} containers, {sidecar["registered"]} '
-                     f'registered, {sync}; lease renewed {ago(sidecar["lease_age"])} ago</p>'
+                     f'{count(len(sidecar["containers"]), "container")}, '
+                     f'{sidecar["registered"]} registered, {sync}; lease renewed {ago(sidecar["lease_age"])} ago</p>'
                      "</div>")
     return '<div class="cards">' + "".join(cards) + "</div>"
 
@@ -58,9 +59,11 @@ def _view_card(board: Board, now: float) -> str:
         return (f'<div class="card stale" id="health-view"><h3>Catalog '
                 f'{badge("critical", "stale")}</h3><p>Backend unreachable or silent since '
                 f"{clock(since)} ({ago(now - since if since else None)}): serving the last "
-                f"view, index {snapshot.index}, {len(snapshot)} instances; nothing expires "
+                f"view, index {snapshot.index}, {count(len(snapshot), 'instance')}; nothing "
+                "expires "
                 "until it answers again.</p></div>")
     last = f"last change {ago(now - changed)} ago" if changed is not None else "no change yet"
     return (f'<div class="card" id="health-view"><h3>Catalog {badge("passing", "current")}'
-            f"</h3><p>Backend reachable; index {snapshot.index}, {len(snapshot)} instances, "
+            f"</h3><p>Backend reachable; index {snapshot.index}, "
+            f"{count(len(snapshot), 'instance')}, "
             f"{last}.</p></div>")
