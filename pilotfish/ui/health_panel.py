@@ -33,8 +33,8 @@ def health_panel(board: Board) -> str:
         down = sum(1 for r in lb["routes"] for b in r["backends"] if b["state"] != "healthy")
         state = badge("warning", f"{down} not healthy") if down else badge("passing", "ok")
         cards.append(f'<div class="card" id="health-lb"><h3>Load balancer {state}</h3><p>'
-                     f'{count(len(lb["routes"]), "route")}, {count(lb["active"], "open connection")}'
-                     "</p></div>")
+                     f'{count(len(lb["routes"]), "route")}, '
+                     f'{count(lb["active"], "open connection")}</p></div>')
     sidecar = board.sidecar()
     if sidecar is not None:
         docker = badge("passing", "Docker up") if sidecar["fresh"] else \
@@ -42,8 +42,8 @@ def health_panel(board: Board) -> str:
         sync = "in sync" if sidecar["in_sync"] else "converging"
         cards.append(f'<div class="card" id="health-sidecar"><h3>Sidecar {docker}</h3><p>'
                      f'{count(len(sidecar["containers"]), "container")}, '
-                     f'{sidecar["registered"]} registered, {sync}; lease renewed {ago(sidecar["lease_age"])} ago</p>'
-                     "</div>")
+                     f'{sidecar["registered"]} registered, {sync}; lease renewed '
+                     f'{ago(sidecar["lease_age"])} ago</p></div>')
     return '<div class="cards">' + "".join(cards) + "</div>"
 
 
