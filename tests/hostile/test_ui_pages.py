@@ -52,9 +52,9 @@ async def test_catalog_values_are_shown_as_text_never_as_markup() -> None:
         await catalog.register(Instance(
             service="evil", id="evil-1", address="127.0.0.1", port=80, lease=lease.id,
             tags=(SCRIPTS[1], "ok"), meta={"note": SCRIPTS[2], "x": SCRIPTS[0]}))
-        view = stack.view()
-        while view.snapshot.get("evil-1") is None:
-            await asyncio.sleep(0.01)
+        shown = asyncio.Event()
+        stack.view().subscribe(lambda snapshot: shown.set() if snapshot.get("evil-1") else None)
+        await asyncio.wait_for(shown.wait(), 5)
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
             listing = (await client.get("/")).text
             page = (await client.get("/ui/services/evil")).text
