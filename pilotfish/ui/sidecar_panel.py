@@ -4,7 +4,7 @@ what became of it: registered as which instances, or skipped and why."""
 from __future__ import annotations
 
 from pilotfish.ui.balancer_panel import log_lines
-from pilotfish.ui.html import ago, badge, esc, table
+from pilotfish.ui.html import ago, badge, count, esc, table
 from pilotfish.ui.reports import ContainerReport, SidecarReport
 
 MAX_CONTAINERS = 500
@@ -23,9 +23,9 @@ def sidecar_panel(report: SidecarReport) -> str:
              f'{ago(report["last_seen_age"])} ago; {report["events"]} events, '
              f'{report["reconnects"]} reconnects</dd>'
              f'<dt>Lease</dt><dd id="sidecar-lease">{lease}</dd>'
-             f'<dt>Catalog</dt><dd>{sync} {report["registered"]} instances held; '
-             f'{report["registry_errors"]} failed calls, {report["reregistrations"]} leases '
-             "replaced</dd></dl>")
+             f'<dt>Catalog</dt><dd>{sync} {count(report["registered"], "instance")} held; '
+             f'{count(report["registry_errors"], "failed call")}, '
+             f'{count(report["reregistrations"], "lease")} replaced</dd></dl>')
     rows = [_container(c) for c in report["containers"][:MAX_CONTAINERS]]
     return (f'<h2>Sidecar</h2>{facts}<h3>Containers ({len(report["containers"])})</h3>'
             + table(("Container", "Registered", "Not registered (why)"), rows, "containers",

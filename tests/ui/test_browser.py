@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.fixtures.docker import DockerEngine
 from tests.fixtures.process import PilotfishProcess, start_pilotfish
 from tests.fixtures.servers import free_port
 from tests.ui.conftest import deregister, register
@@ -183,3 +185,31 @@ def test_stale_then_disconnected(page: Page, web_backend: int, shots: Path) -> N
                                                                 timeout=10_000)
             page.screenshot(path=shots / "disconnected.png")
         assert not lb.crashes(), lb.crashes()
+
+
+def test_the_sidecar_port_shows_each_container_and_why(
+        page: Page, docker: DockerEngine, shots: Path) -> None:
+    """A sidecar on a real Docker engine: one container registered, one on network none and
+    one without SERVICE_NAME (under --explicit) listed with the reason they were skipped."""
+    unique = uuid.uuid4().hex[:8]
+    with start_pilotfish("up", "--api", "127.0.0.1:0", "--dns", "off", "--docker", docker.host,
+                         "--advertise-ip", "127.0.0.1", "--sidecar-id", f"s{unique}",
+                         "--explicit", "--sidecar-http", "127.0.0.1:0",
+                         expect=("registry API", "sidecar http"), timeout=STARTUP) as up:
+        docker.run("--network", "host", "--name", f"app-{unique}",
+                   "-l", f"SERVICE_NAME=app-{unique}", "-l", f"SERVICE_PORT={free_port()}")
+        docker.run("--network", "none", "--name", f"lonely-{unique}",
+                   "-l", f"SERVICE_NAME=lonely-{unique}", "-l", "SERVICE_PORT=80")
+        docker.run("--network", "host", "--name", f"anon-{unique}",
+                   "--expose", str(free_port()))
+        page.goto("http://" + up.listening["sidecar http"] + "/ui/sidecar")
+        expect(page.locator("#sidecar-docker")).to_contain_text("up")
+        expect(page.locator(f"tr[data-container='app-{unique}']")).to_contain_text(
+            f"app-{unique} s{unique}:app-{unique}", timeout=10_000)
+        expect(page.locator(f"tr[data-container='lonely-{unique}']")).to_contain_text(
+            "network-none")
+        expect(page.locator(f"tr[data-container='anon-{unique}']")).to_contain_text("explicit")
+        expect(page.locator("#sidecar-lease")).to_contain_text("renewed", timeout=10_000)
+        expect(page.locator("#health-sidecar")).to_contain_text("Docker up")
+        page.screenshot(path=shots / "sidecar.png", full_page=True)
+    assert not up.crashes(), up.crashes()
