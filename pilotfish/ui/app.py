@@ -111,6 +111,8 @@ class UiApp:
             await self._status(scope, send, head)
         else:
             shown = page_at(path)
+            if shown == Page("services") and path in ("/", "/ui", "/ui/"):
+                shown = self.pages.home()
             if shown is None:
                 await respond(send, 404, _error(404, "not_found", f"no such page: {path[:200]}"))
                 return

@@ -105,6 +105,13 @@ class Pages:
             return "sidecar" in self.board.stack.reports
         return self.board.view is not None
 
+    def home(self) -> Page:
+        """The page `/` shows: the services where the process keeps a view, else what it has."""
+        for page in (Page("services"), Page("sidecar"), Page("lb")):
+            if self.has(page):
+                return page
+        return Page("services")
+
     def meta(self) -> dict[str, Any]:
         """What the feed sends beside the panels: the view's state, for the banner."""
         view = self.board.view

@@ -196,3 +196,20 @@ def test_stopping_the_server_ends_its_feeds_at_once() -> None:
         process.process.wait(10)
         assert time.monotonic() - started < 1.5  # not the 2 s uvicorn would wait for it
     assert not process.crashes(), process.crashes()
+
+
+def test_a_sidecar_alone_shows_its_own_page_at_the_root(api: PilotfishProcess,
+                                                        tmp_path: Path) -> None:
+    """No catalog view in a lone sidecar: `/` is the sidecar page, which says Docker is down
+    while its engine does not answer."""
+    with start_pilotfish("sidecar", "--registry", api.api, "--docker",
+                         f"unix://{tmp_path}/no-docker.sock", "--advertise-ip", "127.0.0.1",
+                         "--sidecar-id", "lone", "--sidecar-http", "127.0.0.1:0",
+                         expect=("sidecar http",), timeout=STARTUP) as sidecar:
+        page = httpx.get(f"http://{sidecar.listening['sidecar http']}/", timeout=10)
+        assert page.status_code == 200
+        assert 'data-feed="/ui/feed?page=sidecar"' in page.text
+        assert '<a href="/ui/"' not in page.text.split("<nav>")[1].split("</nav>")[0]
+        assert 'id="sidecar-docker"><span class="badge critical">down' in page.text
+        assert "keeps no catalog view" in page.text
+    assert not sidecar.crashes(), sidecar.crashes()
