@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
@@ -20,6 +19,7 @@ LEASE_FRESH = 1.0  # seconds a lease read is reused (TTL left is shown to the se
 LEASE_TIMEOUT = 1.0  # a render waits at most this long for lease reads
 MAX_LEASES = 64  # distinct leases read for one service page; beyond, shown without details
 LEASE_CONCURRENCY = 16
+LEASE_RETRY = 5.0  # seconds before a lease that could not be read is tried again
 RATE_WINDOW = 10.0  # seconds of DNS samples a rate is measured over
 
 
@@ -54,6 +54,7 @@ class Board:
         self.dns_rates = DnsRates()
         self._subscribed = False
         self._leases: dict[str, tuple[float, Lease | None]] = {}
+        self._unreadable: dict[str, float] = {}  # lease id -> when a read last failed
         self._lease_reads = asyncio.Semaphore(LEASE_CONCURRENCY)
 
     @property
@@ -104,17 +105,22 @@ class Board:
         wanted = list(dict.fromkeys(lease_ids))[:MAX_LEASES]
         now = time.monotonic()
         stale = [i for i in wanted if now - self._leases.get(i, (-LEASE_FRESH, None))[0]
-                 >= LEASE_FRESH]
+                 >= LEASE_FRESH and now - self._unreadable.get(i, -LEASE_RETRY) >= LEASE_RETRY]
         if stale:
             reads = [asyncio.ensure_future(self._read_lease(i)) for i in stale]
             _, pending = await asyncio.wait(reads, timeout=LEASE_TIMEOUT)
             for read in pending:
                 read.cancel()
-        if len(self._leases) > 8 * MAX_LEASES:  # keep only what pages asked for lately
+        if len(self._leases) + len(self._unreadable) > 8 * MAX_LEASES:
+            # keep only what this page asked for: the caches stay small
             self._leases = {i: self._leases[i] for i in wanted if i in self._leases}
+            self._unreadable = {}
         return {i: self._leases[i][1] for i in wanted if i in self._leases}
 
     async def _read_lease(self, lease_id: str) -> None:
         async with self._lease_reads:
-            with contextlib.suppress(Exception):  # unreadable: shown without details
+            try:
                 self._leases[lease_id] = (time.monotonic(), await self.catalog.lease(lease_id))
+                self._unreadable.pop(lease_id, None)
+            except Exception:  # e.g. an http:// catalog whose token may not read leases
+                self._unreadable[lease_id] = time.monotonic()  # shown without details
