@@ -118,7 +118,9 @@
         }
       }
     } catch (error) {
-      reason = ctrl.signal.aborted ? "no answer" : "cannot reach pilotfish";
+      if (ctrl.signal.aborted) reason = "no answer";
+      else if (String(error.message).startsWith("HTTP ")) reason = `refused (${error.message})`;
+      else reason = "cannot reach pilotfish";
     } finally {
       clearTimeout(watchdog);
     }
