@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,6 +19,8 @@ from pilotfish.ui.assets import assets
 from pilotfish.ui.board import Board
 from pilotfish.ui.docs import docs_page
 from pilotfish.ui.pages import BadField, Page, Pages, page_at, page_of
+
+log = logging.getLogger(__name__)
 
 READS = ("GET", "HEAD")
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -72,8 +75,15 @@ class UiApp:
                                             f"{scope['method'][:32]} is not allowed here; use "
                                             "GET, HEAD"), headers=[(b"allow", b"GET, HEAD")])
             return
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            await self._route(scope, receive, send)
+            await self._route(scope, receive, tracked)
         except BadField as exc:
             await respond(send, 400, _error(400, "invalid", str(exc), exc.field))
         except Denied as exc:
@@ -82,6 +92,11 @@ class UiApp:
             await respond(send, 503, _error(503, "unavailable", str(exc)),
                           headers=[(b"retry-after", str(RETRY_AFTER).encode()),
                                    (b"connection", b"close")])
+        except Exception as exc:  # a bug: one bounded line in the log, never a traceback
+            log.error("ui: %s %s failed: %s", scope["method"][:16], scope["path"][:200],
+                      repr(exc)[:300])
+            if not started:
+                await respond(send, 500, _error(500, "internal", "internal error"))
 
     def may_read(self, scope: dict[str, Any]) -> bool:
         """Whether this request may see the catalog, as the port's API decides a GET: Denied
@@ -105,6 +120,9 @@ class UiApp:
         elif path == "/ui/feed":
             page = page_of(dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))))
             self.may_read(scope)  # a refused token: 401/403 now, before the stream starts
+            if head:
+                await _send(send, 200, b"", feed.HEADERS[0][1], True, feed.HEADERS[1:])
+                return
             await feed.stream(self.pages, page, lambda: self.may_read(scope), scope, receive,
                               send, self.closing)
         elif path == "/ui/status.json":

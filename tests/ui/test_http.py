@@ -82,6 +82,8 @@ def test_pages_have_a_strict_policy_and_are_not_cached(api: PilotfishProcess) ->
     assert head.headers["content-length"] == page.headers["content-length"]
     for path in ("/ui", "/ui/"):
         assert "Services" in httpx.get(api.api + path, timeout=10).text
+    feed = httpx.head(api.api + "/ui/feed", timeout=5)  # answered, not streamed forever
+    assert feed.status_code == 200 and feed.headers["content-type"].startswith("text/event")
 
 
 def test_assets_are_small_compressed_and_cached(api: PilotfishProcess) -> None:
