@@ -109,9 +109,10 @@ def _instance_row(instance: Instance, lease: Lease | None, read: bool, now: floa
     else:
         ttl_left = owner = "lapsed" if read else "—"
     return (f'<tr data-id="{esc(instance.id, 200)}"><td><code>{esc(instance.id)}</code></td>'
-            f"<td><code>{esc(address)}</code></td><td>{badge(instance.health)}</td>"
-            f'<td class="num">{instance.weight}</td><td>{tags}</td><td>{meta}</td>'
-            f"<td><code>{esc(instance.lease)}</code></td><td>{ttl_left}</td><td>{owner}</td>"
+            f'<td class="nowrap"><code>{esc(address)}</code></td><td>{badge(instance.health)}'
+            f'</td><td class="num">{instance.weight}</td><td>{tags}</td><td>{meta}</td>'
+            f'<td><code title="{esc(instance.lease)}">{esc(instance.lease, 12)}</code></td>'
+            f'<td class="nowrap">{ttl_left}</td><td>{owner}</td>'
             f"<td>{checks_table(getattr(instance, 'checks', ()))}</td></tr>")
 
 
