@@ -15,7 +15,7 @@ from pilotfish.catalog.redact import redact_url
 from pilotfish.config import ConfigError, env
 from pilotfish.dns import options as dns_options
 from pilotfish.fds import raise_open_files_limit, share_open_files
-from pilotfish.http.server import add_tls_flags
+from pilotfish.http.tls import add_tls_flags
 from pilotfish.lb import options as lb_options
 from pilotfish.loop import run
 from pilotfish.registrar import command as register_options

@@ -36,7 +36,7 @@ class BackendUnavailable(CatalogError):
 
 
 class Snapshot:
-    """An immutable view of every live instance, stamped with the catalog index it reflects."""
+    """An immutable set of every live instance, stamped with the catalog index it reflects."""
 
     __slots__ = ("index", "instances", "_by_service")
 

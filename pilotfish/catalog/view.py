@@ -13,12 +13,13 @@ from pilotfish.loop import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[Snapshot], None]
+Subscriber = Callable[[Snapshot], None]
+"""Called with each new snapshot the view takes in (a DNS zone, the LB's pools)."""
 RETRY_FLOOR = 0.05  # never retry a failing backend in a tighter loop than this
 
 
 class CatalogView:
-    """Keeps the latest snapshot and tells listeners; keeps the last one when the backend fails."""
+    """Keeps the latest snapshot and tells subscribers; keeps the last while the backend fails."""
 
     def __init__(self, catalog: Catalog, wait: float = 30.0, retry: float = 1.0) -> None:
         self.catalog = catalog
@@ -29,14 +30,14 @@ class CatalogView:
         self.ready = asyncio.Event()
         self._wait = wait
         self._retry = retry
-        self._listeners: list[Listener] = []
+        self._subscribers: list[Subscriber] = []
         self._task: asyncio.Task[None] | None = None
 
-    def subscribe(self, listener: Listener) -> None:
-        """Call listener with every new snapshot (and now, if one is already here)."""
-        self._listeners.append(listener)
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Call `subscriber` with every new snapshot (and now, if one is already here)."""
+        self._subscribers.append(subscriber)
         if self.ready.is_set():
-            listener(self.snapshot)
+            subscriber(self.snapshot)
 
     async def start(self) -> None:
         """Begin following the catalog; returns once the first snapshot is in (or it failed)."""
@@ -83,8 +84,8 @@ class CatalogView:
         self.snapshot = snapshot
         self.changed_at = time.time()
         self.ready.set()
-        for listener in self._listeners:
+        for subscriber in self._subscribers:
             try:
-                listener(snapshot)
+                subscriber(snapshot)
             except Exception:
-                log.exception("view listener failed")
+                log.exception("view subscriber failed")

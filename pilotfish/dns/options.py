@@ -19,7 +19,8 @@ from pilotfish.dns.loops import refuse_own_listener
 from pilotfish.dns.names import domain_name
 from pilotfish.dns.server import DnsServer
 from pilotfish.dns.zone import ZoneSettings
-from pilotfish.http.server import HttpServer, StatusApp
+from pilotfish.http.server import HttpServer
+from pilotfish.http.status import StatusApp
 from pilotfish.stack import Component, Stack
 from pilotfish.ui.app import UiApp
 from pilotfish.ui.reports import DnsReport

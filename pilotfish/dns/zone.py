@@ -415,7 +415,7 @@ class Zone:
         self._hosts[wire] = count
 
     def update(self, snapshot: Snapshot) -> None:
-        """Re-assemble the services whose instances changed; a view listener."""
+        """Re-assemble the services whose instances changed; a view subscriber."""
         started = time.perf_counter()
         new, old = snapshot.instances, self._instances
         changed: dict[str, list[tuple[str, Instance | None]]] = {}

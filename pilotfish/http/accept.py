@@ -17,6 +17,7 @@ import os
 import socket
 from collections.abc import Callable
 
+from pilotfish.http.errors import error_body
 from pilotfish.http.limits import Listener
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 BATCH = 64  # connections accepted per wake-up, so one listener cannot starve the loop
 PAUSE = 0.1  # seconds accepting rests when even the reserve descriptor is gone
-_BODY = b'{"error": "out of file descriptors; try again", "code": "unavailable"}'
+_BODY = error_body("unavailable", "out of file descriptors; try again")
 REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_BODY), _BODY))
 

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from pilotfish.config import ConfigError
+from pilotfish.http.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +174,14 @@ def _valid_scope(scope: str) -> bool:
     return scope.startswith(WRITE) and bool(_GLOB.fullmatch(scope[len(WRITE):]))
 
 
-class Denied(Exception):
+class Denied(ApiError):
     """A request the ACL refuses: 401 (no or unknown token) or 403 (a scope is missing)."""
 
     def __init__(self, status: int, message: str, token: str | None = None,
                  scope: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.token, self.scope = status, message, token, scope
+        super().__init__(status, "unauthorized" if status == 401 else "forbidden", message)
+        self.token, self.scope = token, scope
+        self.headers["WWW-Authenticate"] = self.challenge()
 
     def challenge(self) -> str:
         """The `WWW-Authenticate` value (RFC 6750): why the token was not enough."""
@@ -191,8 +193,7 @@ class Denied(Exception):
 
     def body(self) -> dict[str, str]:
         """The JSON error answer: the message, the code, and the token's name and scope."""
-        body = {"error": self.message,
-                "code": "unauthorized" if self.status == 401 else "forbidden"}
+        body = super().body()
         if self.token is not None:
             body["token"] = self.token
         if self.scope is not None:

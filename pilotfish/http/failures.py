@@ -8,13 +8,14 @@ its message cut short, and the innermost few frames.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from types import TracebackType
-from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from pilotfish.http.errors import error_body
+from pilotfish.http.middleware import Middleware
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +53,13 @@ def failure_line(scope: Scope, exc: BaseException) -> str:
             f"{_short(message, MAX_MESSAGE)!r} at {' <- '.join(_innermost(exc.__traceback__))}")
 
 
-INTERNAL_BODY = json.dumps({"error": "internal error: the registry logged what failed",
-                            "code": "internal"}).encode()
+INTERNAL_BODY = error_body("internal", "internal error: the registry logged what failed")
 
 
-class LastResort:
+class LastResort(Middleware):
     """Answers 500 JSON for any exception that escapes the app, and logs it in one line."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracked(message: Message) -> None:

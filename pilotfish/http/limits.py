@@ -17,13 +17,10 @@ import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pilotfish.http.long_polls import TooManyWaiting
 from pilotfish.metrics import Metrics, Sample
-
-if TYPE_CHECKING:
-    from pilotfish.http.protocol import GuardedProtocol
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +37,30 @@ class HttpLimits:
     max_connections: int = 1024
     keep_alive: int = 75  # idle seconds between requests on one connection
     long_poll_share: float = 0.5  # of max_connections that waiting long-polls may hold
+
+
+class Connection(Protocol):
+    """What a listener needs of one of its connections (pilotfish.http.protocol's)."""
+
+    wrote: bool  # carried a write that succeeded: kept over readers
+    serving: bool  # speaks HTTP (a TLS connection: once its handshake is done)
+
+    @property
+    def idle(self) -> bool:
+        """No request is being served."""
+        ...
+
+    def close_now(self) -> None:
+        """Close at once."""
+        ...
+
+    def answer_now(self, early: asyncio.Future[None]) -> None:
+        """End its long-poll with the current answer, and close after it."""
+        ...
+
+    def stop_lingering(self) -> None:
+        """Close it now, while it drains after a refusal."""
+        ...
 
 
 class Complaint:
@@ -66,9 +87,9 @@ class Listener:
         self.limits = limits
         self.what = what
         self.tls: ssl.SSLContext | None = None  # set: connections start TLS after accept
-        self.connections: dict[GuardedProtocol, None] = {}
-        self.lingering: dict[GuardedProtocol, None] = {}  # answered, draining, outside the cap
-        self.waiting: dict[GuardedProtocol, asyncio.Future[None]] = {}  # long-polls, oldest first
+        self.connections: dict[Connection, None] = {}
+        self.lingering: dict[Connection, None] = {}  # answered, draining, outside the cap
+        self.waiting: dict[Connection, asyncio.Future[None]] = {}  # long-polls, oldest first
         self.writers = 0  # connections that have carried a write
         self.refused: dict[int, int] = {}  # answered outside any request (400, 408, 431, 503)
         self.evicted = 0  # idle connections closed to make room
@@ -102,7 +123,7 @@ class Listener:
                float(self.polls_refused))
         yield "pilotfish_http_cut_total", (listener,), float(self.cut)
 
-    def admit(self, connection: GuardedProtocol) -> bool:
+    def admit(self, connection: Connection) -> bool:
         """Make room for a new connection if the cap is reached; False when nothing can go."""
         if len(self.connections) >= self.limits.max_connections and not self._make_room():
             return False
@@ -130,24 +151,24 @@ class Listener:
             return True
         return False
 
-    def _evict(self, connection: GuardedProtocol) -> None:
+    def _evict(self, connection: Connection) -> None:
         self.evicted += 1
         self.connections.pop(connection)
         connection.close_now()
 
-    def touch(self, connection: GuardedProtocol) -> None:
+    def touch(self, connection: Connection) -> None:
         """The connection is active: it is the last to be evicted now."""
         if connection in self.connections:
             del self.connections[connection]
             self.connections[connection] = None
 
-    def wrote(self, connection: GuardedProtocol) -> None:
+    def wrote(self, connection: Connection) -> None:
         """The connection carried a write that succeeded: keep it over readers."""
         if not connection.wrote:
             connection.wrote = True
             self.writers += 1
 
-    def begin_wait(self, connection: GuardedProtocol) -> asyncio.Future[None]:
+    def begin_wait(self, connection: Connection) -> asyncio.Future[None]:
         """A long-poll starts waiting, within the share (TooManyWaiting beyond it)."""
         if len(self.waiting) >= self.most_waiting:
             self.polls_refused += 1
@@ -156,7 +177,7 @@ class Listener:
         self.waiting[connection] = future
         return future
 
-    def linger(self, connection: GuardedProtocol) -> None:
+    def linger(self, connection: Connection) -> None:
         """The connection was answered and is draining: out of the cap, into a bounded set."""
         self.connections.pop(connection, None)
         self.lingering[connection] = None
@@ -165,7 +186,7 @@ class Listener:
             del self.lingering[oldest]
             oldest.stop_lingering()
 
-    def forget(self, connection: GuardedProtocol) -> None:
+    def forget(self, connection: Connection) -> None:
         """The connection is closed."""
         self.connections.pop(connection, None)
         self.lingering.pop(connection, None)

@@ -1,8 +1,9 @@
 """The app's side of long-poll admission: a blocking read holds a slot of its listener while it
 waits, and answers at once when the listener takes the slot back to make room.
 
-The HTTP listener (pilotfish.http.limits) puts a WaitSlot in each request's ASGI scope; an app
-served some other way (a test transport) gets none, and its long-polls are not limited.
+Each connection of an HTTP listener (pilotfish.http.protocol, under pilotfish.http.limits) puts
+itself in its requests' ASGI scope as their WaitSlot; an app served some other way (a test
+transport) gets none, and its long-polls are not limited.
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ from accept, through the handshake it does itself), and asks its Listener
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from pilotfish.http.errors import error_body
 from pilotfish.http.limits import HttpLimits, Listener
 from pilotfish.http.long_polls import SCOPE_KEY
 from pilotfish.http.tls import TlsLayer, speaks_tls
@@ -309,7 +309,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _answer(self, status: int, code: str, message: str) -> None:
         """Answer outside any request (a refusal) and close the connection."""
-        body = json.dumps({"error": message, "code": code}).encode()
+        body = error_body(code, message)
         reasons = {400: "Bad Request", 408: "Request Timeout",
                    431: "Request Header Fields Too Large", 503: "Service Unavailable"}
         head = (f"HTTP/1.1 {status} {reasons[status]}\r\ncontent-type: application/json\r\n"

@@ -1,93 +1,26 @@
-"""The one small HTTP server every component uses, and the /metrics + /health app they share."""
+"""The one small HTTP server every component uses: one listener for an ASGI app, in the process's
+event loop, on pilotfish.http.accept's accept loop and pilotfish.http.protocol's limits."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import socket
-import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 
-from pilotfish.config import ConfigError, HostPort, env
+from pilotfish.config import ConfigError, HostPort
 from pilotfish.http.accept import Acceptor, bind
-from pilotfish.http.acl import AccessPolicy, Denied, reads_catalog
 from pilotfish.http.limits import MAX_LINGERING, HttpLimits, Listener
 from pilotfish.http.limits import describe as describe_listeners
 from pilotfish.http.protocol import protocol_for
-from pilotfish.http.tls import server_context
+from pilotfish.http.tls import TlsSettings
 from pilotfish.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-Health = Callable[[], tuple[bool, dict[str, Any]]]
-"""Returns (healthy, body): 200 with the body when healthy, else 503."""
-
-ASGIApp = Callable[..., Any]
-
-
-@dataclass(frozen=True, slots=True)
-class TlsSettings:
-    """A listener's certificate and key, and the CA its clients' certificates must chain to."""
-
-    cert: str
-    key: str
-    client_ca: str | None = None
-
-    def check(self) -> None:
-        """Load them once now, so a wrong path or a key not matching is a clear start-up error."""
-        for flag, path in (("--tls-cert", self.cert), ("--tls-key", self.key),
-                           ("--tls-client-ca", self.client_ca)):
-            if path is not None and not os.access(path, os.R_OK):
-                raise ConfigError(f"{flag}: cannot read {path!r}")
-        try:
-            server_context(self.cert, self.key, None)
-        except ssl.SSLError as exc:
-            raise ConfigError(f"--tls-cert/--tls-key: {exc.reason or exc}: not a certificate "
-                              "and the private key that goes with it (PEM)") from None
-        try:
-            self.context()
-        except ssl.SSLError as exc:
-            raise ConfigError(f"--tls-client-ca: {exc.reason or exc}") from None
-
-    def context(self) -> ssl.SSLContext:
-        """The server's TLS context."""
-        return server_context(self.cert, self.key, self.client_ca)
-
-
-def add_tls_flags(parser: argparse.ArgumentParser) -> None:
-    """--tls-cert, --tls-key, --tls-client-ca: TLS for the registry API and the LB's HTTP port."""
-    group = parser.add_argument_group("TLS (the registry API and the LB's HTTP port)")
-    group.add_argument("--tls-cert", default=env("tls_cert"), metavar="PEM",
-                       help="serve HTTPS with this certificate (chain) [PILOTFISH_TLS_CERT]")
-    group.add_argument("--tls-key", default=env("tls_key"), metavar="PEM",
-                       help="its private key [PILOTFISH_TLS_KEY]")
-    group.add_argument("--tls-client-ca", default=env("tls_client_ca"), metavar="PEM",
-                       help="require client certificates signed by this CA "
-                            "[PILOTFISH_TLS_CLIENT_CA]")
-
-
-def tls_settings(args: argparse.Namespace) -> TlsSettings | None:
-    """The TLS flags as settings (None: plain HTTP); both cert and key or neither."""
-    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
-    client_ca = getattr(args, "tls_client_ca", None)
-    if not cert and not key:
-        if client_ca:
-            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
-        return None
-    if not cert or not key:
-        raise ConfigError("--tls-cert and --tls-key go together")
-    settings = TlsSettings(cert, key, client_ca or None)
-    settings.check()
-    return settings
-
 
 MIN_CONNECTIONS = 16  # the smallest cap an open-files budget sizes a listener to
 
@@ -177,51 +110,3 @@ class HttpServer:
             self.server.should_exit = True
             await self._task
             self._task = None
-
-
-class StatusApp:
-    """ASGI app answering GET /metrics (Prometheus text) and /health; the rest goes to `app`.
-
-    `access`: the ACL whose readers see per-instance series on /metrics (acl.reads_catalog).
-    """
-
-    def __init__(self, metrics: Metrics, health: Health, app: ASGIApp | None = None,
-                 access: AccessPolicy | None = None) -> None:
-        self.metrics = metrics
-        self.health = health
-        self.app = app
-        self.access = access
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            if self.app is not None:
-                await self.app(scope, receive, send)
-            return
-        path = scope.get("path", "")
-        if path == "/metrics":
-            include_instances = reads_catalog(scope, self.access)
-            await respond(send, 200, self.metrics.render(include_instances).encode(),
-                          "text/plain; version=0.0.4")
-        elif path == "/health":
-            healthy, body = self.health()
-            await respond(send, 200 if healthy else 503, json.dumps(body).encode())
-        elif self.app is not None:
-            await self.app(scope, receive, send)
-        else:
-            await respond(send, 404, b'{"error": "not found", "code": "not_found"}')
-
-
-async def deny(send: Any, exc: Denied) -> None:
-    """401 with `WWW-Authenticate: Bearer`, or 403 naming the token and the missing scope."""
-    await respond(send, exc.status, json.dumps(exc.body()).encode(),
-                  headers=[(b"www-authenticate", exc.challenge().encode())])
-
-
-async def respond(send: Any, status: int, body: bytes,
-                  content_type: str = "application/json",
-                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """Send a whole response through a raw ASGI `send`."""
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type.encode()),
-                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})

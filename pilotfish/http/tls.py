@@ -1,4 +1,5 @@
-"""TLS started by the HTTP listener itself, on a connection it has already accepted and counted.
+"""TLS for an HTTP listener: its settings (the --tls-* flags), and a handshake the listener starts
+itself, on a connection it has already accepted and counted.
 
 A listening socket created with ssl= hands the application nothing until the handshake is done:
 connections that never finish one are invisible to every limit (asyncio keeps them 60 s). So a
@@ -9,11 +10,16 @@ wraps the connection in a TLS layer: a silent connection costs a socket, not a T
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
+import os
 import ssl
 from asyncio.sslproto import SSLProtocol
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from pilotfish.config import ConfigError, env
 
 TLS_HANDSHAKE = 0x16  # the content type of the record every TLS connection begins with
 SHUTDOWN_TIMEOUT = 1.0  # seconds we wait for the peer's close_notify before closing anyway
@@ -27,6 +33,62 @@ def server_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext
         context.load_verify_locations(client_ca)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """A listener's certificate and key, and the CA its clients' certificates must chain to."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+    def check(self) -> None:
+        """Load them once now, so a wrong path or a key not matching is a clear start-up error."""
+        for flag, path in (("--tls-cert", self.cert), ("--tls-key", self.key),
+                           ("--tls-client-ca", self.client_ca)):
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigError(f"{flag}: cannot read {path!r}")
+        try:
+            server_context(self.cert, self.key, None)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"--tls-cert/--tls-key: {exc.reason or exc}: not a certificate "
+                              "and the private key that goes with it (PEM)") from None
+        try:
+            self.context()
+        except ssl.SSLError as exc:
+            raise ConfigError(f"--tls-client-ca: {exc.reason or exc}") from None
+
+    def context(self) -> ssl.SSLContext:
+        """The server's TLS context."""
+        return server_context(self.cert, self.key, self.client_ca)
+
+
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    """--tls-cert, --tls-key, --tls-client-ca: TLS for the registry API and the LB's HTTP port."""
+    group = parser.add_argument_group("TLS (the registry API and the LB's HTTP port)")
+    group.add_argument("--tls-cert", default=env("tls_cert"), metavar="PEM",
+                       help="serve HTTPS with this certificate (chain) [PILOTFISH_TLS_CERT]")
+    group.add_argument("--tls-key", default=env("tls_key"), metavar="PEM",
+                       help="its private key [PILOTFISH_TLS_KEY]")
+    group.add_argument("--tls-client-ca", default=env("tls_client_ca"), metavar="PEM",
+                       help="require client certificates signed by this CA "
+                            "[PILOTFISH_TLS_CLIENT_CA]")
+
+
+def tls_settings(args: argparse.Namespace) -> TlsSettings | None:
+    """The TLS flags as settings (None: plain HTTP); both cert and key or neither."""
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    client_ca = getattr(args, "tls_client_ca", None)
+    if not cert and not key:
+        if client_ca:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not cert or not key:
+        raise ConfigError("--tls-cert and --tls-key go together")
+    settings = TlsSettings(cert, key, client_ca or None)
+    settings.check()
+    return settings
 
 
 def speaks_tls(first: bytes) -> bool:

@@ -2,9 +2,9 @@
 
 Whoever can change a route decides where its traffic goes: with `--lb-acl` or
 `--lb-token-file`, changes need an `admin` token and reads follow the ACL's `read` rules
-(the registry API's tokens and answers, pilotfish.http.acl). Errors take the registry's shape and
-codes: {"error", "code", "field"} with invalid, not_found, too_large, method_not_allowed,
-conflict, unauthorized, forbidden.
+(the registry API's tokens and answers, pilotfish.http.acl). Errors take the one shape of every
+HTTP surface (pilotfish.http.errors): {"error", "code", "field"} with invalid, not_found,
+too_large, method_not_allowed, conflict, unauthorized, forbidden, internal.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import json
 import logging
 from typing import Any
 
-from pilotfish.http.acl import ADMIN, AccessPolicy, Denied, forbidden, presented_token
-from pilotfish.http.server import deny, respond
+from pilotfish.http.acl import ADMIN, AccessPolicy, forbidden, presented_token
+from pilotfish.http.errors import ApiError, body_too_large
+from pilotfish.http.responses import respond
 from pilotfish.lb.balancer import LoadBalancer
 from pilotfish.lb.routes import (
     MAX_SHOWN,
@@ -33,34 +34,12 @@ ALLOWED_ON_LIST = ("GET", "HEAD")
 ALLOWED_ON_ROUTE = ("DELETE", "GET", "HEAD", "PUT")
 
 
-class ApiError(Exception):
-    """An answer other than success: status, code, message and the field it is about."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
-        self.headers = headers or []
-
-    def body(self) -> bytes:
-        """The registry's error shape."""
-        body: dict[str, Any] = {"error": self.message, "code": self.code}
-        if self.field is not None:
-            body["field"] = self.field
-        return json.dumps(body).encode()
-
-
-def _too_large() -> ApiError:
-    return ApiError(413, "too_large", f"body: over the limit of {MAX_BODY} bytes", "body",
-                    [(b"connection", b"close")])
-
-
 async def _body(scope: dict[str, Any], receive: Any) -> bytes:
     """The request body, refused (413) once it passes MAX_BODY, before reading it all."""
     headers: dict[bytes, bytes] = dict(scope["headers"])
     declared = headers.get(b"content-length", b"")
     if declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_BODY):
-        raise _too_large()
+        raise body_too_large(MAX_BODY)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -68,7 +47,7 @@ async def _body(scope: dict[str, Any], receive: Any) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:
-            raise _too_large()
+            raise body_too_large(MAX_BODY)
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
@@ -114,17 +93,15 @@ class RoutesApp:
 
         try:
             await self._handle(scope, receive, tracked)
-        except ApiError as exc:
-            await respond(tracked, exc.status, exc.body(), headers=exc.headers)
+        except ApiError as exc:  # Denied too: 401 and 403
+            await exc.send(tracked)
         except InvalidRoute as exc:
-            await respond(tracked, 400, ApiError(400, "invalid", str(exc), exc.field).body())
-        except Denied as exc:
-            await deny(tracked, exc)
+            await ApiError(400, "invalid", str(exc), exc.field).send(tracked)
         except Exception as exc:  # a bug: one bounded line in the log, no traceback anywhere
             log.error("lb API: %s %s failed: %s", shown(scope.get("method")),
                       shown(scope.get("path")), shown(exc))
             if not started:
-                await respond(send, 500, ApiError(500, "internal", "internal error").body())
+                await ApiError(500, "internal", "internal error").send(send)
 
     async def _handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path: str = scope["path"]
@@ -137,7 +114,7 @@ class RoutesApp:
         if method not in allowed:
             raise ApiError(405, "method_not_allowed",
                            f"{method[:32]} is not allowed here; use {', '.join(allowed)}",
-                           headers=[(b"allow", ", ".join(allowed).encode())])
+                           headers={"Allow": ", ".join(allowed)})
         self._authorize(scope, write=method not in READS)
         if listing:
             routes = [route.to_dict() for route in self.balancer.routes()]
@@ -151,10 +128,10 @@ class RoutesApp:
                 raise ApiError(404, "not_found", f"no route on {key}", "listen")
             await respond(send, 204, b"")
         else:
-            listener = self.balancer.listeners.get(key)
-            if listener is None:
+            gate = self.balancer.gates.get(key)
+            if gate is None:
                 raise ApiError(404, "not_found", f"no route on {key}", "listen")
-            await respond(send, 200, json.dumps(listener.route.to_dict()).encode())
+            await respond(send, 200, json.dumps(gate.route.to_dict()).encode())
 
     def _authorize(self, scope: dict[str, Any], write: bool) -> None:
         """Raise Denied unless the request's token may do this (always, without an ACL)."""
@@ -171,6 +148,6 @@ class RoutesApp:
         except OSError as exc:
             raise ApiError(409, "conflict", f"listen: cannot bind {key}: "
                                             f"{exc.strerror or shown(exc)}", "listen") from None
-        headers = [(b"location", f"{PREFIX}/{key}".encode())] if created else []
+        headers = {"Location": f"{PREFIX}/{key}"} if created else {}
         await respond(send, 201 if created else 200, json.dumps(route.to_dict()).encode(),
                       headers=headers)

@@ -1,4 +1,4 @@
-"""The LB component: one listener per route, pools fed by the process's catalog view."""
+"""The LB component: owns the routes and their pools, starts the engine that carries them."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ from typing import Any
 
 from pilotfish.catalog.interface import Snapshot
 from pilotfish.config import ConfigError
-from pilotfish.lb.fastpath import Engine, FastListener
+from pilotfish.lb.engine import Engine
+from pilotfish.lb.epoll.engine import EpollEngine
+from pilotfish.lb.gate import Occupancy, RouteGate
 from pilotfish.lb.health import check_forever
-from pilotfish.lb.listener import RouteListener
 from pilotfish.lb.pool import Pool
 from pilotfish.lb.routes import Route, check_overlap, read_routes_file, shown
 from pilotfish.lb.settings import LbSettings
 from pilotfish.lb.stats import describe, samples
+from pilotfish.lb.transports.engine import TransportsEngine
 from pilotfish.loop import cancel_and_wait
 from pilotfish.metrics import Sample
 from pilotfish.stack import Stack
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class LoadBalancer:
-    """Routes clients to healthy instances; routes change at run time, listener by listener.
+    """Routes clients to healthy instances; routes change at run time, one by one.
 
     Build it from the process's Stack (one shared CatalogView and metrics registry), the
     initial routes and the settings; `routes_file` is re-read on SIGHUP.
@@ -40,16 +42,14 @@ class LoadBalancer:
         self.view = stack.view()
         self.settings = settings or LbSettings()
         self.routes_file = routes_file
-        self.listeners: dict[str, RouteListener] = {}
-        self.draining: set[RouteListener] = set()
-        self.active = 0  # connections across every route (the global limit counts these)
-        self.stopping = False
-        self.all_closed = asyncio.Event()  # set when `active` drops to 0 while stopping
+        self.gates: dict[str, RouteGate] = {}  # each route's gate, by listen address
+        self.draining: set[RouteGate] = set()  # removed routes whose connections finish
+        self.occupancy = Occupancy()
         self._initial = list(routes)
         self._from_file: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
-        self.engine: Engine | None = None  # the epoll engine, when settings.engine says so
+        self.engine: Engine | None = None  # what carries the connections, once started
         describe(stack.metrics, self.samples)
 
     @property
@@ -58,10 +58,10 @@ class LoadBalancer:
         return self.view.snapshot
 
     async def start(self) -> None:
-        """Start the listeners (every route must bind), the checks, and SIGHUP reloading."""
+        """Start the engine, the routes (every one must bind), the checks and SIGHUP reloading."""
         self.view.subscribe(self._on_snapshot)
-        if self.settings.engine == "epoll":
-            self.engine = Engine(asyncio.get_running_loop())
+        self.engine = EpollEngine(asyncio.get_running_loop()) \
+            if self.settings.engine == "epoll" else TransportsEngine()
         routes: list[Route] = []
         for route in self._initial:
             check_overlap(route, routes)
@@ -106,33 +106,34 @@ class LoadBalancer:
                         self.settings.max_connections, needed, soft)
 
     def _pools(self) -> list[Pool]:
-        return [listener.pool for listener in self.listeners.values()]
+        return [gate.pool for gate in self.gates.values()]
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
-        for listener in self.listeners.values():
-            listener.update(snapshot)
+        for gate in self.gates.values():
+            gate.update(snapshot)
 
     def routes(self) -> list[Route]:
         """The routes in force, by listen address."""
-        return [self.listeners[key].route for key in sorted(self.listeners)]
+        return [self.gates[key].route for key in sorted(self.gates)]
 
     async def put_route(self, route: Route) -> bool:
         """Add a route (True) or change the one on that address in place (False)."""
         async with self._lock:
-            existing = self.listeners.get(route.key)
+            existing = self.gates.get(route.key)
             if existing is not None:
                 existing.reconfigure(route, self.snapshot)
                 return False
-            self.listeners[route.key] = await self._listen(route)
+            self.gates[route.key] = await self._listen(route)
             return True
 
-    async def _listen(self, route: Route) -> RouteListener:
-        """A started listener for a new route, fed the current snapshot (OSError: not bound)."""
-        listener = RouteListener(self, route) if self.engine is None else \
-            FastListener(self, route, self.engine)
-        await listener.start()
-        listener.update(self.snapshot)
-        return listener
+    async def _listen(self, route: Route) -> RouteGate:
+        """A new route's gate, accepting on the engine and fed the current snapshot (OSError:
+        not bound)."""
+        assert self.engine is not None, "start() first"
+        gate = RouteGate(route, self.settings, self.occupancy, self._route_drained)
+        await gate.open(self.engine)
+        gate.update(self.snapshot)
+        return gate
 
     async def delete_route(self, key: str) -> bool:
         """Stop accepting on a route; its open connections drain (up to the drain timeout)."""
@@ -140,26 +141,25 @@ class LoadBalancer:
             return self._remove(key)
 
     def _remove(self, key: str) -> bool:
-        listener = self.listeners.pop(key, None)
-        if listener is None:
+        gate = self.gates.pop(key, None)
+        if gate is None:
             return False
         self._from_file.discard(key)
-        listener.stop_accepting()
-        log.info("lb route %s removed; %d connections draining", key,
-                 len(listener.connections))
-        if listener.connections:
-            self.draining.add(listener)
+        gate.stop_accepting()
+        log.info("lb route %s removed; %d connections draining", key, len(gate.connections))
+        if gate.connections:
+            self.draining.add(gate)
             asyncio.get_running_loop().call_later(
-                self.settings.drain_timeout, self._drain_expired, listener)
+                self.settings.drain_timeout, self._drain_expired, gate)
         return True
 
-    def _drain_expired(self, listener: RouteListener) -> None:
-        for connection in list(listener.connections):
+    def _drain_expired(self, gate: RouteGate) -> None:
+        for connection in list(gate.connections):
             connection.close()
 
-    def listener_drained(self, listener: RouteListener) -> None:
+    def _route_drained(self, gate: RouteGate) -> None:
         """A removed route's last connection has ended."""
-        self.draining.discard(listener)
+        self.draining.discard(gate)
 
     def _on_sighup(self) -> None:
         self._tasks = [task for task in self._tasks if not task.done()]
@@ -186,37 +186,37 @@ class LoadBalancer:
         async with self._lock:
             keys = {route.key for route in wanted}
             removed = sorted(self._from_file - keys)
-            changed = [route for route in wanted if route.key in self.listeners
-                       and self.listeners[route.key].route != route]
-            bound: dict[str, RouteListener] = {}
+            changed = [route for route in wanted if route.key in self.gates
+                       and self.gates[route.key].route != route]
+            bound: dict[str, RouteGate] = {}
             for route in wanted:
-                if route.key in self.listeners:
+                if route.key in self.gates:
                     continue
                 try:
                     bound[route.key] = await self._listen(route)
                 except Exception as exc:
-                    for listener in bound.values():
-                        self._close(listener)
+                    for gate in bound.values():
+                        self._close(gate)
                     reason = exc.strerror if isinstance(exc, OSError) else None
                     log.error("lb: routes file not reloaded, the current routes stay: %s: "
                               "cannot listen on %s: %s", route.origin, route.key,
                               reason or shown(exc))
                     return False
             for route in changed:
-                self.listeners[route.key].reconfigure(route, self.snapshot)
-            self.listeners.update(bound)
+                self.gates[route.key].reconfigure(route, self.snapshot)
+            self.gates.update(bound)
             for key in removed:
                 self._remove(key)
             self._from_file = keys
         log.info("lb: routes file reloaded from %s: %d added, %d changed, %d removed; %d "
                  "routes running", self.routes_file, len(bound), len(changed), len(removed),
-                 len(self.listeners))
+                 len(self.gates))
         return True
 
-    def _close(self, listener: RouteListener) -> None:
-        """Close a listener that never joined the routes, and any client it let in."""
-        listener.stop_accepting()
-        for connection in list(listener.connections):
+    def _close(self, gate: RouteGate) -> None:
+        """Close a route that never joined the routes, and any client it let in."""
+        gate.stop_accepting()
+        for connection in list(gate.connections):
             connection.abort()
 
     async def _sweep_idle(self) -> None:
@@ -227,8 +227,8 @@ class LoadBalancer:
         limit = math.ceil(idle / tick)
         while True:
             await asyncio.sleep(tick)
-            for listener in [*self.listeners.values(), *self.draining]:
-                for connection in list(listener.connections):
+            for gate in [*self.gates.values(), *self.draining]:
+                for connection in list(gate.connections):
                     counts = connection.moved()
                     if counts is None:
                         continue
@@ -248,23 +248,23 @@ class LoadBalancer:
 
     async def stop(self) -> None:
         """Graceful stop: accept no more, let connections finish (up to the stop timeout)."""
-        self.stopping = True
-        listeners = [*self.listeners.values(), *self.draining]
-        for listener in listeners:
-            listener.stop_accepting()
-        if self.active:
-            self.all_closed.clear()
+        occupancy = self.occupancy
+        occupancy.stopping = True
+        for gate in [*self.gates.values(), *self.draining]:
+            gate.stop_accepting()
+        if occupancy.active:
+            occupancy.all_closed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.all_closed.wait(), self.settings.stop_timeout)
-        if self.active:
-            log.warning("lb: %d connections still open after %.0fs; closing them", self.active,
-                        self.settings.stop_timeout)
+                await asyncio.wait_for(occupancy.all_closed.wait(), self.settings.stop_timeout)
+        if occupancy.active:
+            log.warning("lb: %d connections still open after %.0fs; closing them",
+                        occupancy.active, self.settings.stop_timeout)
         await self._close_all()
 
     async def _close_all(self) -> None:
-        for listener in [*self.listeners.values(), *self.draining]:
-            listener.stop_accepting()
-            for connection in list(listener.connections):
+        for gate in [*self.gates.values(), *self.draining]:
+            gate.stop_accepting()
+            for connection in list(gate.connections):
                 connection.abort()
         await cancel_and_wait(*self._tasks)
         self._tasks = []
@@ -275,10 +275,10 @@ class LoadBalancer:
 
     def samples(self) -> Iterable[Sample]:
         """Prometheus samples for every route and instance, read at scrape time."""
-        return samples([*self.listeners.values(), *self.draining], self.active)
+        return samples([*self.gates.values(), *self.draining], self.occupancy.active)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy while the catalog view is current (the LB keeps serving the last view)."""
         stale = self.view.stale
-        return not stale, {"status": "stale" if stale else "ok", "routes": len(self.listeners),
-                           "connections": self.active}
+        return not stale, {"status": "stale" if stale else "ok", "routes": len(self.gates),
+                           "connections": self.occupancy.active}

@@ -6,7 +6,9 @@ import argparse
 
 from pilotfish.config import ConfigError, env, parse_hostport, read_token
 from pilotfish.http.acl import AccessPolicy
-from pilotfish.http.server import HttpServer, StatusApp, tls_settings
+from pilotfish.http.server import HttpServer
+from pilotfish.http.status import StatusApp
+from pilotfish.http.tls import tls_settings
 from pilotfish.lb.api import RoutesApp
 from pilotfish.lb.balancer import LoadBalancer
 from pilotfish.lb.report import reporter

@@ -6,17 +6,25 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pilotfish.catalog.model import Instance
 from pilotfish.lb.settings import LbSettings
 
-if TYPE_CHECKING:
-    from pilotfish.lb.link import Link
-
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
+
+
+class BackendConnection(Protocol):
+    """What a pool and its metrics ask of a connection to one of its backends (an engine's
+    `Link` is one)."""
+
+    def close(self) -> None:
+        """Close it: its backend left the catalog and the drain time is up."""
+
+    def moved(self) -> tuple[int, int] | None:
+        """Bytes read from the client and from the backend; None before the backend is up."""
 
 
 class Backend:
@@ -48,7 +56,7 @@ class Backend:
         self.eject_backoff = 0.0
         self.ejections = 0
         self.current_weight = 0  # smooth weighted round robin state
-        self.connections: set[Link] = set()
+        self.connections: set[BackendConnection] = set()
         self.drain_timer: asyncio.TimerHandle | None = None
 
     @property

@@ -26,4 +26,4 @@ class LbSettings:
     max_ejected: float = 0.5
     panic_below: float = 0.5
     high_water: int = 1 << 20  # bytes queued toward one side before the other is paused
-    engine: str = "epoll" if hasattr(select, "epoll") else "transports"  # see fastpath.py
+    engine: str = "epoll" if hasattr(select, "epoll") else "transports"  # see engine.py

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
+from pilotfish.lb.gate import RouteGate
 from pilotfish.metrics import Labels, Metrics, Sample
-
-if TYPE_CHECKING:
-    from pilotfish.lb.listener import RouteListener
 
 INSTANCE_PREFIX = "pilotfish_lb_instance_"
 """Series labelled with an instance's id and address: only catalog readers see them."""
@@ -44,24 +41,24 @@ def describe(metrics: Metrics, collector: Callable[[], Iterable[Sample]]) -> Non
     metrics.collect(collector)
 
 
-def samples(listeners: Iterable[RouteListener], active: int) -> Iterable[Sample]:
+def samples(gates: Iterable[RouteGate], active: int) -> Iterable[Sample]:
     """Samples for each route and each of its instances."""
     now = time.monotonic()
     out: list[Sample] = [("pilotfish_lb_connections", (), float(active))]
-    for listener in listeners:
-        route: Labels = (("route", listener.route.key),)
-        stats = listener.stats
+    for gate in gates:
+        route: Labels = (("route", gate.route.key),)
+        stats = gate.stats
         out += [
-            ("pilotfish_lb_connections_active", route, float(len(listener.connections))),
+            ("pilotfish_lb_connections_active", route, float(len(gate.connections))),
             ("pilotfish_lb_connections_total", route, float(stats.accepted)),
             ("pilotfish_lb_retries_total", route, float(stats.retries)),
-            ("pilotfish_lb_panic", route, float(listener.pool.panic)),
+            ("pilotfish_lb_panic", route, float(gate.pool.panic)),
             ("pilotfish_lb_resets_total", (("by", "client"), *route), float(stats.resets[0])),
             ("pilotfish_lb_resets_total", (("by", "backend"), *route), float(stats.resets[1])),
         ]
         out += [("pilotfish_lb_connections_refused_total", (("reason", reason), *route),
                  float(count)) for reason, count in stats.refused.items()]
-        for backend in list(listener.pool.backends.values()):
+        for backend in list(gate.pool.backends.values()):
             bytes_in, bytes_out = backend.bytes_in, backend.bytes_out
             for connection in list(backend.connections):
                 moved = connection.moved()

@@ -6,7 +6,8 @@ import argparse
 
 from pilotfish.config import env, parse_hostport, read_token
 from pilotfish.http.acl import AccessPolicy
-from pilotfish.http.server import HttpServer, tls_settings
+from pilotfish.http.server import HttpServer
+from pilotfish.http.tls import tls_settings
 from pilotfish.stack import Component, Stack
 from pilotfish.ui.app import UiApp
 
@@ -44,7 +45,7 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     """The API listener, sharing the process's metrics registry."""
     if args.api in (None, "", "off"):
         return []
-    from pilotfish.registry.api import RegistryApi
+    from pilotfish.registry.app import RegistryApi
 
     access = AccessPolicy(args.acl, read_token(args.token_file))
     api = RegistryApi(stack.catalog, metrics=stack.metrics, max_body=args.max_body,

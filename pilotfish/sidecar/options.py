@@ -10,7 +10,8 @@ import socket
 
 from pilotfish.catalog.model import InvalidField, ttl_seconds, unusable
 from pilotfish.config import ConfigError, env, parse_hostport
-from pilotfish.http.server import HttpServer, StatusApp
+from pilotfish.http.server import HttpServer
+from pilotfish.http.status import StatusApp
 from pilotfish.sidecar.containers import Rules
 from pilotfish.sidecar.report import reporter
 from pilotfish.sidecar.sidecar import Sidecar, SidecarSettings

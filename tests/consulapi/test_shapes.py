@@ -10,7 +10,7 @@ import pytest
 
 from pilotfish.catalog.backends.memory import MemoryCatalog
 from pilotfish.catalog.model import Instance
-from pilotfish.registry.api import RegistryApi
+from pilotfish.registry.app import RegistryApi
 from pilotfish.registry.consul.blocking import AnswerIndexes
 from pilotfish.registry.consul.shapes import derive_node
 from tests.consulapi import golden

@@ -6,7 +6,8 @@ from typing import Any
 
 import schemathesis
 
-from pilotfish.registry.api import ApiError, parse_wait
+from pilotfish.http.errors import ApiError
+from pilotfish.registry.bodies import parse_wait
 
 SHORT_WAIT = "200ms"  # a valid long-poll still blocks, but never holds the run for minutes
 

@@ -21,8 +21,9 @@ from pilotfish.catalog.backends.memory import MemoryCatalog
 from pilotfish.catalog.model import Instance
 from pilotfish.config import HostPort
 from pilotfish.http.limits import HttpLimits
-from pilotfish.http.server import HttpServer, TlsSettings
-from pilotfish.registry.api import RegistryApi
+from pilotfish.http.server import HttpServer
+from pilotfish.http.tls import TlsSettings
+from pilotfish.registry.app import RegistryApi
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 SMALL = HttpLimits(max_header=8 * 1024, request_timeout=0.5, max_connections=20)

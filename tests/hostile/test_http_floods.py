@@ -261,7 +261,8 @@ def test_silent_connections_beyond_the_open_files_limit_leave_new_clients_an_ans
 FD_STARVED = """
 import asyncio, resource, sys
 from pilotfish.config import HostPort
-from pilotfish.http.server import HttpServer, StatusApp
+from pilotfish.http.server import HttpServer
+from pilotfish.http.status import StatusApp
 from pilotfish.http.limits import HttpLimits
 from pilotfish.metrics import Metrics
 import logging

@@ -19,7 +19,7 @@ from pilotfish.catalog.backends.memory import MemoryCatalog
 from pilotfish.catalog.interface import Snapshot
 from pilotfish.config import HostPort
 from pilotfish.http.server import HttpServer
-from pilotfish.registry.api import RegistryApi
+from pilotfish.registry.app import RegistryApi
 from tests.fixtures.process import PilotfishProcess, start_pilotfish
 
 LOG_LIMIT = 2048  # bytes of log one failed request may cost

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from pilotfish.http.limits import HttpLimits
-from pilotfish.http.server import TlsSettings
+from pilotfish.http.tls import TlsSettings
 from tests.e2e.test_http_limits import metric, running_api
 from tests.fixtures.process import start_pilotfish
 from tests.security.certs import Pki, make_pki

@@ -11,8 +11,8 @@ import pytest
 
 from pilotfish.catalog.model import Instance
 from pilotfish.config import ConfigError, HostPort
-from pilotfish.lb.balancers import RoundRobin
 from pilotfish.lb.health import record
+from pilotfish.lb.pickers import RoundRobin
 from pilotfish.lb.pool import Pool
 from pilotfish.lb.proxy_protocol import V2_SIGNATURE, header
 from pilotfish.lb.routes import Route, parse_route, parse_routes_file, route_from_json

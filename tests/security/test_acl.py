@@ -13,7 +13,7 @@ import pytest
 from pilotfish.catalog.backends.memory import MemoryCatalog
 from pilotfish.config import ConfigError
 from pilotfish.http.acl import AccessPolicy, digest, parse_acl
-from pilotfish.registry.api import RegistryApi
+from pilotfish.registry.app import RegistryApi
 
 SECRETS = {
     "web-team": "web-secret-1",

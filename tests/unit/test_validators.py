@@ -17,7 +17,8 @@ from pilotfish.catalog.model import (
     ip_literal,
     service_name,
 )
-from pilotfish.registry.api import ApiError, parse_index, parse_wait
+from pilotfish.http.errors import ApiError
+from pilotfish.registry.bodies import parse_index, parse_wait
 
 # Characters that have slipped through `$`, str.isdigit(), \d or str.lower() somewhere.
 HOSTILE = ["\n", "\r", "\t", "\x00", "\x1b", "\x7f", "\x85", "\u2028", "\u00a0", "\u200b",

@@ -5,25 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pilotfish.catalog.backends.memory import MemoryCatalog
-from pilotfish.catalog.interface import BackendUnavailable, Snapshot
+from pilotfish.catalog.interface import BackendUnavailable
 from pilotfish.catalog.model import Instance
 from pilotfish.catalog.view import CatalogView
-
-
-class FlakyCatalog(MemoryCatalog):
-    """The embedded catalog, made to fail every read while `down` is set."""
-
-    down = False
-
-    async def snapshot(self) -> Snapshot:
-        if self.down:
-            raise BackendUnavailable("cut off (test)")
-        return await super().snapshot()
+from tests.fixtures.backends import FailingCatalog
 
 
 async def test_view_keeps_its_last_snapshot_and_is_current_again_right_after_the_outage() -> None:
-    catalog = FlakyCatalog()
+    catalog = FailingCatalog()
     lease = await catalog.create_lease(30)
     await catalog.register(Instance(service="web", id="web-1", address="10.0.0.1", port=80,
                                     lease=lease.id))
@@ -31,7 +20,7 @@ async def test_view_keeps_its_last_snapshot_and_is_current_again_right_after_the
     await view.start()
     try:
         assert not view.stale and set(view.snapshot.instances) == {"web-1"}
-        catalog.down = True
+        catalog.failure = BackendUnavailable("cut off (test)")
         catalog.changes.notify()  # wake the pending watch so it reads (and fails) now
         for _ in range(200):
             if view.stale:
@@ -40,7 +29,7 @@ async def test_view_keeps_its_last_snapshot_and_is_current_again_right_after_the
         assert view.stale, "a view whose backend fails must say so"
         assert set(view.snapshot.instances) == {"web-1"}, "a stale view must keep what it had"
 
-        catalog.down = False  # back, and nothing changed: no watch would return for 30 s
+        catalog.failure = None  # back, and nothing changed: no watch would return for 30 s
         back = time.monotonic()
         for _ in range(200):
             if not view.stale:

@@ -22,10 +22,12 @@ from fastapi.responses import Response
 from pilotfish.catalog.interface import BackendUnavailable, Catalog, Snapshot
 from pilotfish.catalog.model import Instance
 from pilotfish.config import env
-from pilotfish.http.acl import Denied
+from pilotfish.http.errors import ApiError
 from pilotfish.http.long_polls import RETRY_AFTER, TooManyWaiting, slot_of
-from pilotfish.registry.api import BACKEND_TIMEOUT, ApiError, parse_wait
+from pilotfish.registry.bodies import parse_wait
+from pilotfish.registry.calls import bounded
 from pilotfish.registry.consul.blocking import Blocker
+from pilotfish.registry.consul.dialect import ERROR_DOCS, ConsulError, plain_text
 from pilotfish.registry.consul.filter import FilterError, Item, compile_filter_paced
 from pilotfish.registry.consul.pacing import Pacer
 from pilotfish.registry.consul.shapes import (
@@ -48,15 +50,6 @@ DEFAULT_DATACENTER = "dc1"
 CHECK_STATES = ("any", "passing", "warning", "critical")
 MAX_CACHED_BODIES = 1024
 MAX_INDEX_DIGITS = 20  # a uint64, as Consul's indexes
-
-
-class ConsulError(Exception):
-    """An error answered as Consul does: a status code and a plain-text message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _example_entry() -> Entry:
@@ -166,17 +159,11 @@ class ConsulApi:
             or DEFAULT_DATACENTER
         self.node_name = socket.gethostname()
         self.models = ModelBuilder(catalog, self.datacenter)
-        self.blocker = Blocker(catalog, stopping, self._call)
+        self.blocker = Blocker(catalog, stopping, bounded)
         self._bodies: OrderedDict[Hashable, tuple[int, bytes]] = OrderedDict()
         self._lane = asyncio.Lock()  # one answer computed at a time: see pacing.py
         self._shaped = ShapedItems()
         self.router = self._routes()
-
-    async def _call(self, call: Awaitable[T]) -> T:
-        try:
-            return await asyncio.wait_for(call, BACKEND_TIMEOUT)
-        except TimeoutError:
-            raise BackendUnavailable(f"no answer within {BACKEND_TIMEOUT:g}s") from None
 
     # request plumbing
 
@@ -221,7 +208,7 @@ class ConsulApi:
                 cached = self._bodies.get(answer_key)
                 if cached is not None and cached[0] == snapshot.index:
                     return cached[1]  # many watchers of one answer: encoded once per change
-                model = await self._call(self.models.build(snapshot))  # lease reads, bounded
+                model = await bounded(self.models.build(snapshot))  # lease reads, bounded
                 async with self._lane:
                     body = await _encode_paced(await render(model, query))
                 self._bodies[answer_key] = (snapshot.index, body)
@@ -233,13 +220,13 @@ class ConsulApi:
             body, index = await self.blocker.answer(answer_key, encode, query.index, query.wait,
                                                     slot_of(request.scope))
         except ConsulError as exc:
-            return _text(exc.status, exc.message)
+            return plain_text(exc.status, exc.message)
         except TooManyWaiting as exc:
-            refused = _text(503, str(exc))
+            refused = plain_text(503, str(exc))
             refused.headers.update({"Retry-After": str(RETRY_AFTER), "Connection": "close"})
             return refused
         except BackendUnavailable as exc:
-            return _text(500, f"rpc error: registry backend unavailable: {exc}")
+            return plain_text(500, f"rpc error: registry backend unavailable: {exc}")
         return Response(body, media_type="application/json", headers={
             "X-Consul-Index": str(index),
             "X-Consul-KnownLeader": "true",
@@ -340,7 +327,7 @@ class ConsulApi:
     ) -> Response:
         """GET /v1/health/state/{state}: every check in that state (any, passing, ...)."""
         if state not in CHECK_STATES:
-            return _text(400, f"Bad state {state!r}: want one of {', '.join(CHECK_STATES)}")
+            return plain_text(400, f"Bad state {state!r}: want one of {', '.join(CHECK_STATES)}")
 
         async def render(model: Model, query: Query) -> Any:
             entries = [e for e in model.entries if query.node_matches(e)]
@@ -400,47 +387,14 @@ class ConsulApi:
             ("/v1/status/peers", self.status_peers),
         ]
         for path, handler in routes:
-            router.add_api_route(path, handler, methods=["GET"], responses=_ERRORS)
+            router.add_api_route(path, handler, methods=["GET"], responses=ERROR_DOCS)
         return router
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"description": description, "content": {"text/plain": {}}}
-    for status, description in ((400, "a bad parameter, ?filter= or ?wait= (plain text)"),
-                                (403, "ACL not found (an unknown token), or Permission denied (a "
-                                      "token without scope read; no token where reads need "
-                                      "one)"),
-                                (500, "the backend did not answer (plain text, as Consul)"))
-}
-
-
-def _text(status: int, message: str) -> Response:
-    return Response(message, status_code=status, media_type="text/plain")
 
 
 def consul_router(catalog: Catalog, stopping: asyncio.Event) -> APIRouter:
     """The Consul-compatible read routes, for the registry API app to include.
 
     Tokens (X-Consul-Token, ?token=, a bearer token) are checked by the API's ACL middleware
-    (pilotfish.http.acl), which answers these paths through consul_denied.
+    (pilotfish.registry.access), which answers these paths through dialect.consul_denied.
     """
     return ConsulApi(catalog, stopping).router
-
-
-CONSUL_PREFIXES = ("/v1/catalog/", "/v1/health/", "/v1/agent/", "/v1/status/")
-
-
-def is_consul_path(path: str) -> bool:
-    """Whether a path is one of the Consul-compatible routes (answered in Consul's dialect)."""
-    return path.startswith(CONSUL_PREFIXES)
-
-
-def consul_denied(exc: Denied) -> Response:
-    """A refusal as Consul words it: 403 "ACL not found" for an unknown token, else
-    "Permission denied" (Consul never answers 401), naming the token and scope, never a secret.
-    """
-    if exc.status == 401 and exc.message == "unknown token":
-        return _text(403, "ACL not found")
-    if exc.token is not None:
-        return _text(403, f"Permission denied: token {exc.token!r} lacks scope {exc.scope!r}")
-    return _text(403, f"Permission denied: {exc.message}")

@@ -30,10 +30,10 @@ from typing import Any
 
 from pilotfish.catalog.interface import Catalog, Snapshot
 from pilotfish.catalog.model import Instance
+from pilotfish.registry.bodies import OWN_LEASE_PREFIX
 from pilotfish.registry.consul.pacing import Pacer
 
 NODE_NAMESPACE = uuid.UUID("5b0c6f9e-2f4e-4a57-9d41-7d6a1c9e3f10")
-OWN_LEASE_PREFIX = "instance:"  # the owner the API gives an instance's own lease (api.py)
 OWNER_META = "pilotfish-owner"
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9-]+")
 MAX_LOOKUPS = 32  # concurrent lease reads when many leases are new

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from pilotfish.catalog.backends.etcd import requests
+import pilotfish.catalog.backends.etcd.requests as requests
 from pilotfish.catalog.backends.etcd.members import (
     CALL_TIMEOUT,
     DEADLINE,

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 from aetcd import rpc
 
-from pilotfish.catalog.backends.etcd import secure
+import pilotfish.catalog.backends.etcd.secure as secure
 from pilotfish.catalog.backends.etcd.secure import Security, auth_off
 from pilotfish.config import parse_endpoints
 

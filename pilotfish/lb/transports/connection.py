@@ -1,18 +1,17 @@
-"""One proxied connection: bytes both ways, half-close, backpressure, idle and drain handling."""
+"""One proxied connection over asyncio transports: bytes both ways, half-close,
+backpressure, and its backend connect."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
+from pilotfish.lb.engine import Gate
+from pilotfish.lb.pool import Backend
 from pilotfish.lb.refuse import refuse_now
-
-if TYPE_CHECKING:
-    from pilotfish.lb.connect import Attempt
-    from pilotfish.lb.listener import RouteListener
-    from pilotfish.lb.pool import Backend
+from pilotfish.lb.transports.connect import Attempt
 
 HOLD_LIMIT = 64 << 10  # bytes held from a client while its backend connect runs
 EOF_RETRY = 0.005  # seconds between looks at a write buffer that must drain before a half-close
@@ -37,13 +36,14 @@ def shutdown_write(transport: asyncio.Transport) -> None:
         sock.detach()
 
 
-class Side(asyncio.Protocol):
+class TransportSide(asyncio.Protocol):
     """One of a connection's two sockets; what it reads is written to the other."""
 
     __slots__ = ("connection", "transport", "peer", "eof", "shut", "upstream", "received",
                  "write")
 
-    def __init__(self, connection: Connection, peer: Side | None = None) -> None:
+    def __init__(self, connection: TransportConnection,
+                 peer: TransportSide | None = None) -> None:
         self.connection = connection
         self.upstream = peer is not None  # the backend's socket (the client's has no peer yet)
         self.transport: asyncio.Transport | None = None
@@ -58,7 +58,7 @@ class Side(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         connection = self.connection
-        transport.set_write_buffer_limits(connection.listener.settings.high_water)
+        transport.set_write_buffer_limits(connection.gate.settings.high_water)
         if not self.upstream:
             connection.accepted(transport)
 
@@ -112,21 +112,21 @@ class Side(asyncio.Protocol):
         self.connection.lost(self, exc)
 
 
-class Connection:
-    """A client connection and (once connected) its backend connection."""
+class TransportConnection:
+    """A client connection and (once connected) its backend connection (a `Link`)."""
 
-    __slots__ = ("listener", "client", "server", "backend", "closed", "peername",
+    __slots__ = ("gate", "client", "server", "backend", "closed", "peername",
                  "sockname", "attempt", "tried", "idle", "seen", "pending")
 
-    def __init__(self, listener: RouteListener) -> None:
-        self.listener = listener
-        self.client = Side(self)
-        self.server: Side | None = None
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        self.client = TransportSide(self)
+        self.server: TransportSide | None = None
         self.backend: Backend | None = None
         self.closed = False
         self.peername: Any = None  # read only when needed (hashing, PROXY header)
         self.sockname: Any = None
-        self.attempt: Attempt | None = None  # the backend connect under way
+        self.attempt: Attempt[TransportSide] | None = None  # the backend connect under way
         self.tried: list[Backend] | tuple[()] = ()  # backends whose connect failed
         self.idle = 0  # idle sweeps in a row without data
         self.seen = 0  # bytes moved as of the last idle sweep
@@ -141,11 +141,33 @@ class Connection:
 
     def dial(self, backend: Backend, timeout: float) -> None:
         """Start connecting to `backend` (an Attempt: callbacks and one timer, no Task)."""
-        from pilotfish.lb.connect import Attempt  # connect.py builds Sides: import it late
-
-        attempt = Attempt(self.listener, self, backend, asyncio.get_running_loop(), timeout)
+        server = TransportSide(self, self.client)  # the backend may speak first
+        attempt = Attempt(self, backend, server, asyncio.get_running_loop(), timeout)
         self.attempt = attempt  # before step(): a connect that fails at once retries from here
         attempt.step()
+
+    def dialed(self, attempt: Attempt[TransportSide]) -> None:
+        """The backend connection is up: tell the gate, send what goes first, join the sides."""
+        self.attempt = None
+        server, backend = attempt.server, attempt.backend
+        transport = server.transport
+        alive = transport is not None and not transport.is_closing()
+        first = self.gate.connected(self, backend, alive)
+        if first is None:
+            if transport is not None:
+                transport.close()
+            return
+        if first:
+            transport.write(first)  # type: ignore[union-attr]
+        self.attach(server, backend)
+
+    def dial_failed(self, attempt: Attempt[TransportSide], error: BaseException) -> None:
+        """The connect failed (refused, timed out, the client left): the gate retries."""
+        self.attempt = None
+        transport = attempt.server.transport
+        if self.closed and transport is not None:
+            transport.abort()  # the client left while we connected
+        self.gate.failed(self, attempt.backend, error)
 
     def refuse(self) -> None:
         """Reset the client: it was not served."""
@@ -160,11 +182,11 @@ class Connection:
     def accepted(self, transport: asyncio.Transport) -> None:
         """A client connected: hold its bytes until a backend is connected, or refuse it."""
         transport.pause_reading()
-        if not self.listener.admit(self):
+        if not self.gate.admit(self):
             self.closed = True
             refuse_now(transport)
 
-    def attach(self, server: Side, backend: Backend) -> None:
+    def attach(self, server: TransportSide, backend: Backend) -> None:
         """The backend connection is up: join the two sides and let the client's bytes flow."""
         self.server = server
         self.backend = backend
@@ -193,11 +215,11 @@ class Connection:
         if self.server is not None and self.server.transport is not None:
             self.server.transport.abort()
 
-    def lost(self, side: Side, exc: Exception | None) -> None:
+    def lost(self, side: TransportSide, exc: Exception | None) -> None:
         """One socket closed: close the other (reset it too if this one was reset)."""
         peer = side.peer
         if exc is not None:
-            resets = self.listener.stats.resets
+            resets = self.gate.stats.resets
             resets[side.upstream] += 1
         if peer is not None and peer.transport is not None and not peer.transport.is_closing():
             if exc is not None:
@@ -206,7 +228,7 @@ class Connection:
                 peer.transport.close()
         if not self.closed and (side is self.client or peer is not None):
             self.closed = True
-            self.listener.finished(self)
+            self.gate.finished(self)
             attempt = self.attempt
             if attempt is not None:
                 attempt.cancel()

@@ -1,72 +1,69 @@
-"""One route's TCP listener: admits clients within the limits, connects them to a backend."""
+"""A route's gate: admits clients within the limits, picks, dials, retries, counts, settles.
+
+What a route decides, written once for both engines: the engine accepts a client and asks
+the gate to admit it, dials the backend the gate picks, and reports how the dial and the
+connection ended (the contract: engine.Gate).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from pilotfish.catalog.interface import Snapshot
 from pilotfish.config import HostPort
-from pilotfish.lb.balancers import Balancer, make_balancer
-from pilotfish.lb.link import Link
+from pilotfish.lb.engine import Engine, Link, Listener, RouteStats
+from pilotfish.lb.pickers import Picker, make_picker
 from pilotfish.lb.pool import Backend, Pool
-from pilotfish.lb.proxy import Connection
 from pilotfish.lb.proxy_protocol import header
 from pilotfish.lb.routes import Route
 from pilotfish.lb.settings import LbSettings
-
-if TYPE_CHECKING:
-    from pilotfish.lb.balancer import LoadBalancer
 
 log = logging.getLogger(__name__)
 
 _CONNECT_ERRORS = (OSError, asyncio.CancelledError)  # refused, unreachable, timed out
 
 
-class RouteStats:
-    """Per-route counters (per-instance ones live on each Backend)."""
+class Occupancy:
+    """Connections open across every route (the global limit counts these), and whether the
+    balancer is stopping: what every route's gate shares."""
 
-    __slots__ = ("accepted", "refused", "retries", "resets")
+    __slots__ = ("active", "stopping", "all_closed")
 
     def __init__(self) -> None:
-        self.resets = [0, 0]  # connections reset by the client, by the backend
-        self.accepted = 0
-        self.refused: dict[str, int] = {}
-        self.retries = 0
+        self.active = 0
+        self.stopping = False
+        self.all_closed = asyncio.Event()  # set when `active` drops to 0 while stopping
 
 
-class RouteListener:
-    """Listens for one route; each client gets a backend picked by the route's balancer.
+class RouteGate:
+    """One route's gate: its pool and picker, its limits and counters, its engine's listener.
 
-    This one accepts through asyncio (`create_server`) and proxies with transports;
-    `fastpath.FastListener` replaces both with raw sockets on an epoll set.
+    `on_drained` hears when a route that stopped accepting has seen its last connection end.
     """
 
-    def __init__(self, balancer: LoadBalancer, route: Route) -> None:
-        self.owner = balancer
-        self.settings: LbSettings = balancer.settings
+    def __init__(self, route: Route, settings: LbSettings, occupancy: Occupancy,
+                 on_drained: Callable[[RouteGate], None]) -> None:
         self.route = route
-        self.pool = Pool(self.settings)
-        self.picker: Balancer = make_balancer(route.balance)
+        self.settings = settings
+        self.occupancy = occupancy
+        self.on_drained = on_drained
+        self.pool = Pool(settings)
+        self.picker: Picker = make_picker(route.balance)
         self.connections: set[Link] = set()
         self.stats = RouteStats()
         self.address = route.listen
-        self.server: asyncio.Server | None = None
+        self.listener: Listener | None = None
         self.accepting = False
-        self._loop = asyncio.get_running_loop()
 
-    async def start(self) -> None:
-        """Bind the listen address (IPv4 or IPv6) and start accepting."""
-        listen = self.route.listen
-        self.server = await self._loop.create_server(
-            lambda: Connection(self).client, listen.host, listen.port, reuse_address=True,
-            backlog=4096)
+    async def open(self, engine: Engine) -> None:
+        """Bind the route's listen address on `engine` and start accepting (OSError: not
+        bound)."""
+        listener = engine.listener(self)
+        address = await listener.start()
+        self.listener = listener
         self.accepting = True
-        self.listening(self.server.sockets[0].getsockname())
-
-    def listening(self, address: tuple[Any, ...]) -> None:
-        """Note and log the bound address (the port may have been 0)."""
         self.address = HostPort(address[0], address[1])
         log.info("lb route to %s listening on tcp://%s (route %s)", self.route.service,
                  self.address, self.route)
@@ -79,7 +76,7 @@ class RouteListener:
             self.pool.update(())  # the old service's backends drain
             self.pool.update(snapshot.service(route.service, route.tag))
         if route.balance != old.balance:
-            self.picker = make_balancer(route.balance)
+            self.picker = make_picker(route.balance)
         log.info("lb route %s changed to %s", old.key, route)
 
     def update(self, snapshot: Snapshot) -> None:
@@ -87,11 +84,10 @@ class RouteListener:
         self.pool.update(snapshot.service(self.route.service, self.route.tag))
 
     def stop_accepting(self) -> None:
-        """Close the listening socket; connections already open carry on."""
+        """Close the listening sockets; connections already open carry on."""
         self.accepting = False
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        if self.listener is not None:
+            self.listener.stop()
         self.pool.close()
 
     def refuse(self, reason: str) -> None:
@@ -100,16 +96,16 @@ class RouteListener:
 
     def admit(self, connection: Link) -> bool:
         """Within the global and the route's connection limits? Then track it and connect."""
-        owner = self.owner
+        occupancy = self.occupancy
         limit = self.route.max_connections
-        if not self.accepting or owner.stopping:
+        if not self.accepting or occupancy.stopping:
             self.refuse("stopping")
             return False
-        if owner.active >= self.settings.max_connections or \
+        if occupancy.active >= self.settings.max_connections or \
                 (limit and len(self.connections) >= limit):
             self.refuse("limit")
             return False
-        owner.active += 1
+        occupancy.active += 1
         self.connections.add(connection)
         self.stats.accepted += 1
         route = self.route
@@ -119,7 +115,7 @@ class RouteListener:
         return True
 
     def connect(self, connection: Link) -> None:
-        """Start connecting to the backend the balancer picks; none left: refuse the client."""
+        """Start connecting to the backend the picker picks; none left: refuse the client."""
         tried = connection.tried
         if len(tried) <= self.settings.retries:
             peer = connection.peername
@@ -162,10 +158,10 @@ class RouteListener:
     def finished(self, connection: Link) -> None:
         """A connection ended: release its counters and its place in the limits."""
         self.connections.discard(connection)
-        owner = self.owner
-        owner.active -= 1
-        if owner.stopping and not owner.active:
-            owner.all_closed.set()
+        occupancy = self.occupancy
+        occupancy.active -= 1
+        if occupancy.stopping and not occupancy.active:
+            occupancy.all_closed.set()
         backend = connection.backend
         if backend is not None:
             backend.active -= 1
@@ -177,4 +173,4 @@ class RouteListener:
             if backend.draining and not backend.connections:
                 self.pool.forget(backend)
         if not self.accepting and not self.connections:
-            self.owner.listener_drained(self)
+            self.on_drained(self)

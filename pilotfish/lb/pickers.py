@@ -1,4 +1,5 @@
-"""Balancing algorithms: each picks one backend from a route's candidates for a new client."""
+"""Pickers, the balancing algorithms: each picks one backend from a route's candidates for a
+new client."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Protocol
 from pilotfish.lb.pool import Backend
 
 
-class Balancer(Protocol):
+class Picker(Protocol):
     """Chooses a backend for a client; `exclude` holds backends that already failed to connect."""
 
     def pick(self, candidates: Sequence[Backend], client: str,
@@ -138,12 +139,12 @@ class ConsistentHash:
         return None
 
 
-ALGORITHMS: dict[str, type[Balancer]] = {
+ALGORITHMS: dict[str, type[Picker]] = {
     "p2c": PowerOfTwo, "round_robin": RoundRobin, "least_conn": LeastConnections,
     "weighted": Weighted, "hash": ConsistentHash,
 }
 
 
-def make_balancer(name: str) -> Balancer:
-    """A new balancer for a route's `balance` option (see routes.BALANCES)."""
+def make_picker(name: str) -> Picker:
+    """A new picker for a route's `balance` option (see routes.BALANCES)."""
     return ALGORITHMS[name]()

@@ -9,36 +9,43 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
-from pilotfish.lb.proxy import Side
+from pilotfish.lb.pool import Backend
 
-if TYPE_CHECKING:
-    from pilotfish.lb.listener import RouteListener
-    from pilotfish.lb.pool import Backend
-    from pilotfish.lb.proxy import Connection
+S = TypeVar("S", bound=asyncio.Protocol)
 
 
-class Attempt:
-    """Connects a client's backend side; tells the listener `connected` or `failed`.
+class Dialer(Protocol[S]):
+    """What an attempt reports to: the connection whose backend side it connects."""
+
+    def dialed(self, attempt: Attempt[S]) -> None:
+        """Connected: `attempt.server` has its transport."""
+
+    def dial_failed(self, attempt: Attempt[S], error: BaseException) -> None:
+        """Refused, timed out, or cancelled (the client left)."""
+
+
+class Attempt(Generic[S]):
+    """Connects `server` (the protocol of a connection's backend side) to `backend`; tells
+    the dialer `dialed` or `dial_failed`.
 
     The caller records the attempt on its connection, then calls `step()` to start it.
     """
 
-    __slots__ = ("listener", "connection", "backend", "server", "coro", "waiting", "timer")
+    __slots__ = ("dialer", "backend", "server", "coro", "waiting", "timer")
 
-    def __init__(self, listener: RouteListener, connection: Connection, backend: Backend,
+    def __init__(self, dialer: Dialer[S], backend: Backend, server: S,
                  loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        self.listener = listener
-        self.connection = connection
+        self.dialer = dialer
         self.backend = backend
-        self.server = Side(connection, connection.client)  # the backend may speak first
+        self.server = server
         self.waiting: asyncio.Future[Any] | None = None
         self.coro: Coroutine[Any, Any, Any] = loop.create_connection(
             self._protocol, backend.address, backend.port)
         self.timer = loop.call_later(timeout, self.cancel)
 
-    def _protocol(self) -> Side:
+    def _protocol(self) -> S:
         return self.server
 
     def step(self, _: object = None) -> None:
@@ -48,15 +55,11 @@ class Attempt:
             waiting = self.coro.send(None)
         except StopIteration:
             self.timer.cancel()
-            self._connected()
+            self.dialer.dialed(self)
             return
         except (Exception, asyncio.CancelledError) as exc:  # refused, timed out, client gone
             self.timer.cancel()
-            connection = self.connection
-            connection.attempt = None
-            if connection.closed and self.server.transport is not None:
-                self.server.transport.abort()  # the client left while we connected
-            self.listener.failed(connection, self.backend, exc)
+            self.dialer.dial_failed(self, exc)
             return
         if waiting is None:  # a bare yield: go on at the next loop turn
             asyncio.get_running_loop().call_soon(self.step)
@@ -64,20 +67,6 @@ class Attempt:
         waiting._asyncio_future_blocking = False
         waiting.add_done_callback(self.step)
         self.waiting = waiting
-
-    def _connected(self) -> None:
-        connection = self.connection
-        connection.attempt = None
-        transport = self.server.transport
-        alive = transport is not None and not transport.is_closing()
-        first = self.listener.connected(connection, self.backend, alive)
-        if first is None:
-            if transport is not None:
-                transport.close()
-            return
-        if first:
-            transport.write(first)  # type: ignore[union-attr]
-        connection.attach(self.server, self.backend)
 
     def cancel(self) -> None:
         """Stop waiting (the connect timeout, or the client left): step() reports a failure."""

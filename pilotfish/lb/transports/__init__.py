@@ -1,0 +1,1 @@
+"""The transports engine: asyncio transports and protocols (any event loop)."""
