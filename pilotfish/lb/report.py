@@ -43,15 +43,15 @@ def reporter(balancer: LoadBalancer) -> Callable[[], LbReport]:
     def report() -> LbReport:
         now = time.monotonic()
         routes: list[RouteReport] = []
-        for key in sorted(balancer.listeners):
-            listener = balancer.listeners[key]
-            route, stats = listener.route, listener.stats
+        for key in sorted(balancer.gates):
+            gate = balancer.gates[key]
+            route, stats = gate.route, gate.stats
             routes.append(RouteReport(
-                listen=str(listener.address), service=route.service, tag=route.tag,
-                balance=route.balance, active=len(listener.connections),
+                listen=str(gate.address), service=route.service, tag=route.tag,
+                balance=route.balance, active=len(gate.connections),
                 accepted=stats.accepted, refused=dict(stats.refused), retries=stats.retries,
-                panic=listener.pool.panic,
-                backends=[_backend(b, now) for b in list(listener.pool.backends.values())]))
-        return LbReport(routes=routes, active=balancer.active, errors=recent.lines())
+                panic=gate.pool.panic,
+                backends=[_backend(b, now) for b in list(gate.pool.backends.values())]))
+        return LbReport(routes=routes, active=balancer.occupancy.active, errors=recent.lines())
 
     return report

@@ -11,8 +11,9 @@ from urllib.parse import parse_qsl
 
 from pilotfish.catalog.view import CatalogView
 from pilotfish.http.acl import AccessPolicy, Denied, presented_token
+from pilotfish.http.errors import ApiError
 from pilotfish.http.long_polls import RETRY_AFTER, TooManyWaiting
-from pilotfish.http.server import ASGIApp, deny, respond
+from pilotfish.http.status import ASGIApp
 from pilotfish.stack import Stack
 from pilotfish.ui import feed
 from pilotfish.ui.assets import assets
@@ -31,13 +32,6 @@ DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inl
             "frame-ancestors 'none'")
 NO_STORE = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"),
             (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
-
-
-def _error(status: int, code: str, message: str, field: str | None = None) -> bytes:
-    body = {"error": message, "code": code}
-    if field is not None:
-        body["field"] = field
-    return json.dumps(body).encode()
 
 
 class UiApp:
@@ -68,12 +62,11 @@ class UiApp:
             if self.app is not None:
                 await self.app(scope, receive, send)
             elif scope["type"] == "http":
-                await respond(send, 404, _error(404, "not_found", "not found"))
+                await ApiError(404, "not_found", "not found").send(send)
             return
         if scope["method"] not in READS:
-            await respond(send, 405, _error(405, "method_not_allowed",
-                                            f"{scope['method'][:32]} is not allowed here; use "
-                                            "GET, HEAD"), headers=[(b"allow", b"GET, HEAD")])
+            await ApiError(405, "method_not_allowed", f"{scope['method'][:32]} is not allowed "
+                           "here; use GET, HEAD", headers={"Allow": "GET, HEAD"}).send(send)
             return
         started = False
 
@@ -85,18 +78,17 @@ class UiApp:
         try:
             await self._route(scope, receive, tracked)
         except BadField as exc:
-            await respond(send, 400, _error(400, "invalid", str(exc), exc.field))
-        except Denied as exc:
-            await deny(send, exc)
-        except TooManyWaiting as exc:
-            await respond(send, 503, _error(503, "unavailable", str(exc)),
-                          headers=[(b"retry-after", str(RETRY_AFTER).encode()),
-                                   (b"connection", b"close")])
+            await ApiError(400, "invalid", str(exc), exc.field).send(send)
+        except ApiError as exc:  # Denied too: 401 and 403
+            await exc.send(send)
+        except TooManyWaiting as exc:  # its slot goes to someone else: close after
+            await ApiError(503, "unavailable", str(exc), headers={
+                "Retry-After": str(RETRY_AFTER), "Connection": "close"}).send(send)
         except Exception as exc:  # a bug: one bounded line in the log, never a traceback
             log.error("ui: %s %s failed: %s", scope["method"][:16], scope["path"][:200],
                       repr(exc)[:300])
             if not started:
-                await respond(send, 500, _error(500, "internal", "internal error"))
+                await ApiError(500, "internal", "internal error").send(send)
 
     def may_read(self, scope: dict[str, Any]) -> bool:
         """Whether this request may see the catalog, as the port's API decides a GET: Denied
@@ -132,7 +124,7 @@ class UiApp:
             if shown == Page("services") and path in ("/", "/ui", "/ui/"):
                 shown = self.pages.home()
             if shown is None:
-                await respond(send, 404, _error(404, "not_found", f"no such page: {path[:200]}"))
+                raise ApiError(404, "not_found", f"no such page: {path[:200]}")
                 return
             await self._page(shown, scope, send, head)
 
@@ -173,8 +165,7 @@ class UiApp:
     async def _asset(self, name: str, scope: dict[str, Any], send: Any, head: bool) -> None:
         asset = assets().get(name)
         if asset is None:
-            await respond(send, 404, _error(404, "not_found", f"no such file: {name[:200]}"))
-            return
+            raise ApiError(404, "not_found", f"no such file: {name[:200]}")
         headers: dict[bytes, bytes] = dict(scope["headers"])
         common = [(b"etag", asset.etag.encode()), (b"cache-control", b"public, max-age=86400"),
                   (b"x-content-type-options", b"nosniff"), (b"vary", b"accept-encoding")]

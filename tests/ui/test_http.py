@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -82,6 +83,9 @@ def test_pages_have_a_strict_policy_and_are_not_cached(api: PilotfishProcess) ->
     assert head.headers["content-length"] == page.headers["content-length"]
     for path in ("/ui", "/ui/"):
         assert "Services" in httpx.get(api.api + path, timeout=10).text
+    docs = httpx.get(api.api + "/v1/docs", timeout=10)  # offline: nothing from elsewhere
+    assert docs.status_code == 200 and "SwaggerUIBundle" not in docs.text
+    assert not re.search(r"(src|href)=\"(https?:)?//", docs.text), docs.text
     feed = httpx.head(api.api + "/ui/feed", timeout=5)  # answered, not streamed forever
     assert feed.status_code == 200 and feed.headers["content-type"].startswith("text/event")
 
