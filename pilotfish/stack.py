@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from pilotfish.catalog.interface import Catalog
 from pilotfish.catalog.view import CatalogView
@@ -41,6 +41,9 @@ class Stack:
         # The registry API's ACL when this process runs one: /metrics ports without an ACL
         # of their own show per-instance series only to the callers it lets read.
         self.read_access: AccessPolicy | None = None
+        # What each component says about itself for the status UI (pilotfish.ui.reports):
+        # "lb", "sidecar", "dns" -> a function returning its report, called per render.
+        self.reports: dict[str, Callable[[], Mapping[str, Any]]] = {}
         self._view: CatalogView | None = None
         self._on_sighup: list[Callable[[], object]] = []
 

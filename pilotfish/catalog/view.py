@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from pilotfish.catalog.interface import Catalog, Snapshot
@@ -24,6 +25,8 @@ class CatalogView:
         self.catalog = catalog
         self.snapshot = Snapshot(0, ())
         self.stale = True  # until the first snapshot arrives, and while the backend is down
+        self.stale_since: float | None = time.time()  # wall clock; None while current
+        self.changed_at: float | None = None  # wall clock of the last snapshot published
         self.ready = asyncio.Event()
         self._wait = wait
         self._retry = retry
@@ -63,6 +66,7 @@ class CatalogView:
             except Exception as exc:  # any backend failure: fail static, retry
                 if not self.stale:
                     log.warning("catalog unreachable, serving the last view: %s", exc)
+                    self.stale_since = time.time()
                 self.stale = True
                 # Catch up as soon as the backend says it is back (it signals a change),
                 # or retry after `retry` at the latest.
@@ -72,11 +76,13 @@ class CatalogView:
             if self.stale and self.ready.is_set():
                 log.info("catalog reachable again at index %d", snapshot.index)
             self.stale = False
+            self.stale_since = None
             if snapshot.index != self.snapshot.index or not self.ready.is_set():
                 self._publish(snapshot)
 
     def _publish(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
+        self.changed_at = time.time()
         self.ready.set()
         for subscriber in self._subscribers:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+from collections.abc import Callable
 
 from pilotfish.catalog.model import MIN_TTL
 from pilotfish.config import ConfigError, HostPort, env, parse_hostport
@@ -21,6 +22,8 @@ from pilotfish.dns.zone import ZoneSettings
 from pilotfish.http.server import HttpServer
 from pilotfish.http.status import StatusApp
 from pilotfish.stack import Component, Stack
+from pilotfish.ui.app import UiApp
+from pilotfish.ui.reports import DnsReport
 
 DEFAULT_DNS = "127.0.0.1:8600"
 MAX_NEGATIVE_TTL = 3600
@@ -104,6 +107,20 @@ def dns_server(args: argparse.Namespace, stack: Stack) -> DnsServer:
                      rate_limit=rate_limit)
 
 
+def reporter(server: DnsServer) -> Callable[[], DnsReport]:
+    """What the status UI shows of the DNS server: answers by rcode so far, its zone."""
+
+    def report() -> DnsReport:
+        stats = server.stats
+        answers: dict[str, int] = {}
+        for (_, rcode), count in zip(stats.keys, stats.counts, strict=True):
+            answers[rcode] = answers.get(rcode, 0) + count
+        return DnsReport(listen=str(server.address), domain=server.zone.settings.domain,
+                         answers=answers, names=stats.names, stale=server.view.stale)
+
+    return report
+
+
 def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     """The DNS server on the process's shared view, plus `--dns-metrics` when given.
 
@@ -114,9 +131,12 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
         return []
     server = dns_server(args, stack)
     server.describe(stack.metrics)
+    stack.reports["dns"] = reporter(server)
     components: list[Component] = [server]
     if args.dns_metrics:
         listen = parse_hostport(args.dns_metrics, "--dns-metrics")
-        app = StatusApp(stack.metrics, server.health, access=stack.read_access)
-        components.append(HttpServer(app, listen, what="dns metrics", metrics=stack.metrics))
+        ui = UiApp(stack, None, stack.read_access)  # the status UI at /
+        app = StatusApp(stack.metrics, server.health, ui, access=stack.read_access)
+        components.append(HttpServer(app, listen, what="dns metrics", before_stop=ui.close,
+                                     metrics=stack.metrics))
     return components

@@ -11,9 +11,11 @@ from pilotfish.http.status import StatusApp
 from pilotfish.http.tls import tls_settings
 from pilotfish.lb.api import RoutesApp
 from pilotfish.lb.balancer import LoadBalancer
+from pilotfish.lb.report import reporter
 from pilotfish.lb.routes import parse_route
 from pilotfish.lb.settings import LbSettings
 from pilotfish.stack import Component, Stack
+from pilotfish.ui.app import UiApp
 
 DEFAULT_LB_API = "127.0.0.1:8700"
 DEFAULTS = LbSettings()
@@ -100,13 +102,15 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     routes = [parse_route(text) for text in texts]
     balancer = LoadBalancer(stack, routes, settings(args), routes_file=args.routes_file)
     components: list[Component] = [balancer]
+    stack.reports["lb"] = reporter(balancer)
     if args.lb_api not in (None, "", "off"):
         access = AccessPolicy(args.lb_acl, read_token(args.lb_token_file))
         if args.lb_acl:
             stack.on_sighup(access.reload)
-        app = StatusApp(stack.metrics, balancer.health, RoutesApp(balancer, access),
-                        access=access if access.enabled else stack.read_access)
+        reads = access if access.enabled else stack.read_access
+        ui = UiApp(stack, RoutesApp(balancer, access), reads)  # the status UI at /
+        app = StatusApp(stack.metrics, balancer.health, ui, access=reads)
         components.append(HttpServer(app, parse_hostport(args.lb_api, "--lb-api"),
-                                     what="lb API", tls=tls_settings(args),
-                                     metrics=stack.metrics))
+                                     what="lb API", before_stop=ui.close,
+                                     tls=tls_settings(args), metrics=stack.metrics))
     return components

@@ -31,8 +31,7 @@ from pilotfish.registry.consul.dialect import (
     is_consul_path,
 )
 
-OPEN_PATHS = frozenset({"/metrics", "/v1/health", "/v1/docs", "/v1/openapi.json",
-                        "/v1/docs/oauth2-redirect"})
+OPEN_PATHS = frozenset({"/metrics", "/v1/health", "/v1/openapi.json"})
 READ_METHODS = frozenset({"GET", "HEAD"})
 CALLER = "pilotfish.caller"
 LEASE_PATHS = "/v1/leases/"

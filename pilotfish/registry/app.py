@@ -134,7 +134,8 @@ class RegistryApi:
         m.describe("pilotfish_catalog_index", "gauge", "Index of the last catalog change.")
 
     def _build(self) -> FastAPI:
-        app = FastAPI(title="pilotfish registry", version="1", docs_url="/v1/docs",
+        # /v1/docs is the status UI's (pilotfish.ui.docs): Swagger UI from the package, offline
+        app = FastAPI(title="pilotfish registry", version="1", docs_url=None,
                       openapi_url="/v1/openapi.json", redoc_url=None)
         r = app.router
         leases, instances, reads = self.leases, self.instances, self.reads

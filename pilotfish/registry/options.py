@@ -9,6 +9,7 @@ from pilotfish.http.acl import AccessPolicy
 from pilotfish.http.server import HttpServer
 from pilotfish.http.tls import tls_settings
 from pilotfish.stack import Component, Stack
+from pilotfish.ui.app import UiApp
 
 DEFAULT_API = "127.0.0.1:8500"
 DEFAULT_MAX_BODY = 64 * 1024
@@ -49,7 +50,13 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     access = AccessPolicy(args.acl, read_token(args.token_file))
     api = RegistryApi(stack.catalog, metrics=stack.metrics, max_body=args.max_body,
                       access=access)
-    server = HttpServer(api.app, parse_hostport(args.api, "--api"), before_stop=api.stop_waiting,
+    ui = UiApp(stack, api.app, access, view=stack.view(), docs=True)  # the status UI at /
+
+    def before_stop() -> None:
+        api.stop_waiting()
+        ui.close()
+
+    server = HttpServer(ui, parse_hostport(args.api, "--api"), before_stop=before_stop,
                         tls=tls_settings(args), metrics=stack.metrics)
     if args.acl:
         stack.on_sighup(access.reload)

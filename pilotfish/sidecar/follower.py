@@ -77,6 +77,11 @@ class ContainerFollower:
         return (self.connected and self.reconciled
                 and time.monotonic() - self.last_seen <= self.freshness)
 
+    def name_of(self, container_id: str) -> str:
+        """A running container's name (its id where the inspect had none)."""
+        name = str((self._details.get(container_id) or {}).get("Name") or "").lstrip("/")
+        return name or container_id[:12]
+
     def instances(self) -> list[Instance]:
         """Every instance the running containers want registered."""
         return [i for decision in self.decisions.values() for i in decision.instances]

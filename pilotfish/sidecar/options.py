@@ -13,8 +13,10 @@ from pilotfish.config import ConfigError, env, parse_hostport
 from pilotfish.http.server import HttpServer
 from pilotfish.http.status import StatusApp
 from pilotfish.sidecar.containers import Rules
+from pilotfish.sidecar.report import reporter
 from pilotfish.sidecar.sidecar import Sidecar, SidecarSettings
 from pilotfish.stack import Component, Stack
+from pilotfish.ui.app import UiApp
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +99,12 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
         log.warning("sidecar: --registry %s lives in this process only; point it at the "
                     "registry others read (etcd://, zk://, consul://, http://)", args.registry)
     sidecar = Sidecar(stack.catalog, settings(args), stack.metrics)
+    stack.reports["sidecar"] = reporter(sidecar)
     components: list[Component] = [sidecar]
     if args.sidecar_http:
         listen = parse_hostport(args.sidecar_http, "--sidecar-http")
-        app = StatusApp(stack.metrics, sidecar.health, access=stack.read_access)
-        components.append(HttpServer(app, listen, what="sidecar http", metrics=stack.metrics))
+        ui = UiApp(stack, None, stack.read_access)  # the status UI at /
+        app = StatusApp(stack.metrics, sidecar.health, ui, access=stack.read_access)
+        components.append(HttpServer(app, listen, what="sidecar http", before_stop=ui.close,
+                                     metrics=stack.metrics))
     return components

@@ -21,12 +21,13 @@ LAYERS: dict[str, set[str]] = {
     "http": {"foundation", "catalog"},
     "registrar": {"foundation", "catalog", "stack"},
     "stack": {"foundation", "catalog", "http"},
-    "registry": {"foundation", "catalog", "http", "stack"},
-    "dns": {"foundation", "catalog", "http", "stack"},
-    "lb": {"foundation", "catalog", "http", "stack"},
-    "sidecar": {"foundation", "catalog", "http", "stack", "registrar"},
+    "ui": {"foundation", "catalog", "http", "stack"},
+    "registry": {"foundation", "catalog", "http", "stack", "ui"},
+    "dns": {"foundation", "catalog", "http", "stack", "ui"},
+    "lb": {"foundation", "catalog", "http", "stack", "ui"},
+    "sidecar": {"foundation", "catalog", "http", "stack", "registrar", "ui"},
     "command": {"foundation", "catalog", "http", "stack", "registrar", "registry", "dns",
-                "lb", "sidecar"},
+                "lb", "sidecar", "ui"},
 }
 FOUNDATION = {"pilotfish", "pilotfish.config", "pilotfish.loop", "pilotfish.metrics",
               "pilotfish.fds"}
