@@ -74,7 +74,7 @@ def build_components(args: argparse.Namespace, stack: Stack) -> list[Component]:
     for part in COMMANDS[args.command][1]:
         components += part.build(args, stack)
     if stack.has_view:
-        components.insert(0, stack.view())
+        components.insert(0, stack.view(warm=False))  # warm if a component asked so
     return components
 
 

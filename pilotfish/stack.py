@@ -47,10 +47,18 @@ class Stack:
         self._view: CatalogView | None = None
         self._on_sighup: list[Callable[[], object]] = []
 
-    def view(self) -> CatalogView:
-        """The process's one CatalogView (made on first use): DNS and the LB both read it."""
+    def view(self, warm: bool = True) -> CatalogView:
+        """The process's one CatalogView (made on first use): DNS and the LB both read it.
+
+        `warm`: the asker serves nothing useful without the first snapshot (DNS, the LB), so
+        the process waits for it at start; a page that can say "stale" does not hold up the
+        start (the registry API must answer 503 at once while its backend is down).
+        """
         if self._view is None:
             self._view = CatalogView(self.catalog)
+            self._view.start_waits = warm
+        else:
+            self._view.start_waits = self._view.start_waits or warm
         return self._view
 
     @property

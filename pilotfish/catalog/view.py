@@ -32,6 +32,7 @@ class CatalogView:
         self._retry = retry
         self._subscribers: list[Subscriber] = []
         self._task: asyncio.Task[None] | None = None
+        self.start_waits = True  # start() returns only once the first snapshot is in
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Call `subscriber` with every new snapshot (and now, if one is already here)."""
@@ -40,9 +41,12 @@ class CatalogView:
             subscriber(self.snapshot)
 
     async def start(self) -> None:
-        """Begin following the catalog; returns once the first snapshot is in (or it failed)."""
+        """Begin following the catalog; returns once the first snapshot is in (or it failed),
+        or at once when nothing needs to wait for it (`start_waits`)."""
         if self._task is None:
             self._task = asyncio.create_task(self._follow(), name="catalog-view")
+        if not self.start_waits:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ready.wait(), self._wait)
 

@@ -50,7 +50,8 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     access = AccessPolicy(args.acl, read_token(args.token_file))
     api = RegistryApi(stack.catalog, metrics=stack.metrics, max_body=args.max_body,
                       access=access)
-    ui = UiApp(stack, api.app, access, view=stack.view(), docs=True)  # the status UI at /
+    ui = UiApp(stack, api.app, access, view=stack.view(warm=False),
+               docs=True)  # the status UI at /
 
     def before_stop() -> None:
         api.stop_waiting()

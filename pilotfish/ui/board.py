@@ -61,7 +61,7 @@ class Board:
     def view(self) -> CatalogView | None:
         """The process's view: the one this mount was given, else one a component made."""
         if self._view is None and self.stack.has_view:
-            self._view = self.stack.view()
+            self._view = self.stack.view(warm=False)
         if self._view is not None and not self._subscribed:
             self._subscribed = True
             self._view.subscribe(lambda _: self.changes.notify())

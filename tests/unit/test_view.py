@@ -41,3 +41,24 @@ async def test_view_keeps_its_last_snapshot_and_is_current_again_right_after_the
     finally:
         await view.stop()
         await catalog.close()
+
+
+async def test_only_a_component_that_needs_the_first_snapshot_holds_up_the_start() -> None:
+    from pilotfish.stack import Stack
+
+    catalog = FailingCatalog()
+    catalog.failure = BackendUnavailable("down since before the start (test)")
+    stack = Stack(catalog)
+    view = stack.view(warm=False)  # the status page: it can say "stale"
+    stack.view(warm=False)
+    started = time.monotonic()
+    await view.start()
+    assert time.monotonic() - started < 0.5, "a page held up the start of a process"
+    await view.stop()
+
+    stack.view()  # DNS or the LB: nothing to serve without the first snapshot
+    view._wait = 0.3
+    started = time.monotonic()
+    await view.start()
+    assert time.monotonic() - started >= 0.3, "DNS or the LB started before its first snapshot"
+    await view.stop()
