@@ -8,6 +8,7 @@ import time
 from pilotfish.catalog.interface import BackendUnavailable
 from pilotfish.catalog.model import Instance
 from pilotfish.catalog.view import CatalogView
+from pilotfish.stack import Stack
 from tests.fixtures.backends import FailingCatalog
 
 
@@ -44,8 +45,6 @@ async def test_view_keeps_its_last_snapshot_and_is_current_again_right_after_the
 
 
 async def test_only_a_component_that_needs_the_first_snapshot_holds_up_the_start() -> None:
-    from pilotfish.stack import Stack
-
     catalog = FailingCatalog()
     catalog.failure = BackendUnavailable("down since before the start (test)")
     stack = Stack(catalog)
