@@ -23,6 +23,7 @@ from pilotfish.http.failures import INTERNAL_BODY, LastResort
 from pilotfish.http.long_polls import RETRY_AFTER, TooManyWaiting
 from pilotfish.http.middleware import Middleware
 from pilotfish.http.responses import json_response
+from pilotfish.mesh.ca import DEFAULT_CERT_TTL, CertificateAuthority
 from pilotfish.metrics import Metrics
 from pilotfish.registry.access import (
     AccessChecks,
@@ -44,6 +45,12 @@ from pilotfish.registry.bodies import (
     body_schema,
 )
 from pilotfish.registry.calls import BACKEND_TIMEOUT
+from pilotfish.registry.certificates import (
+    CaOut,
+    CertificateBody,
+    CertificateHandlers,
+    CertificateOut,
+)
 from pilotfish.registry.consul.routes import consul_router
 from pilotfish.registry.instances import InstanceHandlers
 from pilotfish.registry.leases import LeaseHandlers
@@ -84,7 +91,9 @@ class RegistryApi:
 
     def __init__(self, catalog: Catalog, token: str | None = None,
                  metrics: Metrics | None = None, max_body: int = DEFAULT_MAX_BODY,
-                 access: AccessPolicy | None = None) -> None:
+                 access: AccessPolicy | None = None,
+                 authority: CertificateAuthority | None = None,
+                 max_cert_ttl: int = DEFAULT_CERT_TTL) -> None:
         self.catalog = catalog
         self.metrics = metrics if metrics is not None else Metrics()
         self.access = access if access is not None else AccessPolicy(token_secret=token)
@@ -93,6 +102,8 @@ class RegistryApi:
         self.leases = LeaseHandlers(catalog, checks, max_body)
         self.instances = InstanceHandlers(catalog, checks, self.leases, max_body)
         self.reads = ReadHandlers(catalog, self._stopping)
+        self.certificates = None if authority is None else CertificateHandlers(
+            authority, checks, self.access, max_cert_ttl, max_body)
         self._describe_metrics()
         self.app = self._build()
 
@@ -180,6 +191,13 @@ class RegistryApi:
                                    503: {"model": HealthOut,
                                          "description": "the backend does not answer"}})
         r.add_api_route("/metrics", self.metrics_text, methods=["GET"], include_in_schema=False)
+        if self.certificates is not None:
+            r.add_api_route("/v1/mesh/certificates", self.certificates.issue, methods=["POST"],
+                            status_code=201, openapi_extra=body_schema(CertificateBody),
+                            responses={**_ok(CertificateOut, 201, description="signed"),
+                                       **_INVALID, **_WRITE})
+            r.add_api_route("/v1/mesh/ca", self.certificates.roots, methods=["GET"],
+                            responses={**_ok(CaOut), **_READ})
         app.include_router(consul_router(self.catalog, self._stopping))
 
         _answer_errors(app)

@@ -8,6 +8,7 @@ from pilotfish.config import env, parse_hostport, read_token
 from pilotfish.http.acl import AccessPolicy
 from pilotfish.http.server import HttpServer
 from pilotfish.http.tls import tls_settings
+from pilotfish.mesh.options import add_issuer_flags, authority_from
 from pilotfish.stack import Component, Stack
 
 DEFAULT_API = "127.0.0.1:8500"
@@ -31,6 +32,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        metavar="BYTES",
                        help=f"largest request body the API reads, in bytes (default "
                             f"{DEFAULT_MAX_BODY}; 413 beyond) [PILOTFISH_MAX_BODY]")
+    add_issuer_flags(parser)
 
 
 def _size(value: str) -> int:
@@ -48,7 +50,8 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
 
     access = AccessPolicy(args.acl, read_token(args.token_file))
     api = RegistryApi(stack.catalog, metrics=stack.metrics, max_body=args.max_body,
-                      access=access)
+                      access=access, authority=authority_from(args),
+                      max_cert_ttl=args.mesh_max_cert_ttl)
     server = HttpServer(api.app, parse_hostport(args.api, "--api"), before_stop=api.stop_waiting,
                         tls=tls_settings(args), metrics=stack.metrics)
     if args.acl:

@@ -21,12 +21,13 @@ LAYERS: dict[str, set[str]] = {
     "http": {"foundation", "catalog"},
     "registrar": {"foundation", "catalog", "stack"},
     "stack": {"foundation", "catalog", "http"},
-    "registry": {"foundation", "catalog", "http", "stack"},
+    "mesh": {"foundation", "catalog", "http", "stack", "lb"},
+    "registry": {"foundation", "catalog", "http", "stack", "mesh"},
     "dns": {"foundation", "catalog", "http", "stack"},
     "lb": {"foundation", "catalog", "http", "stack"},
-    "sidecar": {"foundation", "catalog", "http", "stack", "registrar"},
+    "sidecar": {"foundation", "catalog", "http", "stack", "registrar", "mesh"},
     "command": {"foundation", "catalog", "http", "stack", "registrar", "registry", "dns",
-                "lb", "sidecar"},
+                "lb", "sidecar", "mesh"},
 }
 FOUNDATION = {"pilotfish", "pilotfish.config", "pilotfish.loop", "pilotfish.metrics",
               "pilotfish.fds"}
