@@ -52,7 +52,16 @@ from pilotfish.registry.certificates import (
     CertificateOut,
 )
 from pilotfish.registry.consul.routes import consul_router
+from pilotfish.registry.entries import EntryBody, EntryHandlers, EntryOut
 from pilotfish.registry.instances import InstanceHandlers
+from pilotfish.registry.intentions import (
+    IntentionHandlers,
+    IntentionsBody,
+    IntentionsOut,
+    RuleBody,
+    RuleOut,
+    inline_schema,
+)
 from pilotfish.registry.leases import LeaseHandlers
 from pilotfish.registry.reads import CLIENT_GONE, ReadHandlers
 
@@ -102,6 +111,8 @@ class RegistryApi:
         self.leases = LeaseHandlers(catalog, checks, max_body)
         self.instances = InstanceHandlers(catalog, checks, self.leases, max_body)
         self.reads = ReadHandlers(catalog, self._stopping)
+        self.entries = EntryHandlers(catalog, max_body)
+        self.intentions = IntentionHandlers(catalog, max_body)
         self.certificates = None if authority is None else CertificateHandlers(
             authority, checks, self.access, max_cert_ttl, max_body)
         self._describe_metrics()
@@ -191,6 +202,7 @@ class RegistryApi:
                                    503: {"model": HealthOut,
                                          "description": "the backend does not answer"}})
         r.add_api_route("/metrics", self.metrics_text, methods=["GET"], include_in_schema=False)
+        self._mesh_routes(app)
         if self.certificates is not None:
             r.add_api_route("/v1/mesh/certificates", self.certificates.issue, methods=["POST"],
                             status_code=201, openapi_extra=body_schema(CertificateBody),
@@ -203,6 +215,34 @@ class RegistryApi:
         _answer_errors(app)
         app_with_acl = MethodGate(AccessControl(app, self.access), app)
         return RequestCounter(LastResort(app_with_acl), self.metrics)  # type: ignore[return-value]
+
+    def _mesh_routes(self, app: FastAPI) -> None:
+        """Config entries and intentions: read with scope read, changed with admin."""
+        r, entries, intentions = app.router, self.entries, self.intentions
+        conflict: Docs = {409: _error_doc("the entry is no longer at `version`: read it again")}
+        admin: Docs = {**_WRITE, 403: _error_doc("the token lacks scope `admin`")}
+        r.add_api_route("/v1/config/{name}", entries.get_entry, methods=["GET"],
+                        responses={**_ok(EntryOut), **_INVALID, **_READ, **_UNAVAILABLE})
+        r.add_api_route("/v1/config/{name}", entries.put_entry, methods=["PUT"],
+                        openapi_extra=body_schema(EntryBody),
+                        responses={**_ok(EntryOut), **_INVALID, **admin, **conflict,
+                                   **_UNAVAILABLE})
+        r.add_api_route("/v1/intentions", intentions.list_intentions, methods=["GET"],
+                        responses={**_ok(IntentionsOut), **_READ, **_UNAVAILABLE})
+        r.add_api_route("/v1/intentions", intentions.replace_intentions, methods=["PUT"],
+                        openapi_extra=inline_schema(IntentionsBody),
+                        responses={**_ok(IntentionsOut), **_INVALID, **admin, **conflict,
+                                   **_UNAVAILABLE})
+        rule_path = "/v1/intentions/{source}/{destination}"
+        r.add_api_route(rule_path, intentions.put_rule, methods=["PUT"],
+                        openapi_extra=body_schema(RuleBody),
+                        responses={**_ok(RuleOut, description="updated"),
+                                   **_ok(RuleOut, 201, description="added"), **_INVALID,
+                                   **admin, **_UNAVAILABLE})
+        r.add_api_route(rule_path, intentions.delete_rule, methods=["DELETE"], status_code=204,
+                        responses={204: {"description": "removed"},
+                                   404: _error_doc("no intention for that pair"), **_INVALID,
+                                   **admin, **_UNAVAILABLE})
 
 
 def _answer_errors(app: FastAPI) -> None:
