@@ -118,11 +118,11 @@ async def test_the_client_refuses_a_server_that_is_not_the_expected_service(
 ) -> None:
     cert, key = hosts.pki.files("cache")  # a rogue that holds another service's certificate
     rogue_port = free_port()
-    rogue = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{rogue_port}",
-                              "-cert", str(cert), "-key", str(key), "-tls1_3", "-quiet",
-                              "-CAfile", str(hosts.pki.cert_path), "-Verify", "1"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL)
+    rogue = await asyncio.create_subprocess_exec(
+        "openssl", "s_server", "-accept", f"127.0.0.1:{rogue_port}", "-cert", str(cert),
+        "-key", str(key), "-tls1_3", "-quiet", "-CAfile", str(hosts.pki.cert_path),
+        "-Verify", "1", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL)
     try:
         await asyncio.sleep(0.5)
         hosts.outbound.update(hosts.snapshot(port=rogue_port))
@@ -134,7 +134,7 @@ async def test_the_client_refuses_a_server_that_is_not_the_expected_service(
         assert listener is not None and listener.verify_failures >= 1  # type: ignore[attr-defined]
     finally:
         rogue.kill()
-        rogue.wait()
+        await rogue.wait()
 
 
 async def test_a_new_certificate_serves_new_connections_and_open_ones_carry_on(
