@@ -4,6 +4,7 @@ outbound route and B's inbound port, over mutual TLS 1.3, as the intentions allo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import subprocess
@@ -29,17 +30,21 @@ async def hosts(tmp_path: Path) -> AsyncIterator[TwoHosts]:
 async def exchange(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
     """Send payload, half-close, read everything back."""
     reader, writer = await asyncio.open_connection(host, port)
-    try:
-        async def send() -> None:
-            writer.write(payload)
-            await writer.drain()
-            writer.write_eof()
 
-        sending = asyncio.create_task(send())
+    async def send() -> None:
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+
+    sending = asyncio.create_task(send())
+    try:
         received = await asyncio.wait_for(reader.read(-1), TIMEOUT)
         await sending
         return received
     finally:
+        sending.cancel()
+        with contextlib.suppress(BaseException):
+            await sending
         writer.close()
 
 
