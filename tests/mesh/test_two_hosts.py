@@ -142,9 +142,9 @@ def test_a_client_container_on_a_reaches_the_server_on_b_and_the_link_carries_on
 ) -> None:
     capture = tmp_path / "link.pcap"
     inner = f"pf{mesh.cluster.network.token}bi"  # host b's end of its link
-    tcpdump = subprocess.Popen([*mesh.b.net.nsenter, "tcpdump", "-i", inner, "-s", "0", "-U", "--immediate-mode",
-                                "-Z", "root", "-w", str(capture)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    tcpdump = subprocess.Popen(  # immediate: without it, packets wait in the ring buffer
+        [*mesh.b.net.nsenter, "tcpdump", "-i", inner, "-s", "0", "-U", "--immediate-mode",
+         "-Z", "root", "-w", str(capture)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert tcpdump.stderr is not None
         assert b"listening on" in tcpdump.stderr.readline()  # capturing from here on
