@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MESH_META = "mtls"  # an instance behind an inbound port carries mtls=1
 ACCEPT_BATCH = 64
 SESSIONS_KEPT = 4_096
+SESSION_REFRESH = 60.0  # seconds a kept session is offered before a newer one replaces it
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,17 +219,26 @@ class UpstreamListener:
     def ended(self, tunnel: Tunnel) -> None:
         server = tunnel.server
         if server is not None and server.secure and tunnel.backend is not None:
-            sock: ssl.SSLSocket = server.sock  # type: ignore[assignment]
-            session = sock.session
-            if session is not None and session.has_ticket:
-                key = (tunnel.backend.address, tunnel.backend.port)
-                self.sessions[key] = (sock.context, session)
-                self.sessions.move_to_end(key)
-                if len(self.sessions) > SESSIONS_KEPT:
-                    self.sessions.popitem(last=False)
+            self._keep_session(tunnel.backend, server.sock)  # type: ignore[arg-type]
         if isinstance(tunnel, OutboundTunnel) and tunnel.admitted:
             tunnel.admitted = False
             self.gate.finished(tunnel)
+
+
+    def _keep_session(self, backend: Backend, sock: ssl.SSLSocket) -> None:
+        """Keep the TLS session the connection left, for the next handshake to resume; a
+        session kept is reused until it is SESSION_REFRESH old (tickets stay valid longer)."""
+        key = (backend.address, backend.port)
+        kept = self.sessions.get(key)
+        now = self.pump.loop.time()
+        if kept is not None and kept[0] is sock.context and now - kept[2] < SESSION_REFRESH:
+            return
+        session = sock.session
+        if session is not None and session.has_ticket:
+            self.sessions[key] = (sock.context, session, now)
+            self.sessions.move_to_end(key)
+            if len(self.sessions) > SESSIONS_KEPT:
+                self.sessions.popitem(last=False)
 
 
 class OutboundRoutes:
