@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pilotfish.config import HostPort
+from pilotfish.lb.refuse import reset_on_close
 from pilotfish.mesh.identities import Identities
 from pilotfish.mesh.intentions import Intentions
 from pilotfish.mesh.pump import Pump
@@ -22,6 +23,7 @@ from pilotfish.mesh.tunnel import Tunnel
 log = logging.getLogger(__name__)
 
 ACCEPT_BATCH = 64
+MAX_CONNECTIONS = 8_000  # open at once (handshaking ones too); beyond: reset at accept
 Targets = Callable[[str], list[tuple[str, int]]]
 
 
@@ -44,13 +46,15 @@ class Inbound:
 
     def __init__(self, pump: Pump, listen: HostPort, identities: Identities,
                  allows: Callable[[str, str], bool], targets: Targets,
-                 close_denied: bool = False) -> None:
+                 close_denied: bool = False, max_connections: int = MAX_CONNECTIONS) -> None:
         self.pump = pump
         self.listen = listen
         self.identities = identities
         self.allows = allows
         self.targets = targets
         self.close_denied = close_denied
+        self.max_connections = max_connections
+        self.live = 0  # accepted and not yet ended
         self.stats = InboundStats()
         self.sock: socket.socket | None = None
         self.open: set[Tunnel] = set()
@@ -101,8 +105,14 @@ class Inbound:
                 if exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     log.warning("mesh inbound: accept failed: %s", exc)
                 return
-            client.setblocking(False)
             self.stats.accepted += 1
+            if self.live >= self.max_connections:
+                self.stats.refuse("limit")
+                reset_on_close(client)
+                client.close()
+                continue
+            client.setblocking(False)
+            self.live += 1
             tunnel = Tunnel(self.pump, self, peer)
             side = self.pump.adopt(tunnel, client, False, "wait", client=True)
             self.pump.start_tls(side, self.identities.listener, server_side=True)
@@ -139,6 +149,7 @@ class Inbound:
         self.pump.join(tunnel)
 
     def ended(self, tunnel: Tunnel) -> None:
+        self.live -= 1
         self.open.discard(tunnel)
 
     def _refuse(self, tunnel: Tunnel, reason: str) -> None:

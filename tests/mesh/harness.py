@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from pilotfish.catalog.interface import Snapshot
@@ -27,20 +27,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Echo every byte; after the client's EOF, say how many came and close."""
-    total = 0
-    try:
-        while data := await reader.read(65536):
-            total += len(data)
-            writer.write(data)
+def echo_server(endings: list[str]) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                                  Awaitable[None]]:
+    """An echo handler: every byte back; after the client's EOF, how many came, then close.
+    `endings` gets "eof" or "reset" for each connection: how its request side ended."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        total = 0
+        try:
+            while data := await reader.read(65536):
+                total += len(data)
+                writer.write(data)
+                await writer.drain()
+            endings.append("eof")
+            writer.write(f"\nbytes={total}\n".encode())
             await writer.drain()
-        writer.write(f"\nbytes={total}\n".encode())
-        await writer.drain()
-    except ConnectionError:
-        pass  # a client that left without finishing: nothing to say to it
-    finally:
-        writer.close()
+        except ConnectionError:
+            endings.append("reset")  # the client left without finishing: nothing to say
+        finally:
+            writer.close()
+
+    return echo
 
 
 @dataclass
@@ -57,6 +64,7 @@ class TwoHosts:
     upstream: HostPort
     backend_port: int
     intentions: list[Intentions] = field(default_factory=list)
+    endings: list[str] = field(default_factory=list)  # the backend's view of each end
 
     def allow(self, *rules: Intention, default: str = "deny") -> None:
         self.intentions[0] = Intentions(rules, default)  # type: ignore[arg-type]
@@ -70,7 +78,8 @@ class TwoHosts:
 @contextlib.asynccontextmanager
 async def two_hosts(pki: MeshPki) -> AsyncIterator[TwoHosts]:
     loop = asyncio.get_running_loop()
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    endings: list[str] = []
+    server = await asyncio.start_server(echo_server(endings), "127.0.0.1", 0)
     backend_port = server.sockets[0].getsockname()[1]
     a, b = Identities(pki.authority.trust_domain), Identities(pki.authority.trust_domain)
     for identities, service in ((a, "web"), (b, "db")):
@@ -85,7 +94,7 @@ async def two_hosts(pki: MeshPki) -> AsyncIterator[TwoHosts]:
     upstream = HostPort("127.0.0.1", free_port())
     outbound = OutboundRoutes(pump_a, a, [Upstream(upstream, "db", "web")])
     hosts = TwoHosts(pki, a, b, pump_a, pump_b, inbound, outbound, upstream, backend_port,
-                     intentions)
+                     intentions, endings)
     await outbound.start(hosts.snapshot())
     try:
         yield hosts
