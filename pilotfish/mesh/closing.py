@@ -68,13 +68,12 @@ if not AVAILABLE:
     log.warning("mesh: cannot send a lone TLS close_notify here; half-closes go as TCP FIN")
 
 
-def send_close_notify(sock: ssl.SSLSocket) -> str:
-    """Send our close_notify once: SENT, WAIT (no room: call again when writable), or FAILED
-    (the connection is gone, or AVAILABLE is False)."""
-    sslobj = getattr(sock, "_sslobj", None)
-    if not AVAILABLE or sslobj is None:
+def send_close_notify(tls: Any) -> str:
+    """Send our close_notify once on an `_ssl._SSLSocket` (what SSLSocket and SSLObject wrap):
+    SENT, WAIT (no room: call again when writable), or FAILED (AVAILABLE is False)."""
+    if not AVAILABLE or tls is None:
         return FAILED
-    pointer = _pointer(sslobj)
+    pointer = _pointer(tls)
     result = _LIBRARY.SSL_shutdown(pointer)
     if result >= 0:
         return SENT

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -77,16 +78,16 @@ class Identities:
         held = self.held.get(service)
         return None if held is None else held.client
 
-    def served(self, sock: ssl.SSLSocket) -> str | None:
+    def served(self, tls: Any) -> str | None:
         """The service an inbound handshake reached (by the context it switched to)."""
-        return self._by_context.get(id(sock.context))
+        return self._by_context.get(id(tls.context))
 
-    def peer(self, sock: ssl.SSLSocket) -> str | None:
+    def peer(self, tls: Any) -> str | None:
         """The service a verified peer speaks for; None without exactly one identity of ours."""
-        found = peer_services(sock.getpeercert(), self.domain)  # type: ignore[arg-type]
+        found = peer_services(tls.getpeercert(), self.domain)
         return found[0] if len(found) == 1 else None
 
-    def _pick(self, sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> int | None:
+    def _pick(self, sock: Any, name: str | None, _: ssl.SSLContext) -> int | None:
         service = service_for_server_name(name, self.domain)
         held = self.held.get(service) if service is not None else None
         if held is None:

@@ -9,7 +9,6 @@ import errno
 import itertools
 import logging
 import socket
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -114,7 +113,7 @@ class Inbound:
             client.setblocking(False)
             self.live += 1
             tunnel = Tunnel(self.pump, self, peer)
-            side = self.pump.adopt(tunnel, client, False, "wait", client=True)
+            side = self.pump.adopt(tunnel, client, "wait", client=True)
             self.pump.start_tls(side, self.identities.listener, server_side=True)
 
     # -- the tunnel's owner ----------------------------------------------------------------
@@ -122,9 +121,8 @@ class Inbound:
     def handshaken(self, tunnel: Tunnel) -> None:
         side = tunnel.client
         assert side is not None
-        sock: ssl.SSLSocket = side.sock  # type: ignore[assignment]
-        destination = self.identities.served(sock)
-        source = self.identities.peer(sock)
+        destination = self.identities.served(side.tls)
+        source = self.identities.peer(side.tls)
         if destination is None or source is None:
             self._refuse(tunnel, "no_identity")
             return

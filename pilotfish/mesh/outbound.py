@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import ssl
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -159,7 +158,7 @@ class UpstreamListener:
                 return
             client.setblocking(False)
             tunnel = OutboundTunnel(self.pump, self, peer)
-            self.pump.adopt(tunnel, client, False, "wait", client=True)
+            self.pump.adopt(tunnel, client, "wait", client=True)
             tunnel.admitted = True
             if not self.gate.admit(tunnel):
                 tunnel.admitted = False
@@ -194,11 +193,11 @@ class UpstreamListener:
         backend = tunnel.dial_backend
         server = tunnel.server
         assert backend is not None and server is not None
-        sock: ssl.SSLSocket = server.sock  # type: ignore[assignment]
-        if self.identities.peer(sock) != self.upstream.destination:
+        tls = server.tls
+        if self.identities.peer(tls) != self.upstream.destination:
             self.verify_failures += 1
             log.warning("mesh: %s answered for %s is not %s; refused", backend.name,
-                        self.identities.peer(sock), self.upstream.destination)
+                        self.identities.peer(tls), self.upstream.destination)
             self.pump.discard(server)
             tunnel.server = None
             tunnel.dial_backend = None
@@ -206,7 +205,7 @@ class UpstreamListener:
                              OSError(errno.EPROTO, "the server is not the expected service"))
             return
         tunnel.dial_backend = None
-        if sock.session_reused:
+        if tls.session_reused:
             self.resumed += 1
         first = self.gate.connected(tunnel, backend)
         if first is None:
@@ -219,23 +218,23 @@ class UpstreamListener:
     def ended(self, tunnel: Tunnel) -> None:
         server = tunnel.server
         if server is not None and server.secure and tunnel.backend is not None:
-            self._keep_session(tunnel.backend, server.sock)  # type: ignore[arg-type]
+            self._keep_session(tunnel.backend, server.tls)
         if isinstance(tunnel, OutboundTunnel) and tunnel.admitted:
             tunnel.admitted = False
             self.gate.finished(tunnel)
 
 
-    def _keep_session(self, backend: Backend, sock: ssl.SSLSocket) -> None:
+    def _keep_session(self, backend: Backend, tls: Any) -> None:
         """Keep the TLS session the connection left, for the next handshake to resume; a
         session kept is reused until it is SESSION_REFRESH old (tickets stay valid longer)."""
         key = (backend.address, backend.port)
         kept = self.sessions.get(key)
         now = self.pump.loop.time()
-        if kept is not None and kept[0] is sock.context and now - kept[2] < SESSION_REFRESH:
+        if kept is not None and kept[0] is tls.context and now - kept[2] < SESSION_REFRESH:
             return
-        session = sock.session
+        session = tls.session
         if session is not None and session.has_ticket:
-            self.sessions[key] = (sock.context, session, now)
+            self.sessions[key] = (tls.context, session, now)
             self.sessions.move_to_end(key)
             if len(self.sessions) > SESSIONS_KEPT:
                 self.sessions.popitem(last=False)

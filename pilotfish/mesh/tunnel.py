@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from typing import Any, Protocol
 
 
@@ -31,17 +32,20 @@ class Owner(Protocol):
 
 
 class Side:
-    """One socket of a tunnel and what it waits on."""
+    """One socket of a tunnel and what it waits on; a TLS side also holds the TLS connection
+    over that socket (the `_ssl` object Python's SSLSocket wraps), and is its owner: what the
+    server-name callback is handed, to switch the connection's context."""
 
-    __slots__ = ("sock", "fd", "tunnel", "peer", "secure", "stage", "pending", "eof", "shut",
-                 "closing", "received", "mask", "want_out")
+    __slots__ = ("sock", "fd", "tunnel", "peer", "tls", "secure", "stage", "pending", "eof",
+                 "shut", "closing", "received", "mask", "want_out", "__weakref__")
 
-    def __init__(self, tunnel: Tunnel, sock: socket.socket, secure: bool, stage: str) -> None:
+    def __init__(self, tunnel: Tunnel, sock: socket.socket, stage: str) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.tunnel: Tunnel | None = tunnel
         self.peer: Side | None = None
-        self.secure = secure  # an SSLSocket
+        self.tls: Any = None  # _ssl._SSLSocket, once TLS starts
+        self.secure = False  # tls is set
         self.stage = stage  # "connect", "handshake", "wait" (nothing read yet), "open"
         self.pending: bytes | None = None  # bytes for this socket that did not fit
         self.eof = False  # read its EOF (or close_notify)
@@ -50,6 +54,15 @@ class Side:
         self.received = 0
         self.mask = -1
         self.want_out = False  # the handshake (or a TLS read) waits for room to write
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The TLS context of the connection (the server-name callback switches it)."""
+        return self.tls.context  # type: ignore[no-any-return]
+
+    @context.setter
+    def context(self, context: ssl.SSLContext) -> None:
+        self.tls.context = context
 
 
 class Tunnel:
