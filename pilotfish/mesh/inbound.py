@@ -97,20 +97,20 @@ class Inbound:
             return
         for _ in range(ACCEPT_BATCH):
             try:
-                client, peer = sock.accept()
-            except BlockingIOError:
-                return
+                accepted = self.pump.accept(sock)
             except OSError as exc:
                 if exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     log.warning("mesh inbound: accept failed: %s", exc)
                 return
+            if accepted is None:
+                return
+            client, peer = accepted
             self.stats.accepted += 1
             if self.live >= self.max_connections:
                 self.stats.refuse("limit")
                 reset_on_close(client)
                 client.close()
                 continue
-            client.setblocking(False)
             self.live += 1
             tunnel = Tunnel(self.pump, self, peer)
             side = self.pump.adopt(tunnel, client, "wait", client=True)

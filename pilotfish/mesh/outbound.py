@@ -151,12 +151,12 @@ class UpstreamListener:
             if sock is None:
                 return
             try:
-                client, peer = sock.accept()
-            except BlockingIOError:
-                return
+                accepted = self.pump.accept(sock)
             except OSError:
                 return
-            client.setblocking(False)
+            if accepted is None:
+                return
+            client, peer = accepted
             tunnel = OutboundTunnel(self.pump, self, peer)
             self.pump.adopt(tunnel, client, "wait", client=True)
             tunnel.admitted = True

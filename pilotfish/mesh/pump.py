@@ -26,6 +26,7 @@ import select
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from pilotfish.lb.refuse import reset_on_close
 from pilotfish.mesh import closing
@@ -78,6 +79,17 @@ class Pump:
         """Stop watching a listening socket (before it is closed)."""
         if self.acceptors.pop(sock.fileno(), None) is not None:
             self.epoll.unregister(sock.fileno())
+
+    @staticmethod
+    def accept(listening: socket.socket) -> tuple[socket.socket, Any] | None:
+        """One waiting client as a non-blocking socket, or None (OSError: failed)."""
+        try:
+            fd, peer = listening._accept()  # type: ignore[attr-defined]
+        except BlockingIOError:
+            return None
+        client = socket.socket(listening.family, socket.SOCK_STREAM, 0, fd)
+        client.setblocking(False)  # (a socket.socket: _ssl holds a weak reference to it)
+        return client, peer
 
     def adopt(self, tunnel: Tunnel, sock: socket.socket, stage: str, client: bool) -> Side:
         """Make `sock` (non-blocking) one side of `tunnel` and watch it."""
