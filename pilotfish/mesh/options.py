@@ -70,8 +70,9 @@ def add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
                             "on [PILOTFISH_MESH_INBOUND]")
     group.add_argument("--mesh-issuer", default=env("mesh_issuer"), metavar="URL",
                        help="the registry API that signs certificates (default: --registry "
-                            "when it is http(s)://); --token-file is the token it is asked "
-                            "with [PILOTFISH_MESH_ISSUER]")
+                            "when it is http(s)://, or on `up` with --mesh-ca-cert this "
+                            "process's --api); --token-file is the token it is asked with "
+                            "[PILOTFISH_MESH_ISSUER]")
     group.add_argument("--mesh-upstream", action="append", metavar="LISTEN=SERVICE?as=SOURCE",
                        default=[u for u in (env("mesh_upstream") or "").split() if u],
                        help="a plain listener for apps on this host whose connections reach "
@@ -92,6 +93,20 @@ def add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
         add_trust_domain_flag(group)
 
 
+def _default_issuer(args: argparse.Namespace) -> str | None:
+    """An http(s):// --registry, or this process's own API when it holds the CA (`up`)."""
+    if str(args.registry).startswith(("http://", "https://")):
+        return str(args.registry)
+    api = getattr(args, "api", None)
+    if getattr(args, "mesh_ca_cert", None) and api not in (None, "", "off"):
+        listen = parse_hostport(api, "--api")
+        host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else \
+            "[::1]" if listen.host == "::" else str(listen).rpartition(":")[0]
+        scheme = "https" if getattr(args, "tls_cert", None) else "http"
+        return f"{scheme}://{host}:{listen.port}"
+    return None
+
+
 def mesh_settings(args: argparse.Namespace, advertise_ip: str) -> MeshSettings | None:
     """The mesh the flags ask for on this sidecar, or None (--mesh-inbound not given)."""
     if not args.mesh_inbound:
@@ -99,8 +114,7 @@ def mesh_settings(args: argparse.Namespace, advertise_ip: str) -> MeshSettings |
             raise ConfigError("--mesh-upstream needs --mesh-inbound: the mesh is off without it")
         return None
     inbound = parse_hostport(args.mesh_inbound, "--mesh-inbound", default_host="0.0.0.0")
-    issuer = args.mesh_issuer or (args.registry if str(args.registry).startswith(
-        ("http://", "https://")) else None)
+    issuer = args.mesh_issuer or _default_issuer(args)
     if not issuer:
         raise ConfigError("--mesh-inbound needs --mesh-issuer URL (the registry API with "
                           "--mesh-ca-cert) unless --registry is an http(s):// API")
