@@ -47,6 +47,10 @@ class Identities:
         self.listener.num_tickets = 1
         self.listener.sni_callback = self._pick
         self._ca_pem: str | None = None
+        # One service's certificate is the listener's own: its handshakes need no switch
+        # (switching copies the certificate settings into the connection: a tenth of a
+        # resumed handshake's cost).
+        self.default: str | None = None
 
     def install(self, service: str, certificate: str, key: ec.EllipticCurvePrivateKey,
                 ca_pem: str, expires_at: float) -> None:
@@ -61,6 +65,10 @@ class Identities:
         if self._ca_pem != ca_pem:
             self.listener.load_verify_locations(cadata=ca_pem)
             self._ca_pem = ca_pem
+        if self.default in (None, service):
+            load_identity(self.listener, certificate, key)
+            self.default = service
+            self._by_context[id(self.listener)] = service
         old = self.held.get(service)
         self.held[service] = Held(service, server, client, expires_at, ca_pem)
         self._by_context[id(server)] = service
@@ -72,6 +80,9 @@ class Identities:
         old = self.held.pop(service, None)
         if old is not None:
             self._by_context.pop(id(old.server), None)
+        if service == self.default:  # its certificate stays loaded, but no name reaches it
+            self.default = None
+            self._by_context.pop(id(self.listener), None)
 
     def client_context(self, service: str) -> ssl.SSLContext | None:
         """The context outbound connections speaking as `service` present."""
@@ -92,5 +103,6 @@ class Identities:
         held = self.held.get(service) if service is not None else None
         if held is None:
             return int(ssl.AlertDescription.ALERT_DESCRIPTION_UNRECOGNIZED_NAME)
-        sock.context = held.server
+        if service != self.default:
+            sock.context = held.server
         return None

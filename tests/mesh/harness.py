@@ -89,7 +89,8 @@ async def two_hosts(pki: MeshPki) -> AsyncIterator[TwoHosts]:
     intentions = [Intentions((Intention("web", "db", "allow"),))]
     inbound = Inbound(pump_b, HostPort("127.0.0.1", 0), b,
                       lambda s, d: intentions[0].allows(s, d),
-                      lambda service: [("127.0.0.1", backend_port)] if service == "db" else [])
+                      lambda service: [("127.0.0.1", backend_port)]
+                      if service in ("db", "cache") else [])
     inbound.start()
     upstream = HostPort("127.0.0.1", free_port())
     outbound = OutboundRoutes(pump_a, a, [Upstream(upstream, "db", "web")])

@@ -157,3 +157,20 @@ async def test_a_new_certificate_serves_new_connections_and_open_ones_carry_on(
     writer.write_eof()
     assert await asyncio.wait_for(reader.read(-1), TIMEOUT) == b"after\nbytes=12\n"
     writer.close()
+
+
+async def test_one_inbound_port_serves_several_services_by_server_name(hosts: TwoHosts) -> None:
+    certificate, key = hosts.pki.identity("cache")
+    hosts.b.install("cache", certificate, key, hosts.pki.authority.pem, 0.0)
+    port = hosts.inbound.address.port
+    web = hosts.pki.client_context("web")
+    hosts.allow(Intention("web", "cache", "allow"))  # and web -> db falls to the default deny
+    assert await asyncio.to_thread(_raw_tls, port, web, "cache") == b"hello"  # the switch
+    with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+        assert await asyncio.to_thread(_raw_tls, port, web, "db") == b""
+        raise ConnectionResetError
+    assert hosts.inbound.stats.refused == {"denied": 1}  # db was reached, and denied
+    hosts.b.forget("db")  # the listener's own certificate: no name reaches it any more
+    with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+        await asyncio.to_thread(_raw_tls, port, web, "db")
+    assert hosts.inbound.stats.refused == {"denied": 1}  # refused in the handshake itself
