@@ -174,3 +174,20 @@ async def test_one_inbound_port_serves_several_services_by_server_name(hosts: Tw
     with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
         await asyncio.to_thread(_raw_tls, port, web, "db")
     assert hosts.inbound.stats.refused == {"denied": 1}  # refused in the handshake itself
+
+
+async def test_with_close_denied_a_new_deny_closes_open_connections(hosts: TwoHosts) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", hosts.upstream.port)
+    writer.write(b"open ")
+    assert await asyncio.wait_for(reader.readexactly(5), TIMEOUT) == b"open "
+    hosts.allow(Intention("web", "db", "allow"), Intention("*", "cache", "deny"))
+    hosts.inbound.intentions_changed(hosts.intentions[0])  # without --mesh-close-denied
+    writer.write(b"still ")
+    assert await asyncio.wait_for(reader.readexactly(6), TIMEOUT) == b"still "
+    hosts.inbound.close_denied = True
+    hosts.allow(Intention("web", "db", "deny"))
+    hosts.inbound.intentions_changed(hosts.intentions[0])
+    with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+        await asyncio.wait_for(reader.readexactly(1), TIMEOUT)
+    assert hosts.inbound.stats.closed_by_intentions == 1
+    writer.close()
