@@ -119,6 +119,7 @@ class Inbound:
     # -- the tunnel's owner ----------------------------------------------------------------
 
     def handshaken(self, tunnel: Tunnel) -> None:
+        """Who is asking for what: refuse it, or dial a local container of the service."""
         side = tunnel.client
         assert side is not None
         destination = self.identities.served(side.tls)
@@ -139,6 +140,7 @@ class Inbound:
         self.pump.dial(tunnel, address, port)
 
     def dialed(self, tunnel: Tunnel, error: OSError | None) -> None:
+        """The container answered (carry the bytes) or did not (refuse)."""
         if error is not None:
             self._refuse(tunnel, "connect_failed")
             return
@@ -147,6 +149,7 @@ class Inbound:
         self.pump.join(tunnel)
 
     def ended(self, tunnel: Tunnel) -> None:
+        """A connection closed: it no longer counts against the limit."""
         self.live -= 1
         self.open.discard(tunnel)
 

@@ -153,6 +153,7 @@ class MeshNode:
     def samples(self) -> Iterable[Sample]:
         """The mesh's series, read at scrape time."""
         def sample(name: str, value: float, labels: tuple[tuple[str, str], ...] = ()) -> Sample:
+            """One series."""
             return PREFIX + name, labels, value
 
         yield sample("certificates", len(self.identities.held))

@@ -18,6 +18,7 @@ from pilotfish.mesh.outbound import Upstream
 
 def _ttl_flag(flag: str) -> type[int]:
     def parse(value: str) -> int:
+        """Seconds, within the certificate life the CA allows."""
         try:
             return cert_ttl(int(value) if value.isascii() and value.isdigit() else value)
         except InvalidField as exc:

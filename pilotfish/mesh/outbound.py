@@ -79,6 +79,7 @@ class MeshGate(RouteGate):
     """An LB route gate whose pool holds only the destination's instances in the mesh."""
 
     def update(self, snapshot: Snapshot) -> None:
+        """Feed the pool the destination's instances behind an inbound port."""
         self.pool.update(i for i in snapshot.service(self.route.service)
                          if i.meta.get(MESH_META) == "1")
 
@@ -167,6 +168,8 @@ class UpstreamListener:
     # -- the tunnel's owner ----------------------------------------------------------------
 
     def dialed(self, tunnel: Tunnel, error: OSError | None) -> None:
+        """Connected to an inbound port: start TLS as the source service (or let the gate
+        retry another instance)."""
         assert isinstance(tunnel, OutboundTunnel)
         backend = tunnel.dial_backend
         if error is not None or tunnel.closed:
@@ -189,6 +192,8 @@ class UpstreamListener:
                                                         self.identities.domain))
 
     def handshaken(self, tunnel: Tunnel) -> None:
+        """The server proved an identity: the destination's carries the bytes, any other is
+        refused like a failed dial."""
         assert isinstance(tunnel, OutboundTunnel)
         backend = tunnel.dial_backend
         server = tunnel.server
@@ -216,6 +221,7 @@ class UpstreamListener:
         self.pump.join(tunnel)
 
     def ended(self, tunnel: Tunnel) -> None:
+        """Keep the TLS session for the next handshake; settle the gate's counters."""
         server = tunnel.server
         if server is not None and server.secure and tunnel.backend is not None:
             self._keep_session(tunnel.backend, server.tls)
