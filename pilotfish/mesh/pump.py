@@ -144,9 +144,7 @@ class Pump:
                     log.exception("mesh: error on a tunnel; closing it")
                     self.close(tunnel, reset=True)
         finally:
-            for sock in self._doomed:
-                sock.close()
-            self._doomed.clear()
+            self._close_doomed()
 
     def event(self, side: Side, mask: int) -> None:
         """One socket's readiness."""
