@@ -227,6 +227,9 @@ class UpstreamListener:
             self._keep_session(tunnel.backend, server.tls)
         if isinstance(tunnel, OutboundTunnel) and tunnel.admitted:
             tunnel.admitted = False
+            if tunnel.dial_backend is not None:  # the client left, or time ran out, mid-dial
+                backend, tunnel.dial_backend = tunnel.dial_backend, None
+                self.gate.failed(tunnel, backend, ConnectionAbortedError())
             self.gate.finished(tunnel)
 
 

@@ -191,3 +191,19 @@ async def test_with_close_denied_a_new_deny_closes_open_connections(hosts: TwoHo
         await asyncio.wait_for(reader.readexactly(1), TIMEOUT)
     assert hosts.inbound.stats.closed_by_intentions == 1
     writer.close()
+
+
+async def test_a_handshake_that_never_ends_leaves_no_count_behind(hosts: TwoHosts) -> None:
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts TCP, never speaks TLS
+    hosts.pump_a.handshake_timeout = 0.5
+    hosts.outbound.update(hosts.snapshot(port=silent.getsockname()[1]))
+    gate = hosts.outbound.gates[0]
+    try:
+        with pytest.raises(ConnectionResetError):
+            await exchange(hosts.upstream.port, b"x")  # cut by the handshake timeout
+        assert [b.active for b in gate.pool.backends.values()] == [0]
+        assert not gate.connections and gate.occupancy.active == 0
+    finally:
+        silent.close()
