@@ -350,7 +350,7 @@ class Pump:
         peer = side.peer
         if peer is None:
             return
-        if peer.eof and not side.shut:
+        if peer.eof:  # pass the end on, or close once both ways are done
             self.ended(peer, side)
         else:
             self.move(peer, side)
