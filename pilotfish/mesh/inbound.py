@@ -17,7 +17,7 @@ from pilotfish.lb.refuse import reset_on_close
 from pilotfish.mesh.identities import Identities
 from pilotfish.mesh.intentions import Intentions
 from pilotfish.mesh.pump import Pump
-from pilotfish.mesh.tunnel import Tunnel
+from pilotfish.mesh.tunnel import Tunnel, accept
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Inbound:
             return
         for _ in range(ACCEPT_BATCH):
             try:
-                accepted = self.pump.accept(sock)
+                accepted = accept(sock)
             except OSError as exc:
                 if exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     log.warning("mesh inbound: accept failed: %s", exc)

@@ -28,7 +28,7 @@ from pilotfish.lb.settings import LbSettings
 from pilotfish.mesh.identities import Identities
 from pilotfish.mesh.identity import server_name
 from pilotfish.mesh.pump import Pump
-from pilotfish.mesh.tunnel import Tunnel
+from pilotfish.mesh.tunnel import Tunnel, accept
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class UpstreamListener:
             if sock is None:
                 return
             try:
-                accepted = self.pump.accept(sock)
+                accepted = accept(sock)
             except OSError:
                 return
             if accepted is None:

@@ -1,18 +1,13 @@
 """The mesh's engine: tunnels of one plain and one TLS socket, on one epoll set of its own.
 
-Why not asyncio's TLS: its transports keep TLS in memory buffers that Python copies through,
-and cannot resume a TLS session on the client side. Here the TLS side is an `ssl.SSLSocket`
-over the socket itself (OpenSSL reads and writes the descriptor), non-blocking; a client
-tunnel offers the session its last handshake to that address left, so the next one resumes
-it (no certificate signatures to make or check).
-
-The set is level-triggered, watched by the event loop as a single reader. A side is watched
-for what it waits on: IN to read (while its peer has room), OUT while a write or a close
-waits for room, or what the handshake asked for. OpenSSL may hold decrypted bytes the kernel
-no longer signals, so reading stops only at "want read" or when the peer is full, and a
-peer that drains resumes the read itself. Half-close is carried both ways: a plain EOF
-becomes a TLS close_notify and the reverse; a TLS stream cut without close_notify (a
-truncation) resets both sides.
+Not asyncio's TLS: it copies through memory buffers and cannot resume a client session.
+Here OpenSSL reads and writes the (non-blocking) socket itself, and a client tunnel offers
+the session its last handshake to that address left (resumed: no signatures to make or check).
+The set is level-triggered, watched by the event loop as one reader; a side is watched for
+what it waits on. OpenSSL may hold decrypted bytes the kernel no longer signals, so a TLS
+read goes on to "want read", and a tunnel that yields its turn, or whose peer drains, is
+resumed by the pump itself. A plain EOF becomes a TLS close_notify and the reverse; a TLS
+stream cut without close_notify (a truncation) resets both sides.
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ import select
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 from pilotfish.lb.refuse import reset_on_close
 from pilotfish.mesh import closing
@@ -36,6 +30,7 @@ log = logging.getLogger(__name__)
 
 IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
 CHUNK = 64 << 10  # bytes moved per read and per TLS write (four records)
+FAIR_SHARE = 8  # chunks one tunnel moves before the others' events are handled
 BATCH = 256
 WANTS = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -79,17 +74,6 @@ class Pump:
         """Stop watching a listening socket (before it is closed)."""
         if self.acceptors.pop(sock.fileno(), None) is not None:
             self.epoll.unregister(sock.fileno())
-
-    @staticmethod
-    def accept(listening: socket.socket) -> tuple[socket.socket, Any] | None:
-        """One waiting client as a non-blocking socket, or None (OSError: failed)."""
-        try:
-            fd, peer = listening._accept()  # type: ignore[attr-defined]
-        except BlockingIOError:
-            return None
-        client = socket.socket(listening.family, socket.SOCK_STREAM, 0, fd)
-        client.setblocking(False)  # (a socket.socket: _ssl holds a weak reference to it)
-        return client, peer
 
     def adopt(self, tunnel: Tunnel, sock: socket.socket, stage: str, client: bool) -> Side:
         """Make `sock` (non-blocking) one side of `tunnel` and watch it."""
@@ -259,7 +243,13 @@ class Pump:
         """Read `src` into `dst` until `src` has nothing more or `dst` has no room."""
         tunnel = src.tunnel
         assert tunnel is not None
+        budget = FAIR_SHARE
         while dst.pending is None and not dst.closing and not src.eof:
+            if not budget:  # others' turn; a plain socket signals again, TLS may not
+                if src.secure:
+                    self.loop.call_soon(self._again, src, dst)
+                break
+            budget -= 1
             count, eof = self.read(src)
             if count < 0:
                 self.reset(tunnel)
@@ -279,6 +269,10 @@ class Pump:
         if not tunnel.closed:
             self.watch(src)
             self.watch(dst)
+
+    def _again(self, src: Side, dst: Side) -> None:
+        if src.tunnel is not None and not src.tunnel.closed and src.peer is dst:
+            self.move(src, dst)
 
     def read(self, side: Side) -> tuple[int, bool]:
         """Read up to CHUNK bytes: (count, EOF seen); count -1: the side failed."""

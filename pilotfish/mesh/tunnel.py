@@ -18,6 +18,17 @@ class Carrier(Protocol):
         """Close both sockets; the owner hears `ended`."""
 
 
+def accept(listening: socket.socket) -> tuple[socket.socket, Any] | None:
+    """One waiting client as a non-blocking socket, or None (OSError: accept failed)."""
+    try:
+        fd, peer = listening._accept()  # type: ignore[attr-defined]
+    except BlockingIOError:
+        return None
+    client = socket.socket(listening.family, socket.SOCK_STREAM, 0, fd)
+    client.setblocking(False)  # (a socket.socket: _ssl holds a weak reference to it)
+    return client, peer
+
+
 class Owner(Protocol):
     """Who decides what a tunnel does next: the inbound port or an outbound route."""
 
