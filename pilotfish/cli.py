@@ -18,6 +18,7 @@ from pilotfish.fds import raise_open_files_limit, share_open_files
 from pilotfish.http.tls import add_tls_flags
 from pilotfish.lb import options as lb_options
 from pilotfish.loop import run
+from pilotfish.mesh import command as ca_command
 from pilotfish.registrar import command as register_options
 from pilotfish.registry import options as registry_options
 from pilotfish.sidecar import options as sidecar_options
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--ca-file", default=env("ca_file"),
                          help="CA certificate(s) that verify an https:// registry API "
                               "or an etcds:// / zks:// backend [PILOTFISH_CA_FILE]")
+    ca_command.add_parser(commands)
     return parser
 
 
@@ -110,6 +112,12 @@ async def serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "ca":
+        try:
+            return ca_command.run(args)
+        except ConfigError as exc:
+            print(f"pilotfish: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -7,6 +7,7 @@ from pilotfish.catalog.interface import (
     BackendUnavailable,
     Catalog,
     CatalogError,
+    EntryConflict,
     Snapshot,
     UnknownLease,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "BackendUnavailable",
     "Catalog",
     "CatalogError",
+    "EntryConflict",
     "Instance",
     "InvalidField",
     "Lease",

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Self
 
+from pilotfish.catalog.entries import ConfigEntry, encode_entry, entry_name, entry_version
 from pilotfish.catalog.model import (
     Instance,
     InvalidField,
@@ -33,6 +34,15 @@ class UnknownLease(CatalogError):
 
 class BackendUnavailable(CatalogError):
     """The backend cannot be reached right now; callers retry, consumers fail static."""
+
+
+class EntryConflict(CatalogError):
+    """A config entry is no longer at the version a write compared: read it again."""
+
+    def __init__(self, name: str, version: int) -> None:
+        super().__init__(f"config entry {name!r} is no longer at version {version}: "
+                         "read it again")
+        self.name, self.version = name, version
 
 
 class Snapshot:
@@ -148,6 +158,25 @@ class Catalog(ABC):
     async def deregister(self, instance_id: str) -> Instance | None:
         """Remove one instance; returns what was removed, or None if it was absent."""
         return await self._deregister(identifier(instance_id, "id"))
+
+    async def config_entry(self, name: str) -> ConfigEntry:
+        """The config entry `name` as stored now (version 0 and empty: never written)."""
+        return await self._config_entry(entry_name(name))
+
+    async def put_config_entry(self, name: str, value: Mapping[str, object],
+                               version: int) -> ConfigEntry:
+        """Replace the entry if it is still at `version` (0: not written yet), else raise
+        EntryConflict; the entry as stored right after the write."""
+        name, data = entry_name(name), encode_entry(value)
+        return await self._put_config_entry(name, data, entry_version(version))
+
+    @abstractmethod
+    async def _config_entry(self, name: str) -> ConfigEntry:
+        """Hook: read one config entry (a valid name) from the backend, not from a cache."""
+
+    @abstractmethod
+    async def _put_config_entry(self, name: str, data: bytes, version: int) -> ConfigEntry:
+        """Hook: store `data` (JSON) as the entry if it is at `version`; EntryConflict if not."""
 
     @abstractmethod
     async def _create_lease(self, ttl: int, owner: str) -> Lease:

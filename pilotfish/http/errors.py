@@ -27,7 +27,7 @@ CODES: Mapping[str, tuple[int, ...]] = {
     "unknown_lease": (404,),  # the lease is unknown or has lapsed
     "method_not_allowed": (405,),  # `Allow` lists the methods the path takes
     "timeout": (408,),  # the request did not arrive in time
-    "conflict": (409,),  # the LB cannot bind a route's listen address
+    "conflict": (409,),  # the LB cannot bind a route's address; a config entry moved on
     "too_large": (413, 431),  # the body, or the request head, is over its limit
     "internal": (500,),  # a failure no handler expected (logged in one line)
     "unavailable": (503,),  # the catalog backend does not answer, or the listener is full

@@ -23,6 +23,7 @@ from pilotfish.http.failures import INTERNAL_BODY, LastResort
 from pilotfish.http.long_polls import RETRY_AFTER, TooManyWaiting
 from pilotfish.http.middleware import Middleware
 from pilotfish.http.responses import json_response
+from pilotfish.mesh.ca import DEFAULT_CERT_TTL, CertificateAuthority
 from pilotfish.metrics import Metrics
 from pilotfish.registry.access import (
     AccessChecks,
@@ -44,8 +45,23 @@ from pilotfish.registry.bodies import (
     body_schema,
 )
 from pilotfish.registry.calls import BACKEND_TIMEOUT
+from pilotfish.registry.certificates import (
+    CaOut,
+    CertificateBody,
+    CertificateHandlers,
+    CertificateOut,
+)
 from pilotfish.registry.consul.routes import consul_router
+from pilotfish.registry.entries import EntryBody, EntryHandlers, EntryOut
 from pilotfish.registry.instances import InstanceHandlers
+from pilotfish.registry.intentions import (
+    IntentionHandlers,
+    IntentionsBody,
+    IntentionsOut,
+    RuleBody,
+    RuleOut,
+    inline_schema,
+)
 from pilotfish.registry.leases import LeaseHandlers
 from pilotfish.registry.reads import CLIENT_GONE, ReadHandlers
 
@@ -84,7 +100,9 @@ class RegistryApi:
 
     def __init__(self, catalog: Catalog, token: str | None = None,
                  metrics: Metrics | None = None, max_body: int = DEFAULT_MAX_BODY,
-                 access: AccessPolicy | None = None) -> None:
+                 access: AccessPolicy | None = None,
+                 authority: CertificateAuthority | None = None,
+                 max_cert_ttl: int = DEFAULT_CERT_TTL) -> None:
         self.catalog = catalog
         self.metrics = metrics if metrics is not None else Metrics()
         self.access = access if access is not None else AccessPolicy(token_secret=token)
@@ -93,6 +111,10 @@ class RegistryApi:
         self.leases = LeaseHandlers(catalog, checks, max_body)
         self.instances = InstanceHandlers(catalog, checks, self.leases, max_body)
         self.reads = ReadHandlers(catalog, self._stopping)
+        self.entries = EntryHandlers(catalog, max_body)
+        self.intentions = IntentionHandlers(catalog, max_body)
+        self.certificates = None if authority is None else CertificateHandlers(
+            authority, checks, self.access, max_cert_ttl, max_body)
         self._describe_metrics()
         self.app = self._build()
 
@@ -181,11 +203,47 @@ class RegistryApi:
                                    503: {"model": HealthOut,
                                          "description": "the backend does not answer"}})
         r.add_api_route("/metrics", self.metrics_text, methods=["GET"], include_in_schema=False)
+        self._mesh_routes(app)
+        if self.certificates is not None:
+            r.add_api_route("/v1/mesh/certificates", self.certificates.issue, methods=["POST"],
+                            status_code=201, openapi_extra=body_schema(CertificateBody),
+                            responses={**_ok(CertificateOut, 201, description="signed"),
+                                       **_INVALID, **_WRITE})
+            r.add_api_route("/v1/mesh/ca", self.certificates.roots, methods=["GET"],
+                            responses={**_ok(CaOut), **_READ})
         app.include_router(consul_router(self.catalog, self._stopping))
 
         _answer_errors(app)
         app_with_acl = MethodGate(AccessControl(app, self.access), app)
         return RequestCounter(LastResort(app_with_acl), self.metrics)  # type: ignore[return-value]
+
+    def _mesh_routes(self, app: FastAPI) -> None:
+        """Config entries and intentions: read with scope read, changed with admin."""
+        r, entries, intentions = app.router, self.entries, self.intentions
+        conflict: Docs = {409: _error_doc("the entry is no longer at `version`: read it again")}
+        admin: Docs = {**_WRITE, 403: _error_doc("the token lacks scope `admin`")}
+        r.add_api_route("/v1/config/{name}", entries.get_entry, methods=["GET"],
+                        responses={**_ok(EntryOut), **_INVALID, **_READ, **_UNAVAILABLE})
+        r.add_api_route("/v1/config/{name}", entries.put_entry, methods=["PUT"],
+                        openapi_extra=body_schema(EntryBody),
+                        responses={**_ok(EntryOut), **_INVALID, **admin, **conflict,
+                                   **_UNAVAILABLE})
+        r.add_api_route("/v1/intentions", intentions.list_intentions, methods=["GET"],
+                        responses={**_ok(IntentionsOut), **_READ, **_UNAVAILABLE})
+        r.add_api_route("/v1/intentions", intentions.replace_intentions, methods=["PUT"],
+                        openapi_extra=inline_schema(IntentionsBody),
+                        responses={**_ok(IntentionsOut), **_INVALID, **admin, **conflict,
+                                   **_UNAVAILABLE})
+        rule_path = "/v1/intentions/{source}/{destination}"
+        r.add_api_route(rule_path, intentions.put_rule, methods=["PUT"],
+                        openapi_extra=body_schema(RuleBody),
+                        responses={**_ok(RuleOut, description="updated"),
+                                   **_ok(RuleOut, 201, description="added"), **_INVALID,
+                                   **admin, **_UNAVAILABLE})
+        r.add_api_route(rule_path, intentions.delete_rule, methods=["DELETE"], status_code=204,
+                        responses={204: {"description": "removed"},
+                                   404: _error_doc("no intention for that pair"), **_INVALID,
+                                   **admin, **_UNAVAILABLE})
 
 
 def _answer_errors(app: FastAPI) -> None:

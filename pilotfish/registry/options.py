@@ -8,6 +8,7 @@ from pilotfish.config import env, parse_hostport, read_token
 from pilotfish.http.acl import AccessPolicy
 from pilotfish.http.server import HttpServer
 from pilotfish.http.tls import tls_settings
+from pilotfish.mesh.options import add_issuer_flags, authority_from
 from pilotfish.stack import Component, Stack
 from pilotfish.ui.app import UiApp
 
@@ -32,6 +33,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        metavar="BYTES",
                        help=f"largest request body the API reads, in bytes (default "
                             f"{DEFAULT_MAX_BODY}; 413 beyond) [PILOTFISH_MAX_BODY]")
+    add_issuer_flags(parser)
 
 
 def _size(value: str) -> int:
@@ -49,7 +51,8 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
 
     access = AccessPolicy(args.acl, read_token(args.token_file))
     api = RegistryApi(stack.catalog, metrics=stack.metrics, max_body=args.max_body,
-                      access=access)
+                      access=access, authority=authority_from(args),
+                      max_cert_ttl=args.mesh_max_cert_ttl)
     ui = UiApp(stack, api.app, access, view=stack.view(warm=False),
                docs=True)  # the status UI at /
 

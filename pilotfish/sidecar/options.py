@@ -12,6 +12,8 @@ from pilotfish.catalog.model import InvalidField, ttl_seconds, unusable
 from pilotfish.config import ConfigError, env, parse_hostport
 from pilotfish.http.server import HttpServer
 from pilotfish.http.status import StatusApp
+from pilotfish.mesh import options as mesh_options
+from pilotfish.mesh.node import MeshNode
 from pilotfish.sidecar.containers import Rules
 from pilotfish.sidecar.report import reporter
 from pilotfish.sidecar.sidecar import Sidecar, SidecarSettings
@@ -54,6 +56,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sidecar-http", default=env("sidecar_http"),
                        help="HOST:PORT for an HTTP listener serving the sidecar's /metrics and "
                             "/health [PILOTFISH_SIDECAR_HTTP]")
+    mesh_options.add_sidecar_flags(parser)
 
 
 def _advertise_ip(value: str | None) -> str:
@@ -98,9 +101,12 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     if args.command == "sidecar" and str(args.registry).startswith("memory:"):
         log.warning("sidecar: --registry %s lives in this process only; point it at the "
                     "registry others read (etcd://, zk://, consul://, http://)", args.registry)
-    sidecar = Sidecar(stack.catalog, settings(args), stack.metrics)
+    chosen = settings(args)
+    mesh = mesh_options.mesh_settings(args, chosen.rules.advertise_ip)
+    node = MeshNode(stack, mesh) if mesh is not None else None
+    sidecar = Sidecar(stack.catalog, chosen, stack.metrics, mesh=node)
     stack.reports["sidecar"] = reporter(sidecar)
-    components: list[Component] = [sidecar]
+    components: list[Component] = [sidecar] if node is None else [node, sidecar]
     if args.sidecar_http:
         listen = parse_hostport(args.sidecar_http, "--sidecar-http")
         ui = UiApp(stack, None, stack.read_access)  # the status UI at /

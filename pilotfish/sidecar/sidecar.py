@@ -11,6 +11,7 @@ from typing import Any
 from pilotfish.catalog.interface import Catalog
 from pilotfish.catalog.model import Instance
 from pilotfish.loop import cancel_and_wait
+from pilotfish.mesh.node import MeshNode, wants_mesh
 from pilotfish.metrics import Metrics, Sample
 from pilotfish.registrar.registrar import Registrar
 from pilotfish.sidecar import stats
@@ -40,9 +41,11 @@ class Sidecar:
     """
 
     def __init__(self, catalog: Catalog, settings: SidecarSettings,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, mesh: MeshNode | None = None) -> None:
         self.catalog = catalog
         self.settings = settings
+        self.mesh = mesh  # moves SERVICE_MTLS containers behind the inbound port
+        self._unmeshed: set[str] = set()  # instance ids already warned about
         self.stats = stats.SidecarStats()
         self.source = DockerSource(settings.docker)
         self.follower = ContainerFollower(self.source, settings.rules, self._desired,
@@ -69,13 +72,26 @@ class Sidecar:
         await self.follower.wait_reconciled(float("inf"))
         prefix = f"{self.settings.rules.sidecar}:"
         self.registrar = Registrar(
-            self.catalog, self.settings.ttl, self.owner, self.follower.instances(),
+            self.catalog, self.settings.ttl, self.owner, self._placed(self.follower.instances()),
             vouch=lambda: self.follower.fresh, claims=lambda i: i.id.startswith(prefix))
         await self.registrar.start(require=False)
 
     def _desired(self, instances: list[Instance]) -> None:
         if self.registrar is not None:
-            self.registrar.want(instances)
+            self.registrar.want(self._placed(instances))
+
+    def _placed(self, instances: list[Instance]) -> list[Instance]:
+        """What to register: the mesh places its instances; without a mesh, a container that
+        asked for one is left out (registered in plain TCP it would be open to anyone)."""
+        if self.mesh is not None:
+            return self.mesh.place(instances)
+        placed = [i for i in instances if not wants_mesh(i)]
+        for instance in instances:
+            if wants_mesh(instance) and instance.id not in self._unmeshed:
+                self._unmeshed.add(instance.id)
+                log.warning("sidecar: %s asks for the mesh (SERVICE_MTLS) but --mesh-inbound "
+                            "is not set; not registered", instance.id)
+        return placed
 
     async def stop(self) -> None:
         """Stop following; withdraw every registration unless --keep-on-exit."""

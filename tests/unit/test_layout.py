@@ -22,12 +22,13 @@ LAYERS: dict[str, set[str]] = {
     "registrar": {"foundation", "catalog", "stack"},
     "stack": {"foundation", "catalog", "http"},
     "ui": {"foundation", "catalog", "http", "stack"},
-    "registry": {"foundation", "catalog", "http", "stack", "ui"},
+    "mesh": {"foundation", "catalog", "http", "stack", "lb"},
+    "registry": {"foundation", "catalog", "http", "stack", "ui", "mesh"},
     "dns": {"foundation", "catalog", "http", "stack", "ui"},
     "lb": {"foundation", "catalog", "http", "stack", "ui"},
-    "sidecar": {"foundation", "catalog", "http", "stack", "registrar", "ui"},
+    "sidecar": {"foundation", "catalog", "http", "stack", "registrar", "ui", "mesh"},
     "command": {"foundation", "catalog", "http", "stack", "registrar", "registry", "dns",
-                "lb", "sidecar", "ui"},
+                "lb", "sidecar", "ui", "mesh"},
 }
 FOUNDATION = {"pilotfish", "pilotfish.config", "pilotfish.loop", "pilotfish.metrics",
               "pilotfish.fds"}

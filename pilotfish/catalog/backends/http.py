@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import ssl
@@ -23,10 +24,12 @@ import httpx
 
 from pilotfish.catalog.backends.credentials import ClientTls
 from pilotfish.catalog.backends.stored import decode_instance
+from pilotfish.catalog.entries import ConfigEntry, decode_entry
 from pilotfish.catalog.interface import (
     BackendUnavailable,
     Catalog,
     CatalogError,
+    EntryConflict,
     Snapshot,
     UnknownLease,
 )
@@ -208,6 +211,23 @@ class HttpCatalog(Catalog):
             return False
         self._fail(response)
 
+    # config entries: the API's /v1/config/{name}, which reads and writes its backend
+
+    async def _config_entry(self, name: str) -> ConfigEntry:
+        response = await self._request("GET", f"/v1/config/{_seg(name)}")
+        if response.status_code != 200:
+            self._fail(response)
+        return _entry_from(name, response.json())
+
+    async def _put_config_entry(self, name: str, data: bytes, version: int) -> ConfigEntry:
+        body = {"value": json.loads(data), "version": version}
+        response = await self._request("PUT", f"/v1/config/{_seg(name)}", json=body)
+        if response.status_code == 409 and _code(response) == "conflict":
+            raise EntryConflict(name, version)
+        if response.status_code != 200:
+            self._fail(response)
+        return _entry_from(name, response.json())
+
     # reads
 
     async def snapshot(self) -> Snapshot:
@@ -383,6 +403,11 @@ def _seg(value: str) -> str:
 
 def _instance_path(service: str, instance_id: str) -> str:
     return f"/v1/services/{_seg(service)}/instances/{_seg(instance_id)}"
+
+
+def _entry_from(name: str, body: Mapping[str, Any]) -> ConfigEntry:
+    value, version = body.get("value"), int(body.get("version", 0))
+    return decode_entry(name, json.dumps(value).encode(), version)
 
 
 def _lease_from(body: Mapping[str, Any]) -> Lease:

@@ -8,7 +8,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from pilotfish.catalog.interface import Catalog, Snapshot, UnknownLease
+from pilotfish.catalog.entries import ConfigEntry, decode_entry
+from pilotfish.catalog.interface import Catalog, EntryConflict, Snapshot, UnknownLease
 from pilotfish.catalog.model import Instance, Lease
 
 
@@ -33,6 +34,8 @@ class MemoryCatalog(Catalog):
         self._snapshot: Snapshot | None = None
         self._timer: asyncio.Handle | None = None
         self._timer_deadline = 0.0
+        self._entries: dict[str, tuple[bytes, int]] = {}
+        self._entry_versions = 0  # one counter for every entry: a version is never reused
 
     @classmethod
     async def from_url(cls, url: str, token_file: str | None = None,
@@ -104,6 +107,17 @@ class MemoryCatalog(Catalog):
             state.instances.discard(instance_id)
         self._changed()
         return instance
+
+    async def _config_entry(self, name: str) -> ConfigEntry:
+        data, version = self._entries.get(name, (b"", 0))
+        return decode_entry(name, data, version)
+
+    async def _put_config_entry(self, name: str, data: bytes, version: int) -> ConfigEntry:
+        if self._entries.get(name, (b"", 0))[1] != version:
+            raise EntryConflict(name, version)
+        self._entry_versions += 1
+        self._entries[name] = (data, self._entry_versions)
+        return decode_entry(name, data, self._entry_versions)
 
     async def snapshot(self) -> Snapshot:
         self._expire_due()

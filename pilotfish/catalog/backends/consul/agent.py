@@ -14,6 +14,7 @@ log = logging.getLogger(__name__.rpartition(".")[0])  # the package's logger
 T = TypeVar("T")
 
 LEASE_PREFIX = "pilotfish/leases/"
+ENTRY_PREFIX = "pilotfish/config/"
 META_LEASE = "pilotfish-lease"
 META_HEALTH = "pilotfish-health"
 CHECK_PREFIX = "pilotfish:"

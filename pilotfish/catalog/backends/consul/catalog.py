@@ -15,6 +15,7 @@ from pilotfish.catalog.backends.consul.agent import (
     CHECK_PREFIX,
     CONSUL_MAX_META,
     DEFAULT_DEREGISTER_AFTER,
+    ENTRY_PREFIX,
     LEASE_PREFIX,
     META_HEALTH,
     META_LEASE,
@@ -24,7 +25,8 @@ from pilotfish.catalog.backends.consul.agent import (
 )
 from pilotfish.catalog.backends.consul.reaper import ConsulReaper
 from pilotfish.catalog.backends.stored import Conflict, StoredLease, retry_on_conflict
-from pilotfish.catalog.interface import BackendUnavailable, UnknownLease
+from pilotfish.catalog.entries import ConfigEntry, decode_entry
+from pilotfish.catalog.interface import BackendUnavailable, EntryConflict, UnknownLease
 from pilotfish.catalog.model import MAX_META, Instance, InvalidField, Lease
 from pilotfish.loop import cancel_and_wait
 
@@ -195,3 +197,18 @@ class ConsulCatalog(ConsulReaper):
         await self._call(self._writer.agent.service.deregister(instance_id))
         self._registered.pop(instance_id, None)
         return instance
+
+    # -- config entries: one KV key each, versioned by its ModifyIndex -----------
+
+    async def _config_entry(self, name: str) -> ConfigEntry:
+        _, item = await self._call(self._writer.kv.get(ENTRY_PREFIX + name))
+        if not item:
+            return ConfigEntry(name)
+        return decode_entry(name, item.get("Value"), int(item["ModifyIndex"]))
+
+    async def _put_config_entry(self, name: str, data: bytes, version: int) -> ConfigEntry:
+        if not await self._call(self._writer.kv.put(ENTRY_PREFIX + name, data, cas=version)):
+            raise EntryConflict(name, version)
+        # KV's answer is only true or false: read the new ModifyIndex back (a write that
+        # followed ours at once shows instead, with its own version: the truth either way).
+        return await self._config_entry(name)

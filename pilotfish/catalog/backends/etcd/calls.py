@@ -172,6 +172,9 @@ class EtcdCalls(CachedCatalog):
         return rpc.PutRequest(key=self._root + b"expiry/" + lease_id.encode(),
                               value=repr(time.time() + ttl).encode(), lease=number)
 
+    def _entry_key(self, name: str) -> bytes:
+        return self._root + b"config/" + name.encode()
+
     def _id_key(self, instance_id: str) -> bytes:
         return self._root + b"ids/" + instance_id.encode()
 

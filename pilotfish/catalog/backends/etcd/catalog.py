@@ -23,7 +23,8 @@ from pilotfish.catalog.backends.etcd.members import (
 from pilotfish.catalog.backends.etcd.secure import security_from_url
 from pilotfish.catalog.backends.etcd.watch import EtcdWatch
 from pilotfish.catalog.backends.stored import WRITE_ATTEMPTS, StoredLease
-from pilotfish.catalog.interface import BackendUnavailable, UnknownLease
+from pilotfish.catalog.entries import ConfigEntry, decode_entry
+from pilotfish.catalog.interface import BackendUnavailable, EntryConflict, UnknownLease
 from pilotfish.catalog.model import Instance, Lease
 from pilotfish.config import ConfigError
 from pilotfish.loop import cancel_and_wait
@@ -237,3 +238,27 @@ class EtcdCatalog(EtcdWatch):
                 return None
             service = current[0].value.decode()
         raise self._unavailable(f"deregister {instance_id!r}: kept racing with other writers")
+
+    # config entries: one key each, versioned by its mod_revision (0: absent, as etcd compares)
+
+    async def _config_entry(self, name: str) -> ConfigEntry:
+        try:
+            reply = await self._call(partial(requests.get, self._entry_key(name)))
+        except grpc.aio.AioRpcError as exc:
+            raise self._unavailable(f"config entry: {exc.details()}") from exc
+        if not reply.kvs:
+            return ConfigEntry(name)
+        return decode_entry(name, reply.kvs[0].value, reply.kvs[0].mod_revision)
+
+    async def _put_config_entry(self, name: str, data: bytes, version: int) -> ConfigEntry:
+        key = self._entry_key(name)
+        compare = [rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
+                               mod_revision=version)]
+        success = [rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=data))]
+        try:
+            reply = await self._txn(compare, success, [])
+        except grpc.aio.AioRpcError as exc:
+            raise self._unavailable(f"config entry: {exc.details()}") from exc
+        if not reply.succeeded:
+            raise EntryConflict(name, version)
+        return decode_entry(name, data, reply.header.revision)

@@ -32,7 +32,8 @@ from pilotfish.catalog.backends.zookeeper.nodes import (
 )
 from pilotfish.catalog.backends.zookeeper.reaper import ZooKeeperReaper
 from pilotfish.catalog.backends.zookeeper.tls import preflight, tls_from_url
-from pilotfish.catalog.interface import UnknownLease
+from pilotfish.catalog.entries import ConfigEntry, decode_entry
+from pilotfish.catalog.interface import EntryConflict, UnknownLease
 from pilotfish.catalog.model import Instance, InvalidField, Lease
 from pilotfish.loop import cancel_and_wait
 
@@ -216,3 +217,27 @@ class ZooKeeperCatalog(ZooKeeperReaper):
                 skip_marker = True
             fresh = True
         raise self._contention("deregister", instance_id)
+
+    # config entries: one znode each under <root>/config; version = znode version + 1
+
+    def _entry_path(self, name: str) -> str:
+        return f"{self.root}/config/{name}"
+
+    async def _config_entry(self, name: str) -> ConfigEntry:
+        path = self._entry_path(name)
+        try:
+            data, stat = await self._call(lambda: self._client.get_async(path))
+        except NoNodeError:
+            return ConfigEntry(name)
+        return decode_entry(name, data, stat.version + 1)
+
+    async def _put_config_entry(self, name: str, data: bytes, version: int) -> ConfigEntry:
+        path = self._entry_path(name)
+        try:
+            if version == 0:
+                await self._call(lambda: self._client.create_async(path, data, makepath=True))
+                return decode_entry(name, data, 1)
+            stat = await self._call(lambda: self._client.set_async(path, data, version - 1))
+        except (NodeExistsError, NoNodeError, BadVersionError):
+            raise EntryConflict(name, version) from None
+        return decode_entry(name, data, stat.version + 1)

@@ -1,0 +1,1 @@
+"""The service mesh: identities, the CA that issues them, intentions, and the TLS proxies."""

@@ -1,0 +1,64 @@
+"""Which registrations the mesh moves behind the inbound port, and what a sidecar without a
+mesh does with a container that asks for one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from pilotfish.catalog.backends.memory import MemoryCatalog
+from pilotfish.catalog.model import Instance
+from pilotfish.config import HostPort
+from pilotfish.mesh.node import MeshNode, MeshSettings
+from pilotfish.sidecar.containers import Rules
+from pilotfish.sidecar.sidecar import Sidecar, SidecarSettings
+from pilotfish.stack import Stack
+
+HOST = "10.0.0.2"
+
+
+def _instance(name: str, address: str, port: int, **meta: str) -> Instance:
+    return Instance(name, f"h:{name}:{port}", address, port, "unset", meta=meta)
+
+
+async def test_mesh_instances_move_behind_the_inbound_port_and_the_rest_stay(
+    tmp_path: Path
+) -> None:
+    catalog = MemoryCatalog()
+    node = MeshNode(Stack(catalog), MeshSettings(HostPort("127.0.0.1", 0), HOST,
+                                                 "http://127.0.0.1:1", "t", "test.mesh"))
+    await node.start()
+    try:
+        placed = node.place([
+            _instance("db", HOST, 8000, mtls="1"),  # host network: reached at loopback
+            _instance("cache", "172.17.0.5", 6379, mtls="yes"),  # --internal: at its address
+            _instance("web", HOST, 8080),  # not in the mesh
+            _instance("api", HOST, 8081, mtls="0"),  # SERVICE_MTLS=0: not in the mesh
+        ])
+        port = node.inbound_port
+        by_service = {i.service: i for i in placed}
+        assert (by_service["db"].address, by_service["db"].port) == (HOST, port)
+        assert by_service["db"].meta["mtls"] == "1" and by_service["cache"].meta["mtls"] == "1"
+        assert (by_service["web"].port, by_service["api"].port) == (8080, 8081)
+        assert node.targets == {"db": [("127.0.0.1", 8000)], "cache": [("172.17.0.5", 6379)]}
+        assert set(node.keeper._tasks) == {"db", "cache"}  # certificates asked for
+    finally:
+        await node.stop()
+        await catalog.close()
+
+
+async def test_a_sidecar_without_the_mesh_registers_no_container_that_asks_for_it(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog = MemoryCatalog()
+    sidecar = Sidecar(catalog, SidecarSettings(Rules("h", HOST)))
+    with caplog.at_level(logging.WARNING):
+        placed = sidecar._placed([_instance("db", HOST, 8000, mtls="1"),
+                                  _instance("web", HOST, 8080)])
+        sidecar._placed([_instance("db", HOST, 8000, mtls="1")])
+    assert [i.service for i in placed] == ["web"]
+    assert sum("--mesh-inbound is not set" in r.message for r in caplog.records) == 1
+    await sidecar.source.close()
+    await catalog.close()
