@@ -30,13 +30,24 @@ OTHER_TOOLS = {
 ALLOWED = set().union(*OTHER_TOOLS.values())
 
 
+def _long_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """A parser's long flags (without --help), and those of its own subcommands
+    (`pilotfish ca init --dir` counts as a flag of `ca`)."""
+    flags: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= _long_flags(sub)
+        flags |= {flag for flag in action.option_strings
+                  if flag.startswith("--") and flag != "--help"}
+    return flags
+
+
 def commands() -> dict[str, set[str]]:
     """Every subcommand's long flags (without --help)."""
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {name: {flag for action in sub._actions for flag in action.option_strings
-                   if flag.startswith("--") and flag != "--help"}
-            for name, sub in subparsers.choices.items()}
+    return {name: _long_flags(sub) for name, sub in subparsers.choices.items()}
 
 
 def documented(flag: str, text: str) -> bool:
