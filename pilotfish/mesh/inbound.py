@@ -17,7 +17,7 @@ from pilotfish.lb.refuse import reset_on_close
 from pilotfish.mesh.identities import Identities
 from pilotfish.mesh.intentions import Intentions
 from pilotfish.mesh.pump import Pump
-from pilotfish.mesh.tunnel import Tunnel, accept
+from pilotfish.mesh.tunnel import Tunnel, accept, listening
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +68,7 @@ class Inbound:
 
     def start(self) -> HostPort:
         """Bind and accept (OSError when the port cannot be bound)."""
-        family = socket.AF_INET6 if ":" in self.listen.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.bind((self.listen.host, self.listen.port))
-            sock.listen(4096)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = listening(self.listen.host, self.listen.port)
         self.sock = sock
         self.pump.listen(sock, self._accept)
         log.info("mesh inbound port listening on %s", self.address)

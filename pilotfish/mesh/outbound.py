@@ -28,7 +28,7 @@ from pilotfish.lb.settings import LbSettings
 from pilotfish.mesh.identities import Identities
 from pilotfish.mesh.identity import server_name
 from pilotfish.mesh.pump import Pump
-from pilotfish.mesh.tunnel import Tunnel, accept
+from pilotfish.mesh.tunnel import Tunnel, accept, listening
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +124,7 @@ class UpstreamListener:
     async def start(self) -> tuple[Any, ...]:
         """Bind the listen address and accept."""
         listen = self.upstream.listen
-        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.bind((listen.host, listen.port))
-            sock.listen(4096)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = listening(listen.host, listen.port)
         self.sock = sock
         self.pump.listen(sock, self._accept)
         return tuple(sock.getsockname())

@@ -18,6 +18,22 @@ class Carrier(Protocol):
         """Close both sockets; the owner hears `ended`."""
 
 
+def listening(host: str, port: int) -> socket.socket:
+    """A non-blocking TCP listener whose accepted sockets inherit TCP_NODELAY (OSError when
+    the address cannot be bound)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def accept(listening: socket.socket) -> tuple[socket.socket, Any] | None:
     """One waiting client as a non-blocking socket, or None (OSError: accept failed)."""
     try:

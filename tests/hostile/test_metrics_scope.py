@@ -15,24 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.acl import CLOSED_ACL, DEPLOYER, OPS, VIEWER
 from tests.fixtures.process import PilotfishProcess, StartPilotfish
 from tests.fixtures.servers import HOST, free_port
 
-ADMIN, READER, WRITER = "admin-secret-1", "reader-secret-1", "writer-secret-1"
-ACL = f"""default_read = false
-[[token]]
-name = "ops"
-secret = "{ADMIN}"
-scopes = ["admin"]
-[[token]]
-name = "prometheus"
-secret = "{READER}"
-scopes = ["read"]
-[[token]]
-name = "deployer"
-secret = "{WRITER}"
-scopes = ["write:web"]
-"""
 INSTANCE_ID = "w-7f3a9c"
 
 
@@ -47,13 +33,13 @@ def _scrape(base: str, secret: str | None = None) -> httpx.Response:
 def _register(api: str, backend_port: int) -> None:
     response = httpx.put(f"{api}/v1/services/web/instances/{INSTANCE_ID}", timeout=10,
                          json={"address": HOST, "port": backend_port, "ttl": 60},
-                         headers=_bearer(ADMIN))
+                         headers=_bearer(OPS))
     assert response.status_code in (200, 201), response.text
 
 
 def _wait_for_instance(base: str) -> None:
     deadline = time.monotonic() + 10
-    while INSTANCE_ID not in _scrape(base, READER).text:
+    while INSTANCE_ID not in _scrape(base, VIEWER).text:
         assert time.monotonic() < deadline, "the LB never listed the instance"
         time.sleep(0.05)
 
@@ -62,7 +48,7 @@ def _assert_scoped(base: str, backend_port: int) -> dict[str, int]:
     """Anonymous, write-only and unknown tokens: aggregates only; a read token: everything."""
     address = f"{HOST}:{backend_port}"
     seen: dict[str, int] = {}
-    for who, secret in (("anonymous", None), ("writer", WRITER), ("unknown", "not-a-token")):
+    for who, secret in (("anonymous", None), ("writer", DEPLOYER), ("unknown", "not-a-token")):
         response = _scrape(base, secret)
         assert response.status_code == 200, (who, response.text)
         text = response.text
@@ -70,7 +56,7 @@ def _assert_scoped(base: str, backend_port: int) -> dict[str, int]:
         assert "pilotfish_lb_instance_" not in text, (who, base)
         assert "process_open_fds" in text and "pilotfish_lb_connections " in text, (who, base)
         seen[who] = len(text.splitlines())
-    full = _scrape(base, READER)
+    full = _scrape(base, VIEWER)
     assert full.status_code == 200
     assert INSTANCE_ID in full.text and address in full.text
     assert "pilotfish_lb_instance_connections_total{" in full.text
@@ -82,7 +68,7 @@ def _assert_scoped(base: str, backend_port: int) -> dict[str, int]:
 def acl_file(tmp_path: Path) -> Iterator[Path]:
     """An ACL where reads need a token."""
     path = tmp_path / "acl.toml"
-    path.write_text(ACL)
+    path.write_text(CLOSED_ACL)
     yield path
 
 
@@ -108,7 +94,7 @@ def test_lb_port_with_its_own_acl(pilotfish: StartPilotfish, acl_file: Path,
     registry = pilotfish("registry", "--api", f"{HOST}:0", "--acl", str(acl_file))
     backend_port = free_port()
     _register(registry.api, backend_port)
-    (tmp_path / "reader").write_text(READER + "\n")
+    (tmp_path / "reader").write_text(VIEWER + "\n")
     lb = pilotfish("lb", "--registry", registry.api, "--token-file", str(tmp_path / "reader"),
                    "--lb-api", f"{HOST}:0", "--lb-acl", str(acl_file),
                    "--route", f"{HOST}:{free_port()}=web", expect=("lb API",))

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.fixtures.acl import CLOSED_ACL, DEPLOYER, OPS, VIEWER
 from tests.fixtures.docker import DockerEngine
 from tests.fixtures.process import PilotfishProcess, start_pilotfish
 from tests.fixtures.servers import free_port
@@ -110,20 +111,6 @@ def test_the_api_docs_render_offline(page: Page, up: PilotfishProcess) -> None:
     assert all(url.startswith(("http://" + host, "data:")) for url in page.urls), page.urls
 
 
-ACL = """default_read = false
-[[token]]
-name = "ops"
-secret = "ops-secret-0001"
-scopes = ["admin"]
-[[token]]
-name = "viewer"
-secret = "viewer-secret-01"
-scopes = ["read"]
-[[token]]
-name = "deployer"
-secret = "deployer-secret-1"
-scopes = ["write:web"]
-"""
 
 
 def _use_token(page: Page, secret: str) -> None:
@@ -137,29 +124,29 @@ def _use_token(page: Page, secret: str) -> None:
 def test_reads_follow_the_acl_and_the_token_stays_out_of_urls(
         page: Page, tmp_path: Path, shots: Path) -> None:
     acl = tmp_path / "acl.toml"
-    acl.write_text(ACL)
+    acl.write_text(CLOSED_ACL)
     with start_pilotfish("registry", "--api", "127.0.0.1:0", "--acl", str(acl),
                          timeout=STARTUP) as api:
-        register(api.api, "hidden-svc", "h-1", 7000, token="ops-secret-0001")
+        register(api.api, "hidden-svc", "h-1", 7000, token=OPS)
         page.goto(api.api + "/")
         expect(page.locator("#main")).to_contain_text("token with scope read is needed")
         expect(page.locator("#connection")).to_contain_text("live")
         assert "hidden-svc" not in page.content()
         page.screenshot(path=shots / "locked.png")
 
-        _use_token(page, "viewer-secret-01")
+        _use_token(page, VIEWER)
         expect(page.locator(_row("hidden-svc"))).to_be_visible()
-        assert page.evaluate("sessionStorage.getItem('pilotfish.token')") == "viewer-secret-01"
+        assert page.evaluate("sessionStorage.getItem('pilotfish.token')") == VIEWER
         page.reload()  # the tab keeps it
         expect(page.locator(_row("hidden-svc"))).to_be_visible()
 
-        for refused in ("not-a-token-at-all", "deployer-secret-1"):  # unknown; no read scope
+        for refused in ("not-a-token-at-all", DEPLOYER):  # unknown; no read scope
             _use_token(page, refused)
             expect(page.locator("#token-state")).to_contain_text("refused")
             expect(page.locator("#main")).to_contain_text("token with scope read is needed")
             assert page.evaluate("sessionStorage.getItem('pilotfish.token')") is None
         assert not any(secret in url for url in page.urls for secret in (
-            "viewer-secret-01", "not-a-token-at-all", "deployer-secret-1")), page.urls
+            VIEWER, "not-a-token-at-all", DEPLOYER)), page.urls
     assert not api.crashes(), api.crashes()
 
 

@@ -15,25 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fixtures.acl import CLOSED_ACL, DEPLOYER, OPS, VIEWER
 from tests.fixtures.process import PilotfishProcess, start_pilotfish
 from tests.ui.conftest import register
 
 STARTUP = 60.0
-OPS, VIEWER, DEPLOYER = "ops-secret-0001", "viewer-secret-01", "deployer-secret-1"
-ACL = f"""default_read = false
-[[token]]
-name = "ops"
-secret = "{OPS}"
-scopes = ["admin"]
-[[token]]
-name = "viewer"
-secret = "{VIEWER}"
-scopes = ["read"]
-[[token]]
-name = "deployer"
-secret = "{DEPLOYER}"
-scopes = ["write:web"]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +34,7 @@ def api() -> Iterator[PilotfishProcess]:
 def acl_api(tmp_path: Path) -> Iterator[tuple[PilotfishProcess, Path]]:
     """A registry whose reads need a token, and its ACL file."""
     acl = tmp_path / "acl.toml"
-    acl.write_text(ACL)
+    acl.write_text(CLOSED_ACL)
     with start_pilotfish("registry", "--api", "127.0.0.1:0", "--acl", str(acl),
                          timeout=STARTUP) as process:
         register(process.api, "hidden-svc", "h-1", 7000, token=OPS)
@@ -179,7 +165,7 @@ def test_a_token_taken_away_by_an_acl_reload_stops_its_feed(
         stream = frames(response)
         name, first = next(stream)
         assert "hidden-svc" in first["panels"]["main"]
-        acl.write_text(ACL.replace(VIEWER, "another-secret-9"))
+        acl.write_text(CLOSED_ACL.replace(VIEWER, "another-secret-9"))
         process.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 5
         for name, _ in stream:
