@@ -8,10 +8,11 @@ import gc
 import logging
 import math
 import resource
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from pilotfish.catalog.interface import Snapshot
+from pilotfish.catalog.view import Subscriber
 from pilotfish.config import ConfigError
 from pilotfish.lb.engine import Engine
 from pilotfish.lb.epoll.engine import EpollEngine
@@ -20,31 +21,60 @@ from pilotfish.lb.health import check_forever
 from pilotfish.lb.pool import Pool
 from pilotfish.lb.routes import Route, check_overlap, read_routes_file, shown
 from pilotfish.lb.settings import LbSettings
+from pilotfish.lb.shared import SharedCounts
 from pilotfish.lb.stats import describe, samples
 from pilotfish.lb.transports.engine import TransportsEngine
 from pilotfish.loop import cancel_and_wait
-from pilotfish.metrics import Sample
-from pilotfish.stack import Stack
+from pilotfish.metrics import Metrics, Sample
 
 log = logging.getLogger(__name__)
+
+
+class View(Protocol):
+    """What the balancer reads of a catalog view: the process's CatalogView, or a worker's
+    replica of the parent's (pilotfish.workers)."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    @property
+    def stale(self) -> bool: ...
+
+    def subscribe(self, subscriber: Subscriber) -> None: ...
+
+
+class Host(Protocol):
+    """What the balancer takes from its process: the Stack, or a worker's stand-in."""
+
+    metrics: Metrics
+
+    def view(self) -> View: ...
+
+    def on_sighup(self, callback: Callable[[], object]) -> None: ...
 
 
 class LoadBalancer:
     """Routes clients to healthy instances; routes change at run time, one by one.
 
     Build it from the process's Stack (one shared CatalogView and metrics registry), the
-    initial routes and the settings; `routes_file` is re-read on SIGHUP.
+    initial routes and the settings; `routes_file` is re-read on SIGHUP. With workers
+    (pilotfish.lb.fleet, pilotfish.lb.worker): `counts` are every worker's connection counts,
+    `engine` makes what carries the connections (the parent's only holds the ports), and
+    `on_routes` hears every change of the routes in force.
     """
 
-    def __init__(self, stack: Stack, routes: Iterable[Route], settings: LbSettings | None = None,
-                 routes_file: str | None = None) -> None:
+    def __init__(self, stack: Host, routes: Iterable[Route], settings: LbSettings | None = None,
+                 routes_file: str | None = None, counts: SharedCounts | None = None,
+                 engine: Callable[[], Engine] | None = None) -> None:
         self.stack = stack
         self.view = stack.view()
         self.settings = settings or LbSettings()
         self.routes_file = routes_file
         self.gates: dict[str, RouteGate] = {}  # each route's gate, by listen address
         self.draining: set[RouteGate] = set()  # removed routes whose connections finish
-        self.occupancy = Occupancy()
+        self.occupancy = Occupancy(counts)
+        self.on_routes: Callable[[], None] | None = None
+        self._make_engine = engine
         self._initial = list(routes)
         self._from_file: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -60,8 +90,11 @@ class LoadBalancer:
     async def start(self) -> None:
         """Start the engine, the routes (every one must bind), the checks and SIGHUP reloading."""
         self.view.subscribe(self._on_snapshot)
-        self.engine = EpollEngine(asyncio.get_running_loop()) \
-            if self.settings.engine == "epoll" else TransportsEngine()
+        if self._make_engine is not None:
+            self.engine = self._make_engine()
+        else:
+            self.engine = EpollEngine(asyncio.get_running_loop()) \
+                if self.settings.engine == "epoll" else TransportsEngine()
         routes: list[Route] = []
         for route in self._initial:
             check_overlap(route, routes)
@@ -81,6 +114,7 @@ class LoadBalancer:
         except BaseException:
             await self._close_all()
             raise
+        self._routes_changed()
         if self.view.stale:
             log.warning("lb: catalog not reachable yet; routes have no instances until it is")
         if self.settings.check_interval > 0:
@@ -105,6 +139,10 @@ class LoadBalancer:
             log.warning("lb: --lb-max-connections %d needs %d open files, the limit is %d",
                         self.settings.max_connections, needed, soft)
 
+    def _routes_changed(self) -> None:
+        if self.on_routes is not None:
+            self.on_routes()
+
     def _pools(self) -> list[Pool]:
         return [gate.pool for gate in self.gates.values()]
 
@@ -122,8 +160,10 @@ class LoadBalancer:
             existing = self.gates.get(route.key)
             if existing is not None:
                 existing.reconfigure(route, self.snapshot)
+                self._routes_changed()
                 return False
             self.gates[route.key] = await self._listen(route)
+            self._routes_changed()
             return True
 
     async def _listen(self, route: Route) -> RouteGate:
@@ -138,7 +178,10 @@ class LoadBalancer:
     async def delete_route(self, key: str) -> bool:
         """Stop accepting on a route; its open connections drain (up to the drain timeout)."""
         async with self._lock:
-            return self._remove(key)
+            removed = self._remove(key)
+        if removed:
+            self._routes_changed()
+        return removed
 
     def _remove(self, key: str) -> bool:
         gate = self.gates.pop(key, None)
@@ -208,6 +251,7 @@ class LoadBalancer:
             for key in removed:
                 self._remove(key)
             self._from_file = keys
+        self._routes_changed()
         log.info("lb: routes file reloaded from %s: %d added, %d changed, %d removed; %d "
                  "routes running", self.routes_file, len(bound), len(changed), len(removed),
                  len(self.gates))
