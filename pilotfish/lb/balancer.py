@@ -59,8 +59,7 @@ class LoadBalancer:
     Build it from the process's Stack (one shared CatalogView and metrics registry), the
     initial routes and the settings; `routes_file` is re-read on SIGHUP. With workers
     (pilotfish.lb.fleet, pilotfish.lb.worker): `counts` are every worker's connection counts,
-    `engine` makes what carries the connections (the parent's only holds the ports), and
-    `on_routes` hears every change of the routes in force.
+    and `engine` makes what carries the connections (the parent's only holds the ports).
     """
 
     def __init__(self, stack: Host, routes: Iterable[Route], settings: LbSettings | None = None,
@@ -73,7 +72,6 @@ class LoadBalancer:
         self.gates: dict[str, RouteGate] = {}  # each route's gate, by listen address
         self.draining: set[RouteGate] = set()  # removed routes whose connections finish
         self.occupancy = Occupancy(counts)
-        self.on_routes: Callable[[], None] | None = None
         self._make_engine = engine
         self._initial = list(routes)
         self._from_file: set[str] = set()
@@ -114,7 +112,6 @@ class LoadBalancer:
         except BaseException:
             await self._close_all()
             raise
-        self._routes_changed()
         if self.view.stale:
             log.warning("lb: catalog not reachable yet; routes have no instances until it is")
         if self.settings.check_interval > 0:
@@ -139,10 +136,6 @@ class LoadBalancer:
             log.warning("lb: --lb-max-connections %d needs %d open files, the limit is %d",
                         self.settings.max_connections, needed, soft)
 
-    def _routes_changed(self) -> None:
-        if self.on_routes is not None:
-            self.on_routes()
-
     def _pools(self) -> list[Pool]:
         return [gate.pool for gate in self.gates.values()]
 
@@ -160,10 +153,8 @@ class LoadBalancer:
             existing = self.gates.get(route.key)
             if existing is not None:
                 existing.reconfigure(route, self.snapshot)
-                self._routes_changed()
                 return False
             self.gates[route.key] = await self._listen(route)
-            self._routes_changed()
             return True
 
     async def _listen(self, route: Route) -> RouteGate:
@@ -178,10 +169,7 @@ class LoadBalancer:
     async def delete_route(self, key: str) -> bool:
         """Stop accepting on a route; its open connections drain (up to the drain timeout)."""
         async with self._lock:
-            removed = self._remove(key)
-        if removed:
-            self._routes_changed()
-        return removed
+            return self._remove(key)
 
     def _remove(self, key: str) -> bool:
         gate = self.gates.pop(key, None)
@@ -251,7 +239,6 @@ class LoadBalancer:
             for key in removed:
                 self._remove(key)
             self._from_file = keys
-        self._routes_changed()
         log.info("lb: routes file reloaded from %s: %d added, %d changed, %d removed; %d "
                  "routes running", self.routes_file, len(bound), len(changed), len(removed),
                  len(self.gates))

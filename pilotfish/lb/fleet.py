@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 PART = "lb"
 RESYNC_EVERY = 1.0  # seconds: routes and verdicts are sent again (a worker that restarted
 # while they changed has them within this)
+SHIP_TIMEOUT = 2.0  # seconds the routes API waits for the workers to apply a change
 
 
 class FleetBalancer(LoadBalancer):
@@ -48,7 +49,6 @@ class FleetBalancer(LoadBalancer):
         super().__init__(stack, routes, settings, routes_file, engine=ReserveEngine)
         self.supervisor = supervisor
         self.shared = SharedCounts.create(supervisor.count)
-        self.on_routes = self._ship_routes
         self._down: dict[str, list[Key]] = {}
         self._resync: asyncio.Task[None] | None = None
         supervisor.add(WorkerSpec(PART, "pilotfish.lb.worker:build", self.worker_config,
@@ -71,13 +71,43 @@ class FleetBalancer(LoadBalancer):
         self.shared.close()
         self.shared.unlink()
 
-    def _ship_routes(self) -> None:
-        self.supervisor.tell(PART, "lb.routes", tuple(self.routes()))
+    async def put_route(self, route: Route) -> bool:
+        """Add or change a route; answered once every running worker serves it."""
+        created = await super().put_route(route)
+        await self._ship_routes()
+        return created
+
+    async def delete_route(self, key: str) -> bool:
+        """Remove a route; answered once no worker accepts on it (open connections drain)."""
+        removed = await super().delete_route(key)
+        if removed:
+            await self._ship_routes()
+        return removed
+
+    async def reload(self) -> bool:
+        """Re-read the routes file (SIGHUP) and ship what it says to every worker."""
+        reloaded = await super().reload()
+        if reloaded:
+            await self._ship_routes()
+        return reloaded
+
+    async def _ship_routes(self) -> None:
+        """Every worker applies the routes in force. One that is starting may have begun from
+        the routes before this change: wait for it (up to SHIP_TIMEOUT) and ship again; one
+        that does not answer gets them at the next resync."""
+        deadline = time.monotonic() + SHIP_TIMEOUT
+        slots = self.supervisor.slots
+        while True:
+            await self.supervisor.call(PART, "lb.routes", tuple(self.routes()), SHIP_TIMEOUT)
+            if all(slot.live for slot in slots) or time.monotonic() > deadline:
+                return
+            while not all(slot.live for slot in slots) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
 
     async def _resync_often(self) -> None:
         while True:
             await asyncio.sleep(RESYNC_EVERY)
-            self._ship_routes()
+            self.supervisor.tell(PART, "lb.routes", tuple(self.routes()))
             self.supervisor.tell(PART, "lb.health", dict(self._down))
 
     def _pools(self) -> list[Pool]:

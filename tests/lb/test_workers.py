@@ -57,16 +57,16 @@ async def hold(port: int) -> tuple[socket.socket, str]:
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setblocking(False)
-    await loop.sock_connect(sock, (HOST, port))
     data = b""
     try:
+        await loop.sock_connect(sock, (HOST, port))  # refused: ConnectionRefusedError
         async with asyncio.timeout(5):
             while b"\n" not in data:
                 chunk = await loop.sock_recv(sock, 100)
                 if not chunk:
                     break
                 data += chunk
-    except ConnectionError:
+    except (ConnectionResetError, BrokenPipeError):  # reset: turned away
         pass
     return sock, data.partition(b"\n")[0].decode()
 
