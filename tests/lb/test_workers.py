@@ -233,3 +233,48 @@ async def test_sighup_reloads_the_routes_file_into_every_worker(
                 (await hold(first))[0].close()
     finally:
         lb.close()
+
+
+async def test_the_transports_engine_balances_over_both_workers(backends: list[Backend]) -> None:
+    lb = start_lb("web?balance=least_conn", extra=(*FLAGS, "--lb-engine", "transports"))
+    held: list[tuple[socket.socket, str]] = []
+    try:
+        for backend in backends[:2]:
+            lb.register("web", backend.name, backend.port)
+        port = lb.routes["web?balance=least_conn"]
+        lb.wait_instances(port, 2)
+        pids = set(workers(lb))
+        held = [await hold(port) for _ in range(16)]
+        assert Counter(name for _, name in held) == {"b0": 8, "b1": 8}
+        assert {holder(port, sock) for sock, _ in held} == pids
+    finally:
+        for sock, _ in held:
+            sock.close()
+        lb.close()
+
+
+async def test_sigterm_drains_every_workers_connections(backends: list[Backend]) -> None:
+    lb = start_lb("web", extra=FLAGS)
+    held: list[socket.socket] = []
+    try:
+        lb.register("web", "b0", backends[0].port)
+        port = lb.routes["web"]
+        lb.wait_instances(port, 1)
+        pids = set(workers(lb))
+        for _ in range(16):
+            sock, name = await hold(port)
+            held.append(sock)
+            assert name == "b0"
+        assert {holder(port, sock) for sock in held} == pids
+        lb.process.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        with pytest.raises(ConnectionRefusedError):  # no worker accepts any more ...
+            await hold(port)
+        assert all([await echoes(sock) for sock in held])  # ... while every one drains
+        for sock in held:
+            sock.close()
+        assert lb.process.process.wait(10) == 0
+    finally:
+        for sock in held:
+            sock.close()
+        lb.close()
