@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 PART = "lb"
 RESYNC_EVERY = 1.0  # seconds: routes and verdicts are sent again (a worker that restarted
 # while they changed has them within this)
+POLL = 0.02  # seconds between two looks at whether every worker runs
 SHIP_TIMEOUT = 2.0  # seconds the routes API waits for the workers to apply a change
 
 
@@ -101,8 +102,15 @@ class FleetBalancer(LoadBalancer):
             await self.supervisor.call(PART, "lb.routes", tuple(self.routes()), SHIP_TIMEOUT)
             if all(slot.live for slot in slots) or time.monotonic() > deadline:
                 return
-            while not all(slot.live for slot in slots) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            await self._until_live(deadline)
+
+    async def _until_live(self, deadline: float) -> None:
+        """Wait until every worker runs, or the deadline (a restart's backoff may be longer)."""
+        slots = self.supervisor.slots
+        for _ in range(max(0, int((deadline - time.monotonic()) / POLL))):
+            if all(slot.live for slot in slots):
+                return
+            await asyncio.sleep(POLL)  # the supervisor has no event for it: a short poll
 
     async def _resync_often(self) -> None:
         while True:

@@ -1,17 +1,18 @@
-"""Connection counts every worker sees: one table per worker in shared memory, written only by
-its own worker, summed by whoever reads (no locks, no messages on the connection path).
+"""Connection counts every worker sees: one table per worker in shared memory, written only by its
+own worker, summed by whoever reads (no locks, no messages on the connection path).
 
 With `--workers N` each worker process carries its own clients, but least-connections, p2c and
 the `max_connections` limits must see the whole machine. The parent creates one file in
-/dev/shm holding N regions; worker i attaches and writes only region i, a hash table of rows
-(key hash, count). A reader sums a key's count over every region: it finds the key at the same
-row in each region almost always (same hash, same table size), else probes. A write is one
-8-byte store of the writer's own row, so a reader sees each worker's count either before or
-after a change, never torn; the sum is exact up to connections in flight at that instant (a
-limit may be passed by at most N-1 when N workers admit at the same moment).
+/dev/shm holding N regions (and unlinks it at once: workers open it as /proc/PARENT/fd/FD, so
+nothing is left behind even by a killed parent); worker i attaches and writes only region i, a
+hash table of rows (key hash, count). A reader sums a key's count over every region: it finds
+the key at the same row in each region almost always (same hash, same table size), else probes.
+A write is one 8-byte store of the writer's own row, so a reader sees each worker's count
+either before or after a change, never torn; the sum is exact up to connections in flight at
+that instant (a limit may be passed by at most N-1 when N workers admit at the same moment).
 
-A worker that dies leaves its counts behind: the parent clears its region (`clear`) before a
-new worker takes its place, and a worker clears its own region when it attaches.
+A worker that dies leaves its counts behind until the worker started in its place attaches and
+clears its region (after the supervisor's restart backoff, 0.1 s at first).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class SharedCounts:
         self.worker = worker  # whose region this process writes (None: the parent, reads only)
         self._cells: dict[str, Cell] = {}
         self._full_logged = False
+        self._kept: int | None = None  # the parent's descriptor of the (unlinked) file
         if worker is not None:
             if not 0 <= worker < self.workers:
                 raise ValueError(f"worker {worker}: the file has {self.workers} regions")
@@ -113,14 +115,19 @@ class SharedCounts:
         path = os.path.join(directory or _directory(), name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            os.unlink(path)  # nothing is left behind, even by a killed parent
             os.ftruncate(fd, 8 * (HEADER + 2 * workers * rows))
             with mmap.mmap(fd, 8 * HEADER) as header:
                 words = memoryview(header).cast("q")
                 words[1], words[2], words[0] = workers, rows, MAGIC
                 words.release()
-        finally:
+            # workers open it through the parent's descriptor, which it keeps until `unlink`
+            counts = cls(f"/proc/{os.getpid()}/fd/{fd}", None)
+        except BaseException:
             os.close(fd)
-        return cls(path, None)
+            raise
+        counts._kept = fd
+        return counts
 
     @classmethod
     def attach(cls, path: str, worker: int) -> SharedCounts:
@@ -201,6 +208,7 @@ class SharedCounts:
             self._map.close()
 
     def unlink(self) -> None:
-        """Remove the file (the parent, at the end)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        """Let the file go (the parent, at the end: no worker can attach after this)."""
+        if self._kept is not None:
+            os.close(self._kept)
+            self._kept = None
