@@ -111,6 +111,17 @@ async def test_least_connections_counts_both_workers(lb: Lb) -> None:
         for name in ("b0", "b1"):
             assert lb.metric("pilotfish_lb_instance_connections_active", id=name,
                              route=f"{HOST}:{port}") == 10
+        deadline = time.monotonic() + 3  # the UI's counters: refreshed every second
+        while True:
+            report = lb.lb_api.get("/ui/status.json").json()["lb"]
+            route = next(r for r in report["routes"] if r["listen"] == f"{HOST}:{port}")
+            if route["accepted"] == 20:
+                break
+            assert time.monotonic() < deadline, route
+            await asyncio.sleep(0.1)
+        assert route["active"] == 20 and report["active"] == 20
+        assert sorted((b["id"], b["active"], b["total"]) for b in route["backends"]) == [
+            ("b0", 10, 10), ("b1", 10, 10)]
     finally:
         for sock, _ in held:
             sock.close()
