@@ -52,10 +52,14 @@ Sample = tuple[float, float]  # (rate, CPU microseconds per request)
 
 
 def family(pid: int) -> list[int]:
-    """A process and its children (pilotfish's parent and its workers)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    kids = children.read_text().split() if children.exists() else []
-    return [pid, *(int(kid) for kid in kids)]
+    """A process and its descendants (pilotfish's parent and its workers; NSD's servers are
+    its reload process's children)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = task / "children"
+        for kid in children.read_text().split() if children.exists() else []:
+            found += family(int(kid))
+    return found
 
 
 def dnsperf(port: int, pids: list[int], queries: Path, seconds: float, clients: int) -> Sample:
