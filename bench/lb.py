@@ -108,12 +108,14 @@ http {{ sendfile on; tcp_nopush on; default_type text/plain;
 
 
 @contextlib.contextmanager
-def haproxy(workdir: Path, port: int, backends: list[int]) -> Iterator[int]:
-    """HAProxy, mode tcp, one thread on CPU 1, round robin over the backends; yields its pid."""
+def haproxy(workdir: Path, port: int, backends: list[int], threads: int = 1,
+            cpus: str = "1") -> Iterator[int]:
+    """HAProxy, mode tcp, `threads` threads (nbthread) on `cpus`, round robin over the
+    backends; yields its pid."""
     servers = "\n".join(f"  server s{i} {HOST}:{p}" for i, p in enumerate(backends))
-    conf = workdir / "haproxy.cfg"
+    conf = workdir / f"haproxy-{port}.cfg"
     conf.write_text(f"""global
-  nbthread 1
+  nbthread {threads}
   maxconn 8000
 defaults
   mode tcp
@@ -127,7 +129,7 @@ backend b
   balance roundrobin
 {servers}
 """)
-    process = subprocess.Popen(["taskset", "-c", "1", "haproxy", "-f", str(conf)])
+    process = subprocess.Popen(["taskset", "-c", cpus, "haproxy", "-f", str(conf)])
     try:
         wait_port(port)
         yield process.pid
@@ -156,6 +158,46 @@ def pilotfish(port: int, backends: list[int], no_uvloop: bool,
                 response.raise_for_status()
         time.sleep(0.5)
         yield process.pid
+    finally:
+        process.terminate()
+        process.wait()
+
+
+@contextlib.contextmanager
+def pilotfish_workers(port: int, backends: list[int], workers: int, cpus: str = "0,1",
+                      engine: str | None = None, no_uvloop: bool = False) -> Iterator[list[int]]:
+    """pilotfish's LB with `workers` worker processes (`pilotfish lb --workers N`, on an
+    embedded catalog through `pilotfish up`) on one route HOST:port over the backends, the
+    whole process tree pinned to `cpus`; yields the pids that carry connections (the workers;
+    the one process with `workers=1`), for `cpu_seconds`. For bench/cores.py (branch cores):
+    1 and 2 workers against `haproxy(..., threads=2, cpus=...)`."""
+    api_port = free_port()
+    args = ["taskset", "-c", cpus, sys.executable, "-m", "pilotfish", "up", "--api",
+            f"{HOST}:{api_port}", "--dns", "off", "--lb-api", "off", "--workers", str(workers),
+            "--lb-check-interval", "0", "--route", f"{HOST}:{port}=bench"]
+    args += ["--no-uvloop"] if no_uvloop else []
+    args += ["--lb-engine", engine] if engine else []
+    process = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(api_port)
+        with httpx.Client(base_url=f"http://{HOST}:{api_port}") as client:
+            for i, backend in enumerate(backends):
+                response = client.put(f"/v1/services/bench/instances/n{i}",
+                                      json={"address": HOST, "port": backend, "ttl": 3600})
+                response.raise_for_status()
+        pids = [process.pid]
+        deadline = time.monotonic() + 30
+        while workers > 1:  # until every worker runs (each binds the route itself)
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
+            pids = [int(pid) for pid in children.split()]
+            if len(pids) == workers:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pilotfish: {len(pids)} of {workers} workers started")
+            time.sleep(0.05)
+        wait_port(port)
+        time.sleep(0.5)
+        yield pids
     finally:
         process.terminate()
         process.wait()
@@ -191,12 +233,14 @@ LOADS = {
 }
 
 
-def measure(pid: int, port: int, load: str, seconds: int) -> Result:
-    """One wrk run of `load` through the balancer at port, with its CPU seconds."""
+def measure(pid: int | list[int], port: int, load: str, seconds: int) -> Result:
+    """One wrk run of `load` through the balancer at port, with its CPU seconds (summed over
+    its processes when given several: pilotfish's workers)."""
+    pids = pid if isinstance(pid, list) else [pid]
     path, connections, close = LOADS[load]
-    before = cpu_seconds(pid)
+    before = sum(cpu_seconds(one) for one in pids)
     result = wrk(port, path, connections, seconds, close)
-    result.cpu = cpu_seconds(pid) - before
+    result.cpu = sum(cpu_seconds(one) for one in pids) - before
     return result
 
 

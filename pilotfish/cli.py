@@ -23,6 +23,8 @@ from pilotfish.registrar import command as register_options
 from pilotfish.registry import options as registry_options
 from pilotfish.sidecar import options as sidecar_options
 from pilotfish.stack import Component, ComponentOptions, Stack
+from pilotfish.workers import options as workers_options
+from pilotfish.workers.supervisor import Supervisor
 
 log = logging.getLogger("pilotfish")
 
@@ -38,6 +40,8 @@ COMMANDS: dict[str, tuple[str, tuple[ComponentOptions, ...]]] = {
                 "(--route: LB listeners beside it)", (sidecar_options, lb_options)),
 }
 """Each command and the components it runs, in start order."""
+WORKER_COMMANDS = ("up", "dns", "lb")
+"""The commands whose DNS server and LB serve from `--workers` processes."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="use the stdlib event loop [PILOTFISH_NO_UVLOOP]")
         for part in parts:
             part.add_flags(sub)
+        if name in WORKER_COMMANDS:
+            workers_options.add_flags(sub)
         if registry_options not in parts:  # `registry`/`up` have a server-side --token-file
             sub.add_argument("--token-file", default=env("token_file"),
                              help="file holding the token for an http(s):// registry (else "
@@ -77,6 +83,9 @@ def build_components(args: argparse.Namespace, stack: Stack) -> list[Component]:
         components += part.build(args, stack)
     if stack.has_view:
         components.insert(0, stack.view(warm=False))  # warm if a component asked so
+    if isinstance(stack.supervisor, Supervisor):  # last: every part is handed to it by now
+        components.append(stack.supervisor)
+        stack.on_sighup(stack.supervisor.sighup)  # after the parent's own reloads
     return components
 
 
@@ -91,6 +100,7 @@ async def serve(args: argparse.Namespace) -> int:
     catalog = await open_catalog(args.registry, client_token, args.ca_file)
     started: list[Component] = []
     stack = Stack(catalog)
+    stack.workers = workers_options.worker_count(args)
     loop.add_signal_handler(signal.SIGHUP, stack.sighup)
     try:
         components = build_components(args, stack)

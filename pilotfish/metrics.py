@@ -11,7 +11,7 @@ Series that name catalog instances (ids, addresses) are what an ACL with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import Metric
@@ -36,6 +36,7 @@ class Metrics:
         self._per_instance: set[str] = set()
         self._values: dict[str, dict[Labels, float]] = {}
         self._collectors: list[Callable[[], Iterable[Sample]]] = []
+        self._before_scrape: list[Callable[[], Awaitable[None]]] = []
         self._registries: dict[bool, CollectorRegistry] = {}
         for include_instances in (True, False):
             registry = self._registries[include_instances] = CollectorRegistry()
@@ -67,6 +68,16 @@ class Metrics:
     def collect(self, collector: Callable[[], Iterable[Sample]]) -> None:
         """Register a function whose samples are read fresh at every scrape."""
         self._collectors.append(collector)
+
+    def before_scrape(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Await `hook` before every scrape (the workers' counters are fetched then)."""
+        self._before_scrape.append(hook)
+
+    async def scrape(self, include_instances: bool = True) -> str:
+        """`render`, after the before-scrape hooks: what a /metrics handler answers."""
+        for hook in self._before_scrape:
+            await hook()
+        return self.render(include_instances)
 
     def families(self, include_instances: bool = True) -> Iterator[Metric]:
         """Every metric family as it stands now: the counted series and the collectors';

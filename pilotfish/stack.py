@@ -45,6 +45,11 @@ class Stack:
         # "lb", "sidecar", "dns" -> a function returning its report, called per render.
         self.reports: dict[str, Callable[[], Mapping[str, Any]]] = {}
         self._view: CatalogView | None = None
+        # --workers: with more than one, DNS and the LB serve in worker processes, run by
+        # `supervisor` (a pilotfish.workers.supervisor.Supervisor, made by the first
+        # component that needs it: pilotfish.workers.options.supervisor).
+        self.workers = 1
+        self.supervisor: Component | None = None
         self._on_sighup: list[Callable[[], object]] = []
 
     def view(self, warm: bool = True) -> CatalogView:

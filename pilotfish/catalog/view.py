@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from pilotfish.catalog.interface import Catalog, Snapshot
 from pilotfish.loop import cancel_and_wait
@@ -15,6 +16,25 @@ log = logging.getLogger(__name__)
 
 Subscriber = Callable[[Snapshot], None]
 """Called with each new snapshot the view takes in (a DNS zone, the LB's pools)."""
+
+
+class ViewReader(Protocol):
+    """What DNS and the LB read of a view: a CatalogView in the process that follows the
+    catalog, a pilotfish.workers.replica.ReplicaView in a worker process."""
+
+    snapshot: Snapshot
+    stale: bool
+    stale_since: float | None
+    changed_at: float | None
+    ready: asyncio.Event
+
+    def subscribe(self, subscriber: Subscriber) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 RETRY_FLOOR = 0.05  # never retry a failing backend in a tighter loop than this
 
 

@@ -18,12 +18,15 @@ from pilotfish.dns.access import (
 from pilotfish.dns.loops import refuse_own_listener
 from pilotfish.dns.names import domain_name
 from pilotfish.dns.server import DnsServer
+from pilotfish.dns.spread import DnsWorkers
+from pilotfish.dns.worker import DnsConfig
 from pilotfish.dns.zone import ZoneSettings
 from pilotfish.http.server import HttpServer
 from pilotfish.http.status import StatusApp
 from pilotfish.stack import Component, Stack
 from pilotfish.ui.app import UiApp
 from pilotfish.ui.reports import DnsReport
+from pilotfish.workers.options import supervisor
 
 DEFAULT_DNS = "127.0.0.1:8600"
 MAX_NEGATIVE_TTL = 3600
@@ -80,8 +83,8 @@ def _ns_addresses(listen: HostPort) -> tuple[str, ...]:
     return () if address.is_unspecified else (str(address),)
 
 
-def dns_server(args: argparse.Namespace, stack: Stack) -> DnsServer:
-    """Validate the DNS flags and build the server they describe."""
+def dns_config(args: argparse.Namespace) -> DnsConfig:
+    """Validate the DNS flags into what a server (in this process or a worker) is built from."""
     listen = parse_hostport(args.dns, "--dns")
     if not 0 <= args.dns_ttl <= MIN_TTL:
         raise ConfigError(f"--dns-ttl: {args.dns_ttl} is not within 0-{MIN_TTL} seconds: an "
@@ -100,11 +103,17 @@ def dns_server(args: argparse.Namespace, stack: Stack) -> DnsServer:
         domain=domain_name(args.domain), ttl=args.dns_ttl, negative_ttl=args.dns_negative_ttl,
         max_answers=args.dns_max_answers, ns_addresses=_ns_addresses(listen),
         recursion=bool(forward))
-    allow = ForwardAllow(parse_networks(args.dns_forward_allow or "", "--dns-forward-allow"))
-    rate_limit = RateLimit(parse_rate(args.dns_rrl, "--dns-rrl")) if args.dns_rrl else None
-    return DnsServer(stack.catalog, listen, settings, forward=forward,
-                     udp_size=args.dns_udp_size, view=stack.view(), forward_allow=allow,
-                     rate_limit=rate_limit)
+    allow = parse_networks(args.dns_forward_allow or "", "--dns-forward-allow")
+    rrl = parse_rate(args.dns_rrl, "--dns-rrl") if args.dns_rrl else None
+    return DnsConfig(listen, settings, forward, args.dns_udp_size, tuple(allow), rrl)
+
+
+def dns_server(config: DnsConfig, stack: Stack) -> DnsServer:
+    """The server the flags describe, serving in this process (--workers 1)."""
+    return DnsServer(stack.catalog, config.listen, config.settings, forward=config.forward,
+                     udp_size=config.udp_size, view=stack.view(),
+                     forward_allow=ForwardAllow(config.forward_allow),
+                     rate_limit=RateLimit(config.rrl) if config.rrl else None)
 
 
 def reporter(server: DnsServer) -> Callable[[], DnsReport]:
@@ -129,9 +138,16 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     """
     if args.dns in (None, "", "off"):
         return []
-    server = dns_server(args, stack)
+    config = dns_config(args)
+    workers = supervisor(stack)
+    server: DnsServer | DnsWorkers
+    if workers is None:
+        server = dns_server(config, stack)
+        stack.reports["dns"] = reporter(server)
+    else:  # the workers serve; this process sums what they count
+        server = DnsWorkers(config, workers, stack.view())
+        stack.reports["dns"] = server.report
     server.describe(stack.metrics)
-    stack.reports["dns"] = reporter(server)
     components: list[Component] = [server]
     if args.dns_metrics:
         listen = parse_hostport(args.dns_metrics, "--dns-metrics")

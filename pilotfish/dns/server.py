@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from pilotfish.catalog.interface import Catalog, Snapshot
-from pilotfish.catalog.view import CatalogView
+from pilotfish.catalog.view import CatalogView, ViewReader
 from pilotfish.config import HostPort
 from pilotfish.dns.access import RateLimit, slip
 from pilotfish.dns.answers import RCODE_NAMES
@@ -209,17 +209,21 @@ class _Tcp(asyncio.Protocol):
 class DnsServer:
     """Serves the zone built from a CatalogView over UDP and TCP; a `pilotfish` component."""
 
-    def __init__(self, catalog: Catalog, listen: HostPort, settings: ZoneSettings,
+    def __init__(self, catalog: Catalog | None, listen: HostPort, settings: ZoneSettings,
                  forward: tuple[HostPort, ...] = (), udp_size: int = DEFAULT_UDP_SIZE,
-                 view: CatalogView | None = None,
+                 view: ViewReader | None = None,
                  forward_allow: Callable[[Any], bool] | None = None,
-                 rate_limit: RateLimit | None = None) -> None:
+                 rate_limit: RateLimit | None = None, reuse_port: bool = False) -> None:
         self.catalog = catalog
         self.listen = listen
         self.address = listen
         self.stats = DnsStats()
-        self.view = view or CatalogView(catalog)
         self._own_view = view is None
+        if view is None:
+            assert catalog is not None, "a DnsServer needs a catalog or a view"
+            view = CatalogView(catalog)
+        self.view: ViewReader = view
+        self.reuse_port = reuse_port  # a worker: its siblings bind the same port
         self.zone = Zone(settings, self.stats)
         self.forwarder = Forwarder(forward) if forward else None
         self.in_flight = InFlight(forward)
@@ -251,7 +255,8 @@ class DnsServer:
             port = udp_sock.getsockname()[1]
             try:
                 self._tcp = await loop.create_server(
-                    lambda: _Tcp(self), self.listen.host, port, reuse_address=True)
+                    lambda: _Tcp(self), self.listen.host, port, reuse_address=True,
+                    reuse_port=self.reuse_port or None)
             except OSError:
                 udp_sock.close()
                 if self.listen.port or attempt == 19:
@@ -260,8 +265,9 @@ class DnsServer:
             self._udp = _UdpReader(self, udp_sock)
             break
         self.address = HostPort(self.listen.host, port)
-        log.info("dns listening on udp://%s and tcp://%s for domain %s", self.address,
-                 self.address, self.zone.domain)
+        log.log(logging.DEBUG if self.reuse_port else logging.INFO,
+                "dns listening on udp://%s and tcp://%s for domain %s", self.address,
+                self.address, self.zone.domain)
 
     def _udp_socket(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.listen.host else socket.AF_INET
@@ -270,6 +276,8 @@ class DnsServer:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self.listen.host, self.listen.port))
             sock.setblocking(False)
         except BaseException:

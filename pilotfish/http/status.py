@@ -38,7 +38,7 @@ class StatusApp:
         path = scope.get("path", "")
         if path == "/metrics":
             include_instances = reads_catalog(scope, self.access)
-            await respond(send, 200, self.metrics.render(include_instances).encode(),
+            await respond(send, 200, (await self.metrics.scrape(include_instances)).encode(),
                           "text/plain; version=0.0.4")
         elif path == "/health":
             healthy, body = self.health()

@@ -8,10 +8,11 @@ import gc
 import logging
 import math
 import resource
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from pilotfish.catalog.interface import Snapshot
+from pilotfish.catalog.view import Subscriber
 from pilotfish.config import ConfigError
 from pilotfish.lb.engine import Engine
 from pilotfish.lb.epoll.engine import EpollEngine
@@ -20,31 +21,58 @@ from pilotfish.lb.health import check_forever
 from pilotfish.lb.pool import Pool
 from pilotfish.lb.routes import Route, check_overlap, read_routes_file, shown
 from pilotfish.lb.settings import LbSettings
+from pilotfish.lb.shared import SharedCounts
 from pilotfish.lb.stats import describe, samples
 from pilotfish.lb.transports.engine import TransportsEngine
 from pilotfish.loop import cancel_and_wait
-from pilotfish.metrics import Sample
-from pilotfish.stack import Stack
+from pilotfish.metrics import Metrics, Sample
 
 log = logging.getLogger(__name__)
+
+
+class View(Protocol):
+    """What the balancer reads of a catalog view: the process's CatalogView, or a worker's
+    replica of the parent's (pilotfish.workers)."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    @property
+    def stale(self) -> bool: ...
+
+    def subscribe(self, subscriber: Subscriber) -> None: ...
+
+
+class Host(Protocol):
+    """What the balancer takes from its process: the Stack, or a worker's stand-in."""
+
+    metrics: Metrics
+
+    def view(self) -> View: ...
+
+    def on_sighup(self, callback: Callable[[], object]) -> None: ...
 
 
 class LoadBalancer:
     """Routes clients to healthy instances; routes change at run time, one by one.
 
     Build it from the process's Stack (one shared CatalogView and metrics registry), the
-    initial routes and the settings; `routes_file` is re-read on SIGHUP.
+    initial routes and the settings; `routes_file` is re-read on SIGHUP. With workers
+    (pilotfish.lb.fleet, pilotfish.lb.worker): `counts` are every worker's connection counts,
+    and `engine` makes what carries the connections (the parent's only holds the ports).
     """
 
-    def __init__(self, stack: Stack, routes: Iterable[Route], settings: LbSettings | None = None,
-                 routes_file: str | None = None) -> None:
+    def __init__(self, stack: Host, routes: Iterable[Route], settings: LbSettings | None = None,
+                 routes_file: str | None = None, counts: SharedCounts | None = None,
+                 engine: Callable[[], Engine] | None = None) -> None:
         self.stack = stack
         self.view = stack.view()
         self.settings = settings or LbSettings()
         self.routes_file = routes_file
         self.gates: dict[str, RouteGate] = {}  # each route's gate, by listen address
         self.draining: set[RouteGate] = set()  # removed routes whose connections finish
-        self.occupancy = Occupancy()
+        self.occupancy = Occupancy(counts)
+        self._make_engine = engine
         self._initial = list(routes)
         self._from_file: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -60,8 +88,11 @@ class LoadBalancer:
     async def start(self) -> None:
         """Start the engine, the routes (every one must bind), the checks and SIGHUP reloading."""
         self.view.subscribe(self._on_snapshot)
-        self.engine = EpollEngine(asyncio.get_running_loop()) \
-            if self.settings.engine == "epoll" else TransportsEngine()
+        if self._make_engine is not None:
+            self.engine = self._make_engine()
+        else:
+            self.engine = EpollEngine(asyncio.get_running_loop()) \
+                if self.settings.engine == "epoll" else TransportsEngine()
         routes: list[Route] = []
         for route in self._initial:
             check_overlap(route, routes)

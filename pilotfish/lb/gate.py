@@ -19,6 +19,7 @@ from pilotfish.lb.pool import Backend, Pool
 from pilotfish.lb.proxy_protocol import header
 from pilotfish.lb.routes import Route
 from pilotfish.lb.settings import LbSettings
+from pilotfish.lb.shared import Cell, SharedCounts
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,25 @@ _CONNECT_ERRORS = (OSError, asyncio.CancelledError)  # refused, unreachable, tim
 
 class Occupancy:
     """Connections open across every route (the global limit counts these), and whether the
-    balancer is stopping: what every route's gate shares."""
+    balancer is stopping: what every route's gate shares.
 
-    __slots__ = ("active", "stopping", "all_closed")
+    With workers, `counts` holds every worker's counts (pilotfish.lb.shared): the limits and
+    the pickers then see the whole machine, and `cell` is this worker's row of the total.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("active", "stopping", "all_closed", "counts", "cell")
+
+    def __init__(self, counts: SharedCounts | None = None) -> None:
         self.active = 0
         self.stopping = False
         self.all_closed = asyncio.Event()  # set when `active` drops to 0 while stopping
+        self.counts = counts
+        self.cell: Cell | None = counts.cell("*") if counts is not None else None
+
+    def total(self) -> int:
+        """Connections open across every route (and every worker)."""
+        cell = self.cell
+        return self.active if cell is None else cell.total()
 
 
 class RouteGate:
@@ -49,9 +61,12 @@ class RouteGate:
         self.settings = settings
         self.occupancy = occupancy
         self.on_drained = on_drained
-        self.pool = Pool(settings)
+        counts = occupancy.counts
+        self.pool = Pool(settings, counts, route.key)
         self.picker: Picker = make_picker(route.balance)
         self.connections: set[Link] = set()
+        self.cell: Cell | None = counts.cell(f"r|{route.key}") \
+            if counts is not None and occupancy.cell is not None else None
         self.stats = RouteStats()
         self.address = route.listen
         self.listener: Listener | None = None
@@ -89,6 +104,16 @@ class RouteGate:
         if self.listener is not None:
             self.listener.stop()
         self.pool.close()
+        if not self.connections:
+            self._release()
+
+    def _release(self) -> None:
+        """Give back the shared rows (workers): the route is gone and has no connection."""
+        self.pool.release()
+        counts, cell = self.occupancy.counts, self.cell
+        if counts is not None and cell is not None:
+            self.cell = None
+            counts.release(cell)
 
     def refuse(self, reason: str) -> None:
         """Count a client turned away (limit, no instance, every connect failed)."""
@@ -101,10 +126,19 @@ class RouteGate:
         if not self.accepting or occupancy.stopping:
             self.refuse("stopping")
             return False
-        if occupancy.active >= self.settings.max_connections or \
-                (limit and len(self.connections) >= limit):
+        cell = self.cell
+        if cell is None:
+            if occupancy.active >= self.settings.max_connections or \
+                    (limit and len(self.connections) >= limit):
+                self.refuse("limit")
+                return False
+        elif occupancy.total() >= self.settings.max_connections or \
+                (limit and cell.total() >= limit):  # every worker's connections count
             self.refuse("limit")
             return False
+        else:
+            cell.add(1)
+            occupancy.cell.add(1)  # type: ignore[union-attr]  # both or neither
         occupancy.active += 1
         self.connections.add(connection)
         self.stats.accepted += 1
@@ -124,6 +158,8 @@ class RouteGate:
                 if tried:
                     self.stats.retries += 1
                 backend.active += 1
+                if backend.cell is not None:
+                    backend.cell.add(1)
                 connection.dial(backend, self.settings.connect_timeout)
                 return
         self.refuse("no_instance" if not tried else "connect_failed")
@@ -132,6 +168,8 @@ class RouteGate:
     def failed(self, connection: Link, backend: Backend, error: BaseException) -> None:
         """A connect failed (or the client left while it ran): retry on another instance."""
         backend.active -= 1
+        if backend.cell is not None:
+            backend.cell.add(-1)
         if connection.closed:  # the client left while we connected
             return
         if not isinstance(error, _CONNECT_ERRORS):
@@ -149,6 +187,8 @@ class RouteGate:
         self.pool.connect_succeeded(backend)
         if connection.closed or not alive:
             backend.active -= 1
+            if backend.cell is not None:
+                backend.cell.add(-1)
             return None
         proxy_protocol = self.route.proxy_protocol
         if proxy_protocol:
@@ -160,11 +200,16 @@ class RouteGate:
         self.connections.discard(connection)
         occupancy = self.occupancy
         occupancy.active -= 1
+        if self.cell is not None:
+            self.cell.add(-1)
+            occupancy.cell.add(-1)  # type: ignore[union-attr]  # both or neither
         if occupancy.stopping and not occupancy.active:
             occupancy.all_closed.set()
         backend = connection.backend
         if backend is not None:
             backend.active -= 1
+            if backend.cell is not None:
+                backend.cell.add(-1)
             moved = connection.moved()
             if moved is not None:
                 backend.bytes_in += moved[0]
@@ -173,4 +218,5 @@ class RouteGate:
             if backend.draining and not backend.connections:
                 self.pool.forget(backend)
         if not self.accepting and not self.connections:
+            self._release()
             self.on_drained(self)

@@ -11,11 +11,13 @@ from pilotfish.http.status import StatusApp
 from pilotfish.http.tls import tls_settings
 from pilotfish.lb.api import RoutesApp
 from pilotfish.lb.balancer import LoadBalancer
-from pilotfish.lb.report import reporter
+from pilotfish.lb.fleet import FleetBalancer
+from pilotfish.lb.report import fleet_reporter, reporter
 from pilotfish.lb.routes import parse_route
 from pilotfish.lb.settings import LbSettings
 from pilotfish.stack import Component, Stack
 from pilotfish.ui.app import UiApp
+from pilotfish.workers.options import supervisor
 
 DEFAULT_LB_API = "127.0.0.1:8700"
 DEFAULTS = LbSettings()
@@ -100,9 +102,16 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
     if args.command != "lb" and not texts and not args.routes_file:
         return []
     routes = [parse_route(text) for text in texts]
-    balancer = LoadBalancer(stack, routes, settings(args), routes_file=args.routes_file)
+    workers = supervisor(stack)
+    balancer: LoadBalancer
+    if workers is None:
+        balancer = LoadBalancer(stack, routes, settings(args), routes_file=args.routes_file)
+        stack.reports["lb"] = reporter(balancer)
+    else:  # the workers carry the connections; this process holds the routes and the ports
+        balancer = FleetBalancer(stack, routes, settings(args), workers,
+                                 routes_file=args.routes_file)
+        stack.reports["lb"] = fleet_reporter(balancer)
     components: list[Component] = [balancer]
-    stack.reports["lb"] = reporter(balancer)
     if args.lb_api not in (None, "", "off"):
         access = AccessPolicy(args.lb_acl, read_token(args.lb_token_file))
         if args.lb_acl:

@@ -39,7 +39,8 @@ class RoundRobin:
 
 
 class LeastConnections(RoundRobin):
-    """The backend with the fewest active connections; ties go round robin."""
+    """The backend with the fewest active connections (every worker's); ties go round
+    robin."""
 
     def pick(self, candidates: Sequence[Backend], client: str,
              exclude: Sequence[Backend]) -> Backend | None:
@@ -50,10 +51,12 @@ class LeastConnections(RoundRobin):
         count = len(allowed)
         start = self.cursor % count
         best = allowed[start]
+        least = best.load()
         for offset in range(1, count):
             backend = allowed[(start + offset) % count]
-            if backend.active < best.active:
-                best = backend
+            load = backend.load()
+            if load < least:
+                best, least = backend, load
         return best
 
 
@@ -75,8 +78,11 @@ class PowerOfTwo:
         if second >= first:
             second += 1
         a, b = allowed[first], allowed[second]
-        if a.active * b.weight != b.active * a.weight:
-            return a if a.active * b.weight < b.active * a.weight else b
+        a_cell, b_cell = a.cell, b.cell  # with workers: every worker's connections count
+        a_active = a.active if a_cell is None else a_cell.total()
+        b_active = b.active if b_cell is None else b_cell.total()
+        if a_active * b.weight != b_active * a.weight:
+            return a if a_active * b.weight < b_active * a.weight else b
         return a
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from pilotfish.catalog.model import Instance
 from pilotfish.lb.settings import LbSettings
+from pilotfish.lb.shared import Cell, SharedCounts
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class Backend:
     __slots__ = ("key", "address", "port", "instance", "weight", "serving", "draining",
                  "active", "total", "failed", "bytes_in", "bytes_out", "healthy", "checks_ok",
                  "checks_failed", "failures", "ejected_until", "eject_backoff", "ejections",
-                 "current_weight", "connections", "drain_timer")
+                 "current_weight", "connections", "drain_timer", "cell")
 
     def __init__(self, instance: Instance) -> None:
         self.key: Key = (instance.address, instance.port)
@@ -58,6 +59,12 @@ class Backend:
         self.current_weight = 0  # smooth weighted round robin state
         self.connections: set[BackendConnection] = set()
         self.drain_timer: asyncio.TimerHandle | None = None
+        self.cell: Cell | None = None  # with workers: `active` as every worker counts it
+
+    def load(self) -> int:
+        """Active connections as the pickers weigh them: every worker's, with workers."""
+        cell = self.cell
+        return self.active if cell is None else cell.total()
 
     @property
     def name(self) -> str:
@@ -73,8 +80,12 @@ class Backend:
 class Pool:
     """The backends of one route; picks candidates for the balancer, applying health rules."""
 
-    def __init__(self, settings: LbSettings) -> None:
+    def __init__(self, settings: LbSettings, counts: SharedCounts | None = None,
+                 scope: str = "") -> None:
         self.settings = settings
+        self.counts = counts  # with workers: each backend's row, named by scope and key
+        self.scope = scope
+        self.on_ejected: Callable[[Backend], None] | None = None  # with workers: tell the rest
         self.backends: dict[Key, Backend] = {}
         self.panic = False
         self.version = 0  # bumped whenever membership or eligibility may have changed
@@ -90,7 +101,9 @@ class Pool:
         for key, instance in seen.items():
             backend = self.backends.get(key)
             if backend is None:
-                self.backends[key] = Backend(instance)
+                backend = self.backends[key] = Backend(instance)
+                if self.counts is not None:
+                    backend.cell = self.counts.cell(f"b|{self.scope}|{backend.name}")
                 continue
             backend.instance = instance
             backend.weight = instance.weight
@@ -109,6 +122,7 @@ class Pool:
         backend.draining = True
         if not backend.connections:
             del self.backends[backend.key]
+            self._release(backend)
             return
         timeout = self.settings.drain_timeout
         backend.drain_timer = asyncio.get_running_loop().call_later(
@@ -128,7 +142,21 @@ class Pool:
             if backend.drain_timer is not None:
                 backend.drain_timer.cancel()
             del self.backends[backend.key]
+            self._release(backend)
             self.version += 1
+
+    def _release(self, backend: Backend) -> None:
+        """Give back a dropped backend's shared row, less what it still counts (dials)."""
+        cell = backend.cell
+        if cell is not None and self.counts is not None:
+            backend.cell = None
+            cell.add(-backend.active)
+            self.counts.release(cell)
+
+    def release(self) -> None:
+        """Give back every backend's shared row: the route is gone and has no connection."""
+        for backend in self.backends.values():
+            self._release(backend)
 
     def close(self) -> None:
         """Cancel drain timers (the route is gone or the process stops)."""
@@ -186,6 +214,29 @@ class Pool:
         self.version += 1
         log.info("lb: ejected %s for %.1fs after %d failed connects", backend.name, backoff,
                  backend.failures)
+        if self.on_ejected is not None:
+            self.on_ejected(backend)
+
+    def eject(self, key: Key, until: float, backoff: float) -> None:
+        """Apply an ejection another worker made (`until` on the machine's monotonic clock;
+        counted in `ejections` by the worker that made it only, so sums stay exact)."""
+        backend = self.backends.get(key)
+        if backend is None or backend.ejected_until >= until:
+            return
+        backend.ejected_until = until
+        backend.eject_backoff = backoff
+        self.version += 1
+
+    def set_health(self, down: set[Key]) -> None:
+        """Apply the active checks' verdicts made elsewhere (the parent): `down` are down."""
+        changed = False
+        for key, backend in self.backends.items():
+            healthy = key not in down
+            if backend.healthy != healthy:
+                backend.healthy = healthy
+                changed = True
+        if changed:
+            self.version += 1
 
     def connect_succeeded(self, backend: Backend) -> None:
         """A connect worked: the failure streak and the ejection backoff start over."""

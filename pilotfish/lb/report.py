@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from pilotfish.lb.balancer import LoadBalancer
+from pilotfish.lb.fleet import FleetBalancer
 from pilotfish.lb.pool import Backend
 from pilotfish.ui.recent import RecentLog
 from pilotfish.ui.reports import BackendReport, LbReport, RouteReport
@@ -53,5 +54,51 @@ def reporter(balancer: LoadBalancer) -> Callable[[], LbReport]:
                 panic=gate.pool.panic,
                 backends=[_backend(b, now) for b in list(gate.pool.backends.values())]))
         return LbReport(routes=routes, active=balancer.occupancy.active, errors=recent.lines())
+
+    return report
+
+
+def fleet_reporter(balancer: FleetBalancer) -> Callable[[], LbReport]:
+    """The LB's report with workers: the parent's routes and verdicts, every worker's counters
+    summed (as of the supervisor's last refresh, at most a second old), open connections from
+    the shared counts."""
+    recent = RecentLog.attach("pilotfish.lb")
+
+    def report() -> LbReport:
+        now = time.monotonic()
+        counts: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for name, labels, value in balancer.worker_samples():
+            counts[(name, frozenset(labels))] = value
+        total = balancer.shared.total
+
+        def count(name: str, **labels: str) -> int:
+            return int(counts.get((name, frozenset(labels.items())), 0.0))
+
+        routes: list[RouteReport] = []
+        for key in sorted(balancer.gates):
+            gate = balancer.gates[key]
+            route = gate.route
+            refused = {dict(labels)["reason"]: int(value)
+                       for (name, labels), value in counts.items()
+                       if name == "pilotfish_lb_connections_refused_total"
+                       and ("route", key) in labels}
+            backends: list[BackendReport] = []
+            for backend in list(gate.pool.backends.values()):
+                ids = {"instance": backend.name, "id": backend.instance.id, "route": key}
+                backends.append(BackendReport(
+                    name=backend.name, id=backend.instance.id,
+                    state=backend_state(backend, now), weight=backend.weight,
+                    active=total(f"b|{key}|{backend.name}"),
+                    total=count("pilotfish_lb_instance_connections_total", **ids),
+                    failed=count("pilotfish_lb_instance_connections_failed_total", **ids),
+                    bytes_in=count("pilotfish_lb_instance_bytes_in_total", **ids),
+                    bytes_out=count("pilotfish_lb_instance_bytes_out_total", **ids)))
+            routes.append(RouteReport(
+                listen=str(gate.address), service=route.service, tag=route.tag,
+                balance=route.balance, active=total(f"r|{key}"),
+                accepted=count("pilotfish_lb_connections_total", route=key),
+                refused=refused, retries=count("pilotfish_lb_retries_total", route=key),
+                panic=count("pilotfish_lb_panic", route=key) > 0, backends=backends))
+        return LbReport(routes=routes, active=total("*"), errors=recent.lines())
 
     return report

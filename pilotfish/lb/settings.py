@@ -27,3 +27,4 @@ class LbSettings:
     panic_below: float = 0.5
     high_water: int = 1 << 20  # bytes queued toward one side before the other is paused
     engine: str = "epoll" if hasattr(select, "epoll") else "transports"  # see engine.py
+    reuse_port: bool = False  # workers: each binds every route with SO_REUSEPORT

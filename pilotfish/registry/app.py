@@ -141,7 +141,7 @@ class RegistryApi:
         if catalog.lease_count is not None:
             self.metrics.set("pilotfish_leases", catalog.lease_count)
         self.metrics.set("pilotfish_lease_expirations_total", catalog.expirations)
-        return Response(self.metrics.render(include_instances),
+        return Response(await self.metrics.scrape(include_instances),
                         media_type="text/plain; version=0.0.4")
 
     # wiring

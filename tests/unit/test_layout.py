@@ -24,11 +24,12 @@ LAYERS: dict[str, set[str]] = {
     "ui": {"foundation", "catalog", "http", "stack"},
     "mesh": {"foundation", "catalog", "http", "stack", "lb"},
     "registry": {"foundation", "catalog", "http", "stack", "ui", "mesh"},
-    "dns": {"foundation", "catalog", "http", "stack", "ui"},
-    "lb": {"foundation", "catalog", "http", "stack", "ui"},
+    "workers": {"foundation", "catalog", "stack"},
+    "dns": {"foundation", "catalog", "http", "stack", "ui", "workers"},
+    "lb": {"foundation", "catalog", "http", "stack", "ui", "workers"},
     "sidecar": {"foundation", "catalog", "http", "stack", "registrar", "ui", "mesh"},
     "command": {"foundation", "catalog", "http", "stack", "registrar", "registry", "dns",
-                "lb", "sidecar", "ui", "mesh"},
+                "lb", "sidecar", "ui", "mesh", "workers"},
 }
 FOUNDATION = {"pilotfish", "pilotfish.config", "pilotfish.loop", "pilotfish.metrics",
               "pilotfish.fds"}

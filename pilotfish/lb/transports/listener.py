@@ -23,7 +23,7 @@ class TransportListener:
         listen = gate.route.listen
         self.server = await asyncio.get_running_loop().create_server(
             lambda: TransportConnection(gate).client, listen.host, listen.port,
-            reuse_address=True, backlog=4096)
+            reuse_address=True, reuse_port=gate.settings.reuse_port or None, backlog=4096)
         return tuple(self.server.sockets[0].getsockname())
 
     def stop(self) -> None:
