@@ -45,6 +45,7 @@ class Parent:
         query = dns.message.make_query(name, dns.rdatatype.A)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)  # dnspython's timeout only works on a non-blocking socket
             return dns.query.udp(query, "127.0.0.1", port=self.port, timeout=timeout,
                                  sock=sock)
 

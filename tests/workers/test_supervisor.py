@@ -63,6 +63,7 @@ async def one_socket_per_worker(parent: Parent) -> list[socket.socket]:
         assert len(spare) < 40, "the kernel sent every source port to one worker"
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)  # dnspython's timeout only works on a non-blocking socket
         await parent.supervisor.refresh()
         before = answered(parent, parent.supervisor.per_worker("dns"))
         query = dns.message.make_query(f"nothing.service.{DOMAIN}", "A")
