@@ -135,6 +135,12 @@ async def test_a_killed_worker_is_restarted_while_the_other_serves(parent: Paren
     victim = parent.supervisor.pids[0]
     assert victim is not None
     os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    # Queries queued on the dying worker's socket die with it: ask once the supervisor has
+    # reaped it (its threads gone, its socket closed).
+    while parent.supervisor.slots[0].live and parent.supervisor.pids[0] == victim:
+        assert time.monotonic() < deadline, "the killed worker did not exit"
+        await asyncio.sleep(0.01)
     for _ in range(100):  # the survivor takes every query meanwhile
         reply = await asyncio.to_thread(parent.ask, name)
         assert reply.answer
