@@ -200,7 +200,8 @@ class RegistryApi:
                                    **_INVALID, **_WRITE, **_UNAVAILABLE})
         add_check_routes(app, self.checks, {
             **_ok(InstanceOut, description="reported"), **_INVALID, **_WRITE, **_UNAVAILABLE,
-            404: _error_doc("no such instance or check, or its lease lapsed")})
+            404: _error_doc("no such instance or check, or its lease lapsed"),
+            409: _error_doc("the check is not a ttl check: it reports itself")})
         r.add_api_route("/v1/catalog", reads.get_catalog, methods=["GET"],
                         responses={**_ok(InstancesOut, headers=True), **_INVALID,
                                    **_READ, **_UNAVAILABLE})

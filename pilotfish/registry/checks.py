@@ -13,7 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from pilotfish.catalog.checks import report
 from pilotfish.catalog.interface import Catalog
-from pilotfish.catalog.model import MAX_CHECK_OUTPUT, Health, Instance, service_name
+from pilotfish.catalog.model import (
+    MAX_CHECK_OUTPUT,
+    Health,
+    Instance,
+    InvalidField,
+    service_name,
+)
 from pilotfish.http.errors import ApiError
 from pilotfish.http.responses import json_response
 from pilotfish.registry.access import AccessChecks
@@ -21,9 +27,11 @@ from pilotfish.registry.bodies import ID, InstancePath, ServicePath, parse_body
 from pilotfish.registry.calls import bounded
 
 VERDICTS: dict[str, Health] = {"pass": "passing", "warn": "warning", "fail": "critical"}
+MAX_NOTE_QUERY = 1024  # characters: %-encoded it stays inside a listener's 16 KiB head limit
 CheckPath = Annotated[str, Path(pattern=ID)]
-NoteQuery = Annotated[str | None, Query(max_length=MAX_CHECK_OUTPUT,
-                                        description="the check's output (or the body's note)")]
+NoteQuery = Annotated[str | None, Query(
+    max_length=MAX_NOTE_QUERY,
+    description="the check's output (a longer one, up to 4096: the body's note)")]
 
 
 class ReportBody(BaseModel):
@@ -87,6 +95,8 @@ class CheckHandlers:
             except KeyError:
                 raise ApiError(404, "not_found", f"instance {instance_id!r} has no check "
                                                  f"{check_id!r}") from None
+            except InvalidField as exc:  # the check reports itself: no report can apply
+                raise ApiError(409, "conflict", exc.message, "check") from None
             return json_response(updated.to_dict())
 
         report_check.__doc__ = f"Report a ttl check {status} (its output: the note)."

@@ -89,7 +89,7 @@ def test_only_ttl_checks_take_reports(api: httpx.Client, name: str) -> None:
     register(api, name, "h1", {"id": "web", "kind": "http", "status": "passing",
                                "target": "http://127.0.0.1:8080/"})
     refused = api.put(f"/v1/services/{name}/instances/h1/checks/web/fail")
-    assert refused.status_code == 400 and refused.json()["field"] == "check"
+    assert refused.status_code == 409 and refused.json()["field"] == "check"
     missing = api.put(f"/v1/services/{name}/instances/h1/checks/nope/pass")
     assert missing.status_code == 404
     assert api.put(f"/v1/services/{name}/instances/zz/checks/web/pass").status_code == 404

@@ -24,20 +24,22 @@ from pilotfish.catalog.interface import BackendUnavailable, Catalog, UnknownLeas
 from pilotfish.catalog.model import MAX_CHECK_OUTPUT, Check, Health, Instance, InvalidField
 from pilotfish.http.acl import Denied
 from pilotfish.registry.calls import bounded
-from pilotfish.registry.checks import VERDICTS, CheckReports
+from pilotfish.registry.checks import MAX_NOTE_QUERY, VERDICTS, CheckReports
 from pilotfish.registry.consul.dialect import ERROR_DOCS, ConsulError, consul_denied, plain_text
 
 BACKEND_PREFIX = "pilotfish-check:"
 STATUSES: tuple[Health, ...] = ("passing", "warning", "critical")
 CheckIdPath = Annotated[str, Path(description="a Consul check id (see docs/consul-api.md)")]
-NoteQuery = Annotated[str | None, Query(max_length=MAX_CHECK_OUTPUT,
-                                        description="the check's output")]
+NoteQuery = Annotated[str | None, Query(max_length=MAX_NOTE_QUERY,
+                                        description="the check's output (longer: /update)")]
 UPDATE_BODY = {"requestBody": {"required": False, "content": {"application/json": {"schema": {
     "type": "object", "properties": {
         "Status": {"type": "string", "enum": list(STATUSES)},
         "Output": {"type": "string", "maxLength": MAX_CHECK_OUTPUT}}}}}}}
 DOCS = {**ERROR_DOCS, 200: {"description": "reported (an empty body, as Consul)"},
-        404: {"description": "no such check (plain text)", "content": {"text/plain": {}}}}
+        404: {"description": "no such check (plain text)", "content": {"text/plain": {}}},
+        409: {"description": "not a TTL check (plain text; Consul answers 500)",
+              "content": {"text/plain": {}}}}
 
 
 def resolve(instances: dict[str, Instance], consul_id: str) -> tuple[Instance, Check]:
@@ -95,7 +97,7 @@ class AgentChecks:
         except Denied as exc:
             return consul_denied(exc)
         except InvalidField as exc:  # not a ttl check
-            return plain_text(400, f'CheckID "{consul_id}" does not have associated TTL: '
+            return plain_text(409, f'CheckID "{consul_id}" does not have associated TTL: '
                                    f"{exc.message}")
         except UnknownLease:
             return plain_text(404, f'Unknown check ID "{consul_id}": its instance is gone')
