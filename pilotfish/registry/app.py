@@ -51,7 +51,12 @@ from pilotfish.registry.certificates import (
     CertificateHandlers,
     CertificateOut,
 )
-from pilotfish.registry.checks import CheckHandlers, CheckReports, add_check_routes
+from pilotfish.registry.checks import (
+    CheckHandlers,
+    CheckReports,
+    add_check_routes,
+    check_links,
+)
 from pilotfish.registry.consul.routes import consul_router
 from pilotfish.registry.entries import EntryBody, EntryHandlers, EntryOut
 from pilotfish.registry.instances import InstanceHandlers
@@ -185,10 +190,13 @@ class RegistryApi:
                         responses={**_ok(InstancesOut, headers=True), **_INVALID,
                                    **_READ, **_UNAVAILABLE})
         instance_path = "/v1/services/{service}/instances/{instance_id}"
+        registered = {**_ok(InstanceOut, description="updated"),
+                      **_ok(InstanceOut, 201, description="registered")}
+        for doc in registered.values():
+            doc["links"] = check_links()
         r.add_api_route(instance_path, instances.put_instance, methods=["PUT"],
                         openapi_extra=body_schema(InstanceBody),
-                        responses={**_ok(InstanceOut, description="updated"),
-                                   **_ok(InstanceOut, 201, description="registered"), **lost_lease,
+                        responses={**registered, **lost_lease,
                                    **_INVALID, **_WRITE, **_UNAVAILABLE})
         r.add_api_route(instance_path, instances.delete_instance, methods=["DELETE"],
                         status_code=204,

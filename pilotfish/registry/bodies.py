@@ -111,7 +111,7 @@ class CheckBody(BaseModel):
     id: StrictStr = Field(pattern=ID, description="unique within the instance")
     name: StrictStr = Field(default="", max_length=MAX_CHECK_TARGET,
                             description="shown to people; the id when empty")
-    kind: CheckKindName
+    kind: CheckKindName = Field(default="ttl", description="ttl (the default): the app reports")
     status: CheckStatus = "critical"
     output: StrictStr = Field(default="", max_length=MAX_CHECK_OUTPUT)
     changed: WallClock = 0.0

@@ -103,11 +103,35 @@ class CheckHandlers:
         return report_check
 
 
+def check_links() -> dict[str, Any]:
+    """OpenAPI links from a registered instance to reports on its first check (REST and
+    Consul's agent endpoints), so a stateful client (schemathesis) knows how to reach them."""
+    check = "$response.body#/checks/0/id"
+    links: dict[str, Any] = {}
+    for verdict in VERDICTS:
+        links[f"Report{verdict.title()}"] = {
+            "operationId": f"report_check_{verdict}",
+            "parameters": {"service": "$request.path.service",
+                           "instance_id": "$response.body#/id", "check_id": check}}
+        links[f"AgentCheck{verdict.title()}"] = {
+            "operationId": f"agent_check_{verdict}",
+            "parameters": {"check_id": check}}  # a bare id: unique in the catalog
+    links["AgentCheckUpdate"] = {"operationId": "agent_check_update",
+                                 "parameters": {"check_id": check}}
+    return links
+
+
 def add_check_routes(app: FastAPI, handlers: CheckHandlers, responses: dict[int | str, Any]
                      ) -> None:
     """/v1/services/{service}/instances/{instance_id}/checks/{check_id}/pass|warn|fail."""
     path = "/v1/services/{service}/instances/{instance_id}/checks/{check_id}/"
+    reported = {status: dict(doc) for status, doc in responses.items()}
+    reported[200] = {**reported[200], "links": {  # a reported check: report it over Consul's
+        "AgentCheckUpdate": {"operationId": "agent_check_update",
+                             "parameters": {"check_id": "$request.path.check_id"}}}}
+    responses = reported
     for verdict in VERDICTS:
         app.router.add_api_route(path + verdict, handlers.handler(verdict), methods=["PUT"],
                                  openapi_extra=report_body_schema(), responses=responses,
-                                 name=f"report_check_{verdict}")
+                                 name=f"report_check_{verdict}",
+                                 operation_id=f"report_check_{verdict}")

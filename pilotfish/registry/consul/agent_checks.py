@@ -36,7 +36,8 @@ UPDATE_BODY = {"requestBody": {"required": False, "content": {"application/json"
     "type": "object", "properties": {
         "Status": {"type": "string", "enum": list(STATUSES)},
         "Output": {"type": "string", "maxLength": MAX_CHECK_OUTPUT}}}}}}}
-DOCS = {**ERROR_DOCS, 200: {"description": "reported (an empty body, as Consul)"},
+DOCS = {**ERROR_DOCS, 200: {"description": "reported (an empty body, as Consul)",
+                            "content": {"text/plain": {}}},
         404: {"description": "no such check (plain text)", "content": {"text/plain": {}}},
         409: {"description": "not a TTL check (plain text; Consul answers 500)",
               "content": {"text/plain": {}}}}
@@ -137,6 +138,8 @@ class AgentChecks:
         """Put the agent check routes on the Consul router."""
         for verdict in VERDICTS:
             router.add_api_route(f"/v1/agent/check/{verdict}/{{check_id}}", self.verdict(verdict),
-                                 methods=["PUT"], responses=DOCS, name=f"agent_check_{verdict}")
+                                 methods=["PUT"], responses=DOCS, name=f"agent_check_{verdict}",
+                                 operation_id=f"agent_check_{verdict}")
         router.add_api_route("/v1/agent/check/update/{check_id}", self.update, methods=["PUT"],
-                             responses=DOCS, openapi_extra=UPDATE_BODY)
+                             responses=DOCS, openapi_extra=UPDATE_BODY,
+                             operation_id="agent_check_update")
