@@ -42,16 +42,15 @@ class CheckSweeper:
             await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
-        index = -1
-        wait = 0.0
         while True:
+            generation = self.catalog.changes.generation
             try:
-                snapshot = await self.catalog.watch(index, wait)
-                index = snapshot.index
-                wait = await self.sweep(snapshot, time.time())
+                wait = await self.sweep(await self.catalog.snapshot(), time.time())
             except CatalogError as exc:
                 log.warning("check sweep failed, retrying: %s", exc)
-                wait = RETRY_WAIT
+                await asyncio.sleep(RETRY_WAIT)
+                continue
+            await self.catalog.changes.wait_past(generation, wait)
 
     async def sweep(self, snapshot: Snapshot, now: float) -> float:
         """Do what is due as of `now`; how long until the next deadline (capped)."""
