@@ -5,12 +5,18 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Health = Literal["passing", "warning", "critical"]
 HEALTH_STATES: tuple[Health, ...] = ("passing", "warning", "critical")
+CheckKind = Literal["http", "https", "tcp", "script", "ttl", "docker", "sidecar"]
+CHECK_KINDS: tuple[CheckKind, ...] = ("http", "https", "tcp", "script", "ttl", "docker", "sidecar")
+"""How a check learns its status: probed by the sidecar (http, https, tcp, script), reported
+by the app (ttl), read from Docker (docker: HEALTHCHECK, kill/stop) or set by the sidecar about
+itself (sidecar: a bad check label, for instance)."""
 
 MIN_TTL = 2
 MAX_TTL = 86_400
@@ -20,6 +26,10 @@ MAX_META = 64
 MAX_META_KEY = 128
 MAX_META_VALUE = 512
 MAX_OWNER = 256
+MAX_CHECKS = 32
+MAX_CHECK_OUTPUT = 4096  # Consul's check_output_max_size
+MAX_CHECK_TARGET = 1024
+MAX_CHECK_SECONDS = 86_400.0
 BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 # Patterns are matched whole (fullmatch) and on ASCII only: `$` would let "web\n" through, and
@@ -182,6 +192,111 @@ def _meta(value: object) -> dict[str, str]:
     return dict(value)
 
 
+def worst(states: Iterable[Health]) -> Health:
+    """The worst of some health states (critical over warning over passing)."""
+    rank = 0
+    for state in states:
+        rank = max(rank, HEALTH_STATES.index(state))
+    return HEALTH_STATES[rank]
+
+
+def _seconds(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidField(field, "must be a number of seconds")
+    if not 0 <= value <= MAX_CHECK_SECONDS:
+        raise InvalidField(field, f"must be 0-{MAX_CHECK_SECONDS:.0f} seconds")
+    return float(value)
+
+
+def _text(value: object, field: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidField(field, "must be a string")
+    if len(value) > limit:
+        raise InvalidField(field, f"must be at most {limit} characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One named health check of an instance, Consul-shaped: its status is part of the
+    instance's health, so every consumer (DNS, LB, Consul API) sees what the check saw."""
+
+    id: str
+    name: str
+    kind: CheckKind
+    status: Health = "critical"
+    output: str = ""
+    changed: float = 0.0  # wall clock of the last status change
+    target: str = ""  # what is probed: a URL, host:port, a command, "" for ttl/docker
+    interval: float = 0.0
+    timeout: float = 0.0
+    ttl: float = 0.0  # ttl checks: a report must come within this many seconds
+    expires_at: float = 0.0  # ttl checks: wall clock after which no report means critical
+    deregister_after: float = 0.0  # critical this long: the instance is removed (0: never)
+
+    def __post_init__(self) -> None:
+        identifier(self.id, "checks.id")
+        _text(self.name, "checks.name", MAX_CHECK_TARGET)
+        if self.kind not in CHECK_KINDS:
+            raise InvalidField("checks.kind", f"must be one of {', '.join(CHECK_KINDS)}")
+        if self.status not in HEALTH_STATES:
+            raise InvalidField("checks.status", f"must be one of {', '.join(HEALTH_STATES)}")
+        setattr_ = object.__setattr__
+        # Consul truncates long output rather than refusing the update; so does pilotfish.
+        setattr_(self, "output", _text(self.output, "checks.output", 1 << 20)[:MAX_CHECK_OUTPUT])
+        _text(self.target, "checks.target", MAX_CHECK_TARGET)
+        if (isinstance(self.changed, bool) or not isinstance(self.changed, int | float)
+                or not math.isfinite(self.changed) or self.changed < 0):
+            raise InvalidField("checks.changed", "must be a wall-clock time in seconds")
+        setattr_(self, "changed", float(self.changed))
+        for name in ("interval", "timeout", "ttl", "deregister_after"):
+            setattr_(self, name, _seconds(getattr(self, name), f"checks.{name}"))
+        if (isinstance(self.expires_at, bool) or not isinstance(self.expires_at, int | float)
+                or not math.isfinite(self.expires_at) or self.expires_at < 0):
+            raise InvalidField("checks.expires_at", "must be a wall-clock time in seconds")
+        setattr_(self, "expires_at", float(self.expires_at))
+
+    def status_at(self, now: float) -> Health:
+        """The status as of `now`: a ttl check whose report is overdue is critical."""
+        if self.kind == "ttl" and self.expires_at and now > self.expires_at:
+            return "critical"
+        return self.status
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form used by the API and stored by backends."""
+        return {"id": self.id, "name": self.name, "kind": self.kind, "status": self.status,
+                "output": self.output, "changed": self.changed, "target": self.target,
+                "interval": self.interval, "timeout": self.timeout, "ttl": self.ttl,
+                "expires_at": self.expires_at, "deregister_after": self.deregister_after}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Check:
+        """Rebuild (and revalidate) a check from its JSON form."""
+        if not isinstance(data, Mapping):
+            raise InvalidField("checks", "each check must be an object")
+        known = {name: data[name] for name in CHECK_FIELDS if name in data}
+        for name in ("id", "name", "kind"):
+            if name not in known:
+                raise InvalidField(f"checks.{name}", "is required")
+        return cls(**known)
+
+
+CHECK_FIELDS = ("id", "name", "kind", "status", "output", "changed", "target", "interval",
+                "timeout", "ttl", "expires_at", "deregister_after")
+
+
+def _checks(value: object) -> tuple[Check, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidField("checks", "must be a list of checks")
+    checks = tuple(c if isinstance(c, Check) else Check.from_dict(c) for c in value)
+    if len(checks) > MAX_CHECKS:
+        raise InvalidField("checks", f"at most {MAX_CHECKS} checks per instance")
+    ids = [c.id for c in checks]
+    if len(set(ids)) != len(ids):
+        raise InvalidField("checks.id", "check ids must be unique within an instance")
+    return checks
+
+
 @dataclass(frozen=True, slots=True)
 class Instance:
     """One reachable endpoint of a service, attached to the lease that keeps it alive."""
@@ -194,7 +309,8 @@ class Instance:
     tags: tuple[str, ...] = ()
     meta: Mapping[str, str] = field(default_factory=dict)
     weight: int = 1
-    health: Health = "passing"
+    health: Health = "passing"  # the container's own state (Docker health, kill/stop)
+    checks: tuple[Check, ...] = ()
 
     def __post_init__(self) -> None:
         setattr_ = object.__setattr__
@@ -208,11 +324,20 @@ class Instance:
         bounded_int(self.weight, "weight", 1, 65535)
         if self.health not in HEALTH_STATES:
             raise InvalidField("health", f"must be one of {', '.join(HEALTH_STATES)}")
+        setattr_(self, "checks", _checks(self.checks))
+
+    def overall_health(self, now: float | None = None) -> Health:
+        """The worst of the instance's own health and its checks' statuses (as of `now`)."""
+        if not self.checks:
+            return self.health
+        moment = time.time() if now is None else now
+        return worst((self.health, *(c.status_at(moment) for c in self.checks)))
 
     @property
     def serving(self) -> bool:
-        """Whether consumers (DNS, LB) should hand this instance out."""
-        return self.health != "critical"
+        """Whether consumers (DNS, LB) should hand this instance out: anything but critical,
+        as Consul's DNS does by default (only_passing = false)."""
+        return self.overall_health() != "critical"
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form used by the API and by backends that store documents."""
@@ -225,6 +350,7 @@ class Instance:
             "meta": dict(self.meta),
             "weight": self.weight,
             "health": self.health,
+            "checks": [c.to_dict() for c in self.checks],
             "lease": self.lease,
         }
 
@@ -241,6 +367,7 @@ class Instance:
             meta=data.get("meta", {}),
             weight=data.get("weight", 1),
             health=data.get("health", "passing"),
+            checks=data.get("checks", ()),
         )
 
 
