@@ -277,6 +277,7 @@ class ContainerFollower:
             name = str(details.get("Name", "")).lstrip("/")
             for skip in decision.skipped:
                 log.info("sidecar: %s: not registered (%s): %s", name, skip.reason, skip.detail)
+        _log_bad_checks(details, decision, previous)
         for renamed in decision.renamed:
             if renamed not in self._renames_logged:
                 if len(self._renames_logged) >= MAX_RENAMES_LOGGED:
@@ -309,3 +310,15 @@ class ContainerFollower:
                 counts[skip.reason] = counts.get(skip.reason, 0) + 1
         return counts.items()
 
+
+
+def _bad_checks(decision: Decision | None) -> set[tuple[str, str]]:
+    return {(i.id, c.output) for i in (decision.instances if decision else ())
+            for c in i.checks if c.kind == "sidecar"}
+
+
+def _log_bad_checks(details: Details, decision: Decision, previous: Decision | None) -> None:
+    """One line per instance whose check settings cannot be used (when that is new)."""
+    name = str(details.get("Name", "")).lstrip("/")
+    for instance_id, output in sorted(_bad_checks(decision) - _bad_checks(previous)):
+        log.warning("sidecar: %s: %s registered critical: %s", name, instance_id, output)
