@@ -137,19 +137,35 @@ async def wait_for(condition: object, timeout: float) -> None:
         await asyncio.sleep(0.01)
 
 
+def mend(health: Path, ok: bool) -> None:
+    """Make A's check pass (the file is there) or fail (it is not: 404)."""
+    if ok:
+        health.write_text("ok\n")
+    else:
+        health.unlink()
+
+
+def http_servers(count: int) -> tuple[subprocess.Popen[str], list[int]]:
+    """The lightweight HTTP servers (another process): it, and their ports."""
+    servers = subprocess.Popen([sys.executable, "-c", SERVERS, str(count)],
+                               stdout=subprocess.PIPE, text=True)
+    assert servers.stdout is not None
+    return servers, [int(p) for p in servers.stdout.readline().split()]
+
+
 async def flaps(watcher: Watcher, health: Path, tries: int) -> tuple[list[float], list[float]]:
     """Break and mend A's check `tries` times; the out and in latencies."""
     outs, ins = [], []
     for _ in range(tries):
         await asyncio.sleep(random.uniform(0, INTERVAL))
         since = time.monotonic()
-        health.unlink()
+        mend(health, False)
         await wait_for(lambda s=since: any(t > s and not h for t, h in watcher.dns), 10)
         await asyncio.sleep(0.3)
         outs.append(watcher.out_after(since))
         await asyncio.sleep(random.uniform(0, INTERVAL))
         since = time.monotonic()
-        health.write_text("ok\n")
+        mend(health, True)
         await wait_for(lambda s=since: any(t > s and h for t, h in watcher.dns)
                        and any(t > s and w == "a" for t, w in watcher.lb), 10)
         ins.append(watcher.in_after(since))
@@ -182,11 +198,8 @@ async def stop_draining(engine: DockerEngine, watcher: Watcher) -> tuple[int, in
 
 async def cpu_of_checks(count: int, seconds: float) -> float:
     """Percent of one core the checker uses for `count` HTTP checks at 1 s."""
-    servers = subprocess.Popen([sys.executable, "-c", SERVERS, str(count)],
-                               stdout=subprocess.PIPE, text=True)
+    servers, ports = http_servers(count)
     try:
-        assert servers.stdout is not None
-        ports = [int(p) for p in servers.stdout.readline().split()]
         changes = 0
 
         def changed() -> None:
