@@ -24,6 +24,10 @@ from pydantic_core import PydanticCustomError
 
 from pilotfish.catalog.model import (
     ID_PATTERN,
+    MAX_CHECK_OUTPUT,
+    MAX_CHECK_SECONDS,
+    MAX_CHECK_TARGET,
+    MAX_CHECKS,
     MAX_META,
     MAX_META_VALUE,
     MAX_TAGS,
@@ -36,6 +40,7 @@ from pilotfish.catalog.model import (
     SERVICE_PATTERN,
     TAG_PATTERN,
     UNUSABLE_ADDRESS_PATTERNS,
+    Check,
     InvalidField,
     ip_literal,
 )
@@ -92,6 +97,51 @@ class LeaseBody(BaseModel):
     owner: StrictStr = Field(default="", pattern=_anchored(OWNER_PATTERN))
 
 
+Seconds = Annotated[StrictFloat, Field(ge=0, le=MAX_CHECK_SECONDS, allow_inf_nan=False)]
+WallClock = Annotated[StrictFloat, Field(ge=0, le=1e11, allow_inf_nan=False,
+                                         description="wall-clock seconds since the epoch")]
+CheckStatus = Literal["passing", "warning", "critical"]
+CheckKindName = Literal["http", "https", "tcp", "script", "ttl", "docker", "sidecar"]
+
+
+class CheckBody(BaseModel):
+    """One health check of an instance (Consul-shaped): what is probed, and its last result."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: StrictStr = Field(pattern=ID, description="unique within the instance")
+    name: StrictStr = Field(default="", max_length=MAX_CHECK_TARGET,
+                            description="shown to people; the id when empty")
+    kind: CheckKindName
+    status: CheckStatus = "critical"
+    output: StrictStr = Field(default="", max_length=MAX_CHECK_OUTPUT)
+    changed: WallClock = 0.0
+    target: StrictStr = Field(default="", max_length=MAX_CHECK_TARGET,
+                              description="what is probed: a URL, host:port, a command")
+    interval: Seconds = 0.0
+    timeout: Seconds = 0.0
+    ttl: Seconds = Field(default=0.0, description="ttl checks: report within this many seconds")
+    expires_at: WallClock = 0.0
+    deregister_after: Seconds = Field(
+        default=0.0, description="critical this long: the instance is deregistered (0: never)")
+
+
+class CheckOut(BaseModel):
+    """A check as the API shows it."""
+
+    id: str
+    name: str
+    kind: CheckKindName
+    status: CheckStatus
+    output: str
+    changed: float
+    target: str
+    interval: float
+    timeout: float
+    ttl: float
+    expires_at: float
+    deregister_after: float
+
+
 class InstanceBody(BaseModel):
     """PUT /v1/services/{service}/instances/{id}: the lease, or a ttl for a lease of its own."""
 
@@ -114,8 +164,22 @@ class InstanceBody(BaseModel):
                            "description": "SRV priority in DNS (default 1)"}}})
     weight: Whole = Field(default=1, ge=1, le=65535)
     health: Literal["passing", "warning", "critical"] = "passing"
+    checks: list[CheckBody] = Field(default_factory=list, max_length=MAX_CHECKS,
+                                    description="ids unique within the instance")
     lease: StrictStr = Field(default="", pattern=ID, json_schema_extra=_no_default)
     ttl: Ttl = Field(default=0.0, json_schema_extra=_no_default)
+
+
+def checks_of(bodies: list[CheckBody]) -> tuple[Check, ...]:
+    """The checks of a request body: a repeated id replaces the earlier one (as Consul's agent
+    does), and a check without a name is named by its id."""
+    by_id: dict[str, Check] = {}
+    for body in bodies:
+        fields = body.model_dump()
+        fields["name"] = fields["name"] or body.id
+        by_id.pop(body.id, None)
+        by_id[body.id] = Check(**fields)
+    return tuple(by_id.values())
 
 
 class ErrorBody(BaseModel):
@@ -151,6 +215,7 @@ class InstanceOut(BaseModel):
     meta: dict[str, str]
     weight: int
     health: Literal["passing", "warning", "critical"]
+    checks: list[CheckOut] = Field(default_factory=list)
     lease: str
 
 
@@ -197,9 +262,23 @@ async def parse_body(request: Request, model: type[B], limit: int = DEFAULT_MAX_
         raise RequestValidationError(exc.errors()) from None
 
 
+def _inlined(node: Any, defs: dict[str, Any]) -> Any:
+    """A JSON schema with its local `#/$defs/...` references replaced by what they name."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inlined(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inlined(item, defs) for item in node]
+    return node
+
+
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI requestBody of a handler that parses its body itself (parse_body)."""
-    schema = {"content": {"application/json": {"schema": model.model_json_schema()}}}
+    """The OpenAPI requestBody of a handler that parses its body itself (parse_body): its
+    nested models inlined, since `$defs` would not resolve from the document's root."""
+    raw = model.model_json_schema()
+    schema = {"content": {"application/json": {"schema": _inlined(raw, raw.get("$defs", {}))}}}
     return {"requestBody": {"required": True, **schema}}
 
 

@@ -18,6 +18,7 @@ from pilotfish.registry.bodies import (
     InstanceBody,
     InstancePath,
     ServicePath,
+    checks_of,
     own_lease_owner,
     parse_body,
 )
@@ -46,7 +47,8 @@ class InstanceHandlers:
             raise ApiError(
                 400, "invalid", "give exactly one of lease or ttl: every registration expires "
                 "unless kept alive", "lease" if "lease" in given else "ttl")
-        fields = body.model_dump(exclude={"lease", "ttl"})
+        fields = body.model_dump(exclude={"lease", "ttl", "checks"})
+        fields["checks"] = checks_of(body.checks)
         if token is not None:  # an id registered under another service moves: write it too
             current = (await bounded(self.catalog.snapshot())).get(instance_id)
             if current is not None and current.service != service:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from pilotfish.catalog.model import Health, Instance, InvalidField
+from pilotfish.catalog.model import Check, Health, Instance, InvalidField
 
 log = logging.getLogger(__name__.rpartition(".")[0])  # the package's logger
 
@@ -18,6 +19,13 @@ ENTRY_PREFIX = "pilotfish/config/"
 META_LEASE = "pilotfish-lease"
 META_HEALTH = "pilotfish-health"
 CHECK_PREFIX = "pilotfish:"
+# A pilotfish check is one Consul TTL check "pilotfish-check:<instance id>:<check id>" (the
+# instance id is the check's ServiceID, so a ':' in it is no ambiguity), whose Status is the
+# check's (Consul's own DNS and UI agree with pilotfish) and whose Notes hold the whole check
+# as JSON (Consul has no field for kind, target, output at registration). Its TTL is long:
+# pilotfish decides the status, Consul's TTL clock must never flip it.
+CHECKS_PREFIX = "pilotfish-check:"
+CHECK_HOLD_TTL = "8760h"
 CONSUL_MAX_META = 64
 DEFAULT_DEREGISTER_AFTER = 60  # Consul's documented minimum for DeregisterCriticalServiceAfter
 REQUEST_TIMEOUT = 3.0
@@ -56,12 +64,45 @@ def _from_agent(service: Mapping[str, Any]) -> Instance | None:
         return None
 
 
+def check_id_of(instance_id: str, check_id: str) -> str:
+    """The Consul CheckID of one pilotfish check of an instance."""
+    return f"{CHECKS_PREFIX}{instance_id}:{check_id}"
+
+
+def consul_checks(instance: Instance) -> list[dict[str, Any]]:
+    """An instance's pilotfish checks as Consul check definitions (see CHECKS_PREFIX)."""
+    return [{"CheckID": check_id_of(instance.id, c.id), "Name": c.name or c.id,
+             "Notes": json.dumps({**c.to_dict(), "order": n}, separators=(",", ":")),
+             "TTL": CHECK_HOLD_TTL, "Status": c.status} for n, c in enumerate(instance.checks)]
+
+
+def pilotfish_checks(service_id: str, checks: Iterable[Mapping[str, Any]]
+                     ) -> tuple[tuple[Check, ...], list[Mapping[str, Any]]]:
+    """Split Consul's checks of a service: the pilotfish checks (from their Notes), and the
+    rest (the lease check, Consul's own node checks)."""
+    prefix = f"{CHECKS_PREFIX}{service_id}:"
+    ours: list[tuple[int, Check]] = []
+    others: list[Mapping[str, Any]] = []
+    for check in checks:
+        if not str(check.get("CheckID", "")).startswith(prefix):
+            others.append(check)
+            continue
+        try:
+            data = json.loads(str(check.get("Notes") or ""))
+            ours.append((int(data.get("order", 0)), Check.from_dict(data)))
+        except (InvalidField, ValueError, TypeError, AttributeError) as exc:
+            log.warning("ignoring consul check %s: %s", check.get("CheckID"), exc)
+    ours.sort(key=lambda pair: pair[0])  # the order they were registered in
+    return tuple(c for _, c in ours), others
+
+
 def _version(node: Mapping[str, Any]) -> tuple[Any, ...]:
     """The parts of a health entry that change when the instance does."""
     service = node.get("Service") or {}
     return (service.get("CreateIndex"), service.get("ModifyIndex"),
             (service.get("Meta") or {}).get(META_LEASE), (node.get("Node") or {}).get("Node"),
-            tuple((c.get("CheckID"), c.get("Status")) for c in node.get("Checks") or ()))
+            tuple((c.get("CheckID"), c.get("Status"), c.get("Notes"))
+                  for c in node.get("Checks") or ()))
 
 
 def _from_health(node: Mapping[str, Any], version: tuple[Any, ...]) -> _Entry | None:
@@ -69,7 +110,10 @@ def _from_health(node: Mapping[str, Any], version: tuple[Any, ...]) -> _Entry | 
     instance = _from_agent(node.get("Service") or {})
     if instance is None:
         return None
-    statuses: Iterable[str] = (str(c.get("Status")) for c in node.get("Checks") or ())
+    checks, others = pilotfish_checks(instance.id, node.get("Checks") or ())
+    if checks:
+        instance = replace(instance, checks=checks)
+    statuses: Iterable[str] = (str(c.get("Status")) for c in others)
     worst: Health = instance.health
     for status in statuses:
         if status == "critical":

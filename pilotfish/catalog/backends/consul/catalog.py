@@ -21,13 +21,15 @@ from pilotfish.catalog.backends.consul.agent import (
     META_LEASE,
     PASS_CONCURRENCY,
     _from_agent,
+    consul_checks,
     log,
+    pilotfish_checks,
 )
 from pilotfish.catalog.backends.consul.reaper import ConsulReaper
 from pilotfish.catalog.backends.stored import Conflict, StoredLease, retry_on_conflict
 from pilotfish.catalog.entries import ConfigEntry, decode_entry
 from pilotfish.catalog.interface import BackendUnavailable, EntryConflict, UnknownLease
-from pilotfish.catalog.model import MAX_META, Instance, InvalidField, Lease
+from pilotfish.catalog.model import MAX_META, Check, Instance, InvalidField, Lease
 from pilotfish.loop import cancel_and_wait
 
 
@@ -157,6 +159,8 @@ class ConsulCatalog(ConsulReaper):
             raise UnknownLease(instance.lease)
         existing = await self._call(self._get(f"/v1/agent/service/{instance.id}"))
         previous = _from_agent(existing) if existing else None
+        if previous is not None and previous == replace(instance, checks=()):
+            previous = replace(previous, checks=await self._agent_checks(instance.id))
         if previous == instance:
             self._registered[instance.id] = instance.lease
             return False
@@ -177,7 +181,7 @@ class ConsulCatalog(ConsulReaper):
                 instance.service, service_id=instance.id, address=instance.address,
                 port=instance.port, tags=list(instance.tags), meta=meta, check=check,
                 weights={"Passing": instance.weight, "Warning": 1},
-                replace_existing_checks=True,
+                extra_checks=consul_checks(instance), replace_existing_checks=True,
             ))
         except BadRequest as exc:
             raise InvalidField("instance", f"consul refused the registration: {exc}") from exc
@@ -188,6 +192,13 @@ class ConsulCatalog(ConsulReaper):
             self._registered.pop(instance.id, None)
             raise UnknownLease(instance.lease)
         return existing is None
+
+    async def _agent_checks(self, instance_id: str) -> tuple[Check, ...]:
+        """The pilotfish checks the agent holds for one of its services."""
+        selector = 'ServiceID == "' + instance_id + '"'  # an id has no quote or backslash
+        found = await self._call(self._get("/v1/agent/checks", [("filter", selector)]))
+        mine = [c for c in (found or {}).values() if c.get("ServiceID") == instance_id]
+        return pilotfish_checks(instance_id, mine)[0]
 
     async def _deregister(self, instance_id: str) -> Instance | None:
         existing = await self._call(self._get(f"/v1/agent/service/{instance_id}"))

@@ -95,10 +95,11 @@ class ConsulClient(CachedCatalog):
                 raise
             raise BackendUnavailable(f"consul at {self.address} failed: {exc}") from exc
 
-    def _get(self, path: str) -> Awaitable[Any]:
+    def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> Awaitable[Any]:
         """GET an agent endpoint py-consul wraps without the token header."""
         headers = self._writer.prepare_headers()
-        return self._writer.http.get(CB.json(), path, headers=headers)  # type: ignore[no-any-return]
+        return self._writer.http.get(  # type: ignore[no-any-return]
+            CB.json(), path, params=params, headers=headers)
 
     async def _node_name(self) -> str:
         info = await self._call(self._get("/v1/agent/self"))
