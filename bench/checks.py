@@ -14,7 +14,8 @@ app that drains.
 2. CPU: the sidecar's checker (the same scheduler and probes the sidecar runs) with 200 HTTP
    checks at 1 s, each to its own port of a lightweight HTTP server running in another
    process (asyncio, 200 listeners), not containers: starting 200 containers would measure
-   dockerd. The checker's process CPU time over --cpu-seconds, as a share of one core.
+   dockerd. The checker's process CPU time as a share of one core: the median of
+   5 windows over --cpu-seconds.
 3. `docker stop` (grace 10 s) of A, which drains for 3 s after SIGTERM, while requests keep
    going through the LB: requests started after Docker's `kill` event that A answered
    (new connections), and requests that failed.
@@ -52,6 +53,7 @@ from tests.fixtures.process import start_pilotfish
 from tests.fixtures.servers import free_port
 
 INTERVAL = 1.0
+WINDOWS = 5  # the CPU share is the median over this many windows
 SERVICE = "app"
 SERVERS = """
 import asyncio, sys, uvloop
@@ -214,13 +216,17 @@ async def cpu_of_checks(count: int, seconds: float) -> float:
             for n, port in enumerate(ports)])
         await checker.start()
         await asyncio.sleep(3)  # every check probed, passing
-        cpu, wall, probes = time.process_time(), time.monotonic(), checker.probes
-        await asyncio.sleep(seconds)
-        used = (time.process_time() - cpu) / (time.monotonic() - wall) * 100
+        shares, probes = [], checker.probes
+        for _ in range(WINDOWS):
+            cpu, wall = time.process_time(), time.monotonic()
+            await asyncio.sleep(seconds / WINDOWS)
+            shares.append((time.process_time() - cpu) / (time.monotonic() - wall) * 100)
         rate = (checker.probes - probes) / seconds
         await checker.stop()
+        used = statistics.median(shares)
         print(f"checker: {count} HTTP checks at {INTERVAL:g}s: {rate:.0f} probes/s, "
-              f"{used:.1f}% of a core, {changes} status changes reported")
+              f"{used:.1f}% of a core (median of {WINDOWS} windows: "
+              f"{', '.join(f'{s:.1f}' for s in shares)}), {changes} status changes reported")
         return used
     finally:
         servers.terminate()

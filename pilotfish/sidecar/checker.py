@@ -26,6 +26,7 @@ PROBED = frozenset({"http", "https", "tcp", "script"})
 CONCURRENCY = 64
 FIRST_PROBE = 0.2  # seconds: the latest a new check's first probe starts
 OUTPUT_EVERY = 30.0  # seconds between writes of a changed output when the status stays
+SLACK = 0.005  # checks due this close together start on one wake-up of the timer
 
 
 @dataclass(eq=False, slots=True)
@@ -119,7 +120,7 @@ class Checker:
     async def _run(self) -> None:
         while True:
             now = time.monotonic()
-            while self._heap and self._heap[0][0] <= now:
+            while self._heap and self._heap[0][0] <= now + SLACK:
                 _, _, job = heapq.heappop(self._heap)
                 if not job.live:
                     continue
