@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Self
 
+from pilotfish.catalog.checks import merge_reports, unreported
 from pilotfish.catalog.entries import ConfigEntry, encode_entry, entry_name, entry_version
 from pilotfish.catalog.model import (
     Instance,
@@ -153,6 +154,8 @@ class Catalog(ABC):
         """Upsert an instance on its lease (UnknownLease if absent); True if it was new."""
         if not isinstance(instance, Instance):
             raise InvalidField("instance", "must be an Instance")
+        if any(unreported(c) for c in instance.checks):  # keep what the app reported
+            instance = merge_reports((await self.snapshot()).get(instance.id), instance)
         return await self._register(instance)
 
     async def deregister(self, instance_id: str) -> Instance | None:

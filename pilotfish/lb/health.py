@@ -44,18 +44,35 @@ def record(backend: Backend, ok: bool, settings: LbSettings) -> bool:
     return False
 
 
+def follow_registry(backend: Backend) -> bool:
+    """A backend whose instance has registry checks takes their verdict (`serving`) instead
+    of the LB's TCP connect, which a proxy in front of a dead app (docker-proxy) would pass;
+    returns True when that restores one the connects had marked down."""
+    if backend.healthy:
+        return False
+    backend.healthy, backend.checks_ok, backend.checks_failed = True, 0, 0
+    log.info("lb: %s follows its registry checks, not the LB's TCP check", backend.name)
+    return True
+
+
 async def check_forever(pools: Callable[[], list[Pool]], settings: LbSettings) -> None:
-    """Check every serving backend of every pool once per interval, all checks concurrently."""
+    """Check every serving backend of every pool once per interval, all checks concurrently
+    (those with registry checks excepted: the registry's verdict is theirs)."""
     while True:
         backends = {id(b): b for pool in pools() for b in pool.serving()}
-        targets = list(backends.values())
+        flipped = False
+        targets = []
+        for backend in backends.values():
+            if backend.instance.checks:
+                flipped |= follow_registry(backend)
+            else:
+                targets.append(backend)
         if targets:
             results = await asyncio.gather(*(tcp_check(b.address, b.port, settings.check_timeout)
                                              for b in targets))
-            flipped = False
             for backend, ok in zip(targets, results, strict=True):
                 flipped |= record(backend, ok, settings)
-            if flipped:
-                for pool in pools():
-                    pool.version += 1
+        if flipped:
+            for pool in pools():
+                pool.version += 1
         await asyncio.sleep(settings.check_interval)

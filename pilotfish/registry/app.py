@@ -51,6 +51,7 @@ from pilotfish.registry.certificates import (
     CertificateHandlers,
     CertificateOut,
 )
+from pilotfish.registry.checks import CheckHandlers, CheckReports, add_check_routes
 from pilotfish.registry.consul.routes import consul_router
 from pilotfish.registry.entries import EntryBody, EntryHandlers, EntryOut
 from pilotfish.registry.instances import InstanceHandlers
@@ -110,6 +111,8 @@ class RegistryApi:
         checks = AccessChecks(catalog, self.access)
         self.leases = LeaseHandlers(catalog, checks, max_body)
         self.instances = InstanceHandlers(catalog, checks, self.leases, max_body)
+        self.reports = CheckReports(catalog, checks)
+        self.checks = CheckHandlers(catalog, self.reports, max_body)
         self.reads = ReadHandlers(catalog, self._stopping)
         self.entries = EntryHandlers(catalog, max_body)
         self.intentions = IntentionHandlers(catalog, max_body)
@@ -195,6 +198,9 @@ class RegistryApi:
                         responses={**lease, 404: _error_doc("no such instance, or its lease "
                                                             "lapsed"),
                                    **_INVALID, **_WRITE, **_UNAVAILABLE})
+        add_check_routes(app, self.checks, {
+            **_ok(InstanceOut, description="reported"), **_INVALID, **_WRITE, **_UNAVAILABLE,
+            404: _error_doc("no such instance or check, or its lease lapsed")})
         r.add_api_route("/v1/catalog", reads.get_catalog, methods=["GET"],
                         responses={**_ok(InstancesOut, headers=True), **_INVALID,
                                    **_READ, **_UNAVAILABLE})
@@ -211,7 +217,7 @@ class RegistryApi:
                                        **_INVALID, **_WRITE})
             r.add_api_route("/v1/mesh/ca", self.certificates.roots, methods=["GET"],
                             responses={**_ok(CaOut), **_READ})
-        app.include_router(consul_router(self.catalog, self._stopping))
+        app.include_router(consul_router(self.catalog, self._stopping, self.reports))
 
         _answer_errors(app)
         app_with_acl = MethodGate(AccessControl(app, self.access), app)

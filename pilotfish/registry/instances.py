@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
+from pilotfish.catalog.checks import merge_checks, unreported
 from pilotfish.catalog.interface import Catalog, UnknownLease
 from pilotfish.catalog.model import Instance, identifier, service_name, ttl_seconds
 from pilotfish.http.errors import ApiError
@@ -49,6 +50,10 @@ class InstanceHandlers:
                 "unless kept alive", "lease" if "lease" in given else "ttl")
         fields = body.model_dump(exclude={"lease", "ttl", "checks"})
         fields["checks"] = checks_of(body.checks)
+        if any(unreported(c) for c in fields["checks"]):  # keep what the app reported
+            current = (await bounded(self.catalog.snapshot())).get(instance_id)
+            if current is not None:
+                fields["checks"] = merge_checks(current.checks, fields["checks"])
         if token is not None:  # an id registered under another service moves: write it too
             current = (await bounded(self.catalog.snapshot())).get(instance_id)
             if current is not None and current.service != service:

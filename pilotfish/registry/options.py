@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pilotfish.catalog.sweeper import CheckSweeper
 from pilotfish.config import env, parse_hostport, read_token
 from pilotfish.http.acl import AccessPolicy
 from pilotfish.http.server import HttpServer
@@ -62,7 +63,8 @@ def build(args: argparse.Namespace, stack: Stack) -> list[Component]:
 
     server = HttpServer(ui, parse_hostport(args.api, "--api"), before_stop=before_stop,
                         tls=tls_settings(args), metrics=stack.metrics)
+    sweeper = CheckSweeper(stack.catalog)  # the process taking ttl reports expires them
     if args.acl:
         stack.on_sighup(access.reload)
     stack.read_access = access
-    return [server]
+    return [server, sweeper]

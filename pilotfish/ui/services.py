@@ -6,16 +6,15 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 from urllib.parse import quote
 
 from pilotfish.catalog.interface import Snapshot
-from pilotfish.catalog.model import Instance, Lease
+from pilotfish.catalog.model import Check, Health, Instance, Lease
 from pilotfish.ui.html import ago, badge, count, esc, table
 
 MAX_ROWS = 500  # services listed, or instances on a service page; the search narrows them
 MAX_TAGS_SHOWN = 12
-HEALTH = ("passing", "warning", "critical")
+HEALTH: tuple[Health, ...] = ("passing", "warning", "critical")
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -29,6 +28,7 @@ def services_panel(snapshot: Snapshot, query: str = "") -> str:
     query = query.strip().lower()
     rows: list[str] = []
     shown = total = 0
+    now = time.time()
     for name, instances in snapshot.by_service().items():
         total += 1
         tags = sorted({tag for i in instances for tag in i.tags})
@@ -37,7 +37,8 @@ def services_panel(snapshot: Snapshot, query: str = "") -> str:
         shown += 1
         if shown > MAX_ROWS:
             continue
-        counts = {state: sum(1 for i in instances if i.health == state) for state in HEALTH}
+        states = [i.overall_health(now) for i in instances]
+        counts = {state: states.count(state) for state in HEALTH}
         health = " ".join(badge(state, f"{counts[state]} {state}") for state in HEALTH
                           if counts[state])
         tag_text = " ".join(f"<code>{esc(t, 64)}</code>" for t in tags[:MAX_TAGS_SHOWN])
@@ -98,6 +99,7 @@ def service_panel(snapshot: Snapshot, name: str, leases: Mapping[str, Lease | No
 
 
 def _instance_row(instance: Instance, lease: Lease | None, read: bool, now: float) -> str:
+    overall = instance.overall_health(now)  # the worst of the container's state and checks
     address = (f"[{instance.address}]:{instance.port}" if ":" in instance.address
                else f"{instance.address}:{instance.port}")
     tags = " ".join(f"<code>{esc(t, 64)}</code>" for t in instance.tags)
@@ -109,28 +111,24 @@ def _instance_row(instance: Instance, lease: Lease | None, read: bool, now: floa
     else:
         ttl_left = owner = "lapsed" if read else "—"
     return (f'<tr data-id="{esc(instance.id, 200)}"><td><code>{esc(instance.id)}</code></td>'
-            f'<td class="nowrap"><code>{esc(address)}</code></td><td>{badge(instance.health)}'
+            f'<td class="nowrap"><code>{esc(address)}</code></td><td>{badge(overall)}'
             f'</td><td class="num">{instance.weight}</td><td>{tags}</td><td>{meta}</td>'
             f'<td><code title="{esc(instance.lease)}">{esc(instance.lease, 12)}</code></td>'
             f'<td class="nowrap">{ttl_left}</td><td>{owner}</td>'
-            f"<td>{checks_table(getattr(instance, 'checks', ()))}</td></tr>")
+            f"<td>{checks_table(instance.checks, now)}</td></tr>")
 
 
-def _field(check: Any, name: str) -> Any:
-    return check.get(name) if isinstance(check, Mapping) else getattr(check, name, None)
-
-
-def checks_table(checks: Any) -> str:
-    """An instance's health checks (issue 22), when the catalog has them: a small table."""
+def checks_table(checks: Sequence[Check], now: float) -> str:
+    """An instance's health checks: name, kind, status (an overdue ttl check is critical),
+    when it last changed, output."""
     if not checks:
         return "—"
     rows = []
-    for check in list(checks)[:20]:
-        status = str(_field(check, "status") or "unknown")
-        changed = _field(check, "last_change") or _field(check, "changed_at")
-        when = ago(time.time() - changed) + " ago" if isinstance(changed, int | float) else ""
-        name = _field(check, "name") or _field(check, "id") or "check"
-        rows.append(f"<tr><td>{esc(name, 80)}</td><td>{esc(_field(check, 'kind') or '', 20)}"
-                    f"</td><td>{badge(status)}</td><td>{when}</td>"
-                    f'<td class="output">{esc(_field(check, "output") or "")}</td></tr>')
+    for check in checks:
+        when = ago(now - check.changed) + " ago" if check.changed else ""
+        title = f' title="{esc(check.target, 400)}"' if check.target else ""
+        rows.append(f'<tr data-check="{esc(check.id, 200)}"><td{title}>{esc(check.name, 80)}'
+                    f"</td><td>{esc(check.kind, 20)}</td><td>{badge(check.status_at(now))}</td>"
+                    f'<td class="nowrap">{when}</td>'
+                    f'<td class="output">{esc(check.output, 1000)}</td></tr>')
     return table(("Check", "Kind", "Status", "Changed", "Output"), rows, "checks")

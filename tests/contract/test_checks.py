@@ -87,3 +87,20 @@ async def test_an_overdue_ttl_check_is_critical_as_read_back(catalog: Catalog, u
     await asyncio.sleep(max(0.0, now + 1.05 - time.time()))
     assert seen.overall_health() == "critical" and not seen.serving
     assert seen.overall_health(now) == "passing"
+
+
+async def test_a_registrar_putting_an_instance_again_keeps_its_ttl_report(
+    catalog: Catalog, unique: str
+) -> None:
+    lease = await catalog.create_lease(30)
+    declared = Check(id="beat", name="heartbeat", kind="ttl", ttl=30.0)  # no report: changed 0
+    instance = checked(f"chm-{unique}", f"m-{unique}", lease.id, declared, HTTP)
+    await catalog.register(instance)
+    now = time.time()
+    reported = replace(declared, status="passing", output="ok", changed=now, expires_at=now + 30)
+    await catalog.register(replace(instance, checks=(reported, HTTP)))
+    await wait_until(catalog, lambda s: (i := s.get(f"m-{unique}")) is not None and i.serving, 5)
+    assert await catalog.register(instance) is False  # the registrar's copy, after an outage
+    snapshot = await wait_until(catalog, lambda s: s.get(f"m-{unique}"), 5)
+    seen = snapshot.get(f"m-{unique}")
+    assert seen is not None and seen.checks == (reported, HTTP)

@@ -337,3 +337,26 @@ def test_acl_mistakes_are_named(data: dict[str, Any], message: str) -> None:
         parse_acl(data)
     assert message in str(caught.value)
     assert "12345678" not in str(caught.value)  # secrets never echoed
+
+
+async def test_check_reports_are_the_instance_writers_only(api: Api) -> None:
+    lease = await api.as_("web-team", "POST", "/v1/leases", {"ttl": 30})
+    lease_id = lease.json()["id"]
+    made = await api.as_("web-team", "PUT", "/v1/services/web/instances/beat-1", {
+        "address": "10.0.0.4", "port": 80, "lease": lease_id,
+        "checks": [{"id": "app", "kind": "ttl", "ttl": 30}]})
+    assert made.status_code == 201, made.text
+    rest = "/v1/services/web/instances/beat-1/checks/app/pass"
+    consul = "/v1/agent/check/pass/beat-1:app"
+    assert (await api.as_(None, "PUT", rest)).status_code == 401
+    assert (await api.as_("reader", "PUT", rest)).status_code == 403
+    assert (await api.as_("db-team", "PUT", rest)).status_code == 403  # no write:web
+    assert (await api.as_("web-other", "PUT", rest)).status_code == 403  # another's lease
+    refused = await api.as_("web-other", "PUT", consul)
+    assert refused.status_code == 403 and refused.text.startswith("Permission denied")
+    assert (await api.as_(None, "PUT", consul)).status_code == 403  # Consul never says 401
+    stored = (await api.catalog.snapshot()).get("beat-1")
+    assert stored is not None and stored.checks[0].status == "critical"  # nothing changed
+    assert (await api.as_("web-team", "PUT", rest)).status_code == 200
+    assert (await api.as_("web-team", "PUT", consul.replace("pass", "warn"))).status_code == 200
+    assert (await api.as_("ops", "PUT", consul)).status_code == 200

@@ -4,25 +4,35 @@ DNS names of a service, long lists cut with a note, DNS rates from counters."""
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 from pilotfish.catalog.interface import Snapshot
-from pilotfish.catalog.model import Instance
+from pilotfish.catalog.model import Check, Instance
 from pilotfish.ui.board import DnsRates
 from pilotfish.ui.services import MAX_ROWS, checks_table, dns_names, services_panel
 
 
-def test_checks_render_from_dicts_or_objects_and_escape_their_output() -> None:
-    checks = [{"id": "c1", "name": "http", "kind": "http", "status": "critical",
-               "output": "<b>503</b>", "last_change": time.time() - 30},
-              SimpleNamespace(id="c2", name="tcp", kind="tcp", status="passing", output="ok",
-                              last_change=None)]
-    html = checks_table(checks)
-    assert html.count("<tr>") == 3  # header and two checks
-    assert '<span class="badge critical">critical</span>' in html
+def test_checks_render_with_status_change_time_and_escaped_output() -> None:
+    now = time.time()
+    checks = (Check(id="c1", name="http", kind="http", status="critical", output="<b>503</b>",
+                    changed=now - 30),
+              Check(id="c2", name="tcp", kind="tcp", status="passing", output="ok"),
+              Check(id="c3", name="beat", kind="ttl", status="passing", expires_at=now - 1))
+    html = checks_table(checks, now)
+    assert html.count("<tr") == 4  # header and three checks
+    assert html.count('<span class="badge critical">critical</span>') == 2  # c3 is overdue
     assert "&lt;b&gt;503&lt;/b&gt;" in html and "<b>503" not in html
     assert "30 s ago" in html
-    assert checks_table(()) == "—"
+    assert checks_table((), now) == "—"
+
+
+def test_a_service_counts_its_instances_by_their_overall_health() -> None:
+    failing = Check(id="c", name="c", kind="tcp", status="critical")
+    snapshot = Snapshot(3, [Instance(service="web", id="w1", address="127.0.0.1", port=80,
+                                     lease="l"),
+                            Instance(service="web", id="w2", address="127.0.0.1", port=81,
+                                     lease="l", checks=(failing,))])
+    html = services_panel(snapshot)
+    assert "1 passing" in html and "1 critical" in html
 
 
 def test_dns_names_include_tag_forms_that_are_dns_labels() -> None:

@@ -26,6 +26,8 @@ from pilotfish.http.errors import ApiError
 from pilotfish.http.long_polls import RETRY_AFTER, TooManyWaiting, slot_of
 from pilotfish.registry.bodies import parse_wait
 from pilotfish.registry.calls import bounded
+from pilotfish.registry.checks import CheckReports
+from pilotfish.registry.consul.agent_checks import AgentChecks
 from pilotfish.registry.consul.blocking import Blocker
 from pilotfish.registry.consul.dialect import ERROR_DOCS, ConsulError, plain_text
 from pilotfish.registry.consul.filter import FilterError, Item, compile_filter_paced
@@ -278,7 +280,7 @@ class ConsulApi:
 
         async def render(model: Model, query: Query) -> Any:
             entries = [e for e in self._selected(model, service, tags, query)
-                       if not passing or e.instance.health == "passing"]
+                       if not passing or e.instance.overall_health() == "passing"]
             items = await self._shaped.items(
                 model, "health", entries, lambda e: health_entry_json(e, model.datacenter))
             return await query.kept("health", items)
@@ -311,12 +313,12 @@ class ConsulApi:
         return await self._blocking(request, ("node", node), render)
 
     async def health_checks(self, service: str, request: Request) -> Response:
-        """GET /v1/health/checks/{service}: the service check of each of its instances."""
+        """GET /v1/health/checks/{service}: the service checks of each of its instances."""
 
         async def render(model: Model, query: Query) -> Any:
-            pairs = await self._shaped.items(
+            shaped = await self._shaped.items(
                 model, "checks", self._selected(model, service, (), query), checks_json)
-            checks = [pair[1] for pair in pairs]
+            checks = [check for each in shaped for check in each[1:]]
             return await query.kept("check", checks)
 
         return await self._blocking(request, ("checks", service.lower()), render)
@@ -334,10 +336,11 @@ class ConsulApi:
             pairs = await self._shaped.items(model, "checks", entries, checks_json)
             checks: dict[str, dict[str, Any]] = {}
             pacer = Pacer()
-            for entry, (node_check, service_check) in zip(entries, pairs, strict=True):
+            for entry, (node_check, *service_checks) in zip(entries, pairs, strict=True):
                 await pacer.step()
                 checks.setdefault(f"{entry.node.name}/serfHealth", node_check)
-                checks[f"{entry.node.name}/{service_check['CheckID']}"] = service_check
+                for check in service_checks:
+                    checks[f"{entry.node.name}/{check['CheckID']}"] = check
             return await query.kept("check", [c for c in checks.values()
                                               if state == "any" or c["Status"] == state])
 
@@ -391,10 +394,15 @@ class ConsulApi:
         return router
 
 
-def consul_router(catalog: Catalog, stopping: asyncio.Event) -> APIRouter:
-    """The Consul-compatible read routes, for the registry API app to include.
+def consul_router(catalog: Catalog, stopping: asyncio.Event,
+                  reports: CheckReports | None = None) -> APIRouter:
+    """The Consul-compatible routes (reads; with `reports`, the agent's TTL check writes), for
+    the registry API app to include.
 
     Tokens (X-Consul-Token, ?token=, a bearer token) are checked by the API's ACL middleware
     (pilotfish.registry.access), which answers these paths through dialect.consul_denied.
     """
-    return ConsulApi(catalog, stopping).router
+    router = ConsulApi(catalog, stopping).router
+    if reports is not None:
+        AgentChecks(catalog, reports).add_routes(router)
+    return router

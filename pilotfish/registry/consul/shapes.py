@@ -15,8 +15,9 @@ so one is derived from what the catalog knows, stably:
 
 So every instance of one registrar (a sidecar's host) at one address shares a node, and the same
 instance keeps its node across restarts of pilotfish. Health: one `serfHealth` check (passing:
-the node is in the catalog because its lease is alive) and one `service:<id>` TTL check whose
-status is the instance's `health`; a lease about to lapse is still passing.
+the node is in the catalog because its lease is alive), one `service:<id>` TTL check whose
+status is the instance's `health` (the container's own state; a lease about to lapse is still
+passing), and one check per pilotfish check of the instance (`<id>:<check id>`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import functools
 import ipaddress
 import re
+import time
 import uuid
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -280,16 +282,36 @@ def _check(entry: Entry, check_id: str, name: str, status: str, output: str,
     }
 
 
-def checks_json(entry: Entry) -> list[dict[str, Any]]:
-    """The node's serfHealth check and the instance's own check, status from its health."""
+CHECK_TYPES = {"http": "http", "https": "http", "tcp": "tcp", "script": "script", "ttl": "ttl",
+               "docker": "docker", "sidecar": ""}
+
+
+def _duration(seconds: float) -> str:
+    """A Consul duration ("10s", "1.5s"); "" for none."""
+    return f"{seconds:g}s" if seconds else ""
+
+
+def checks_json(entry: Entry, now: float | None = None) -> list[dict[str, Any]]:
+    """The node's serfHealth check, the instance's own check (status: its health, the
+    container's state), then one per pilotfish check, CheckID `<instance id>:<check id>`."""
     instance = entry.instance
-    return [
+    shaped = [
         _check(entry, "serfHealth", "Serf Health Status", "passing",
                "Agent alive and reachable", service=False),
         _check(entry, f"service:{instance.id}", f"Service '{instance.service}' check",
                instance.health, f"pilotfish: instance health is {instance.health}",
                service=True),
     ]
+    moment = time.time() if now is None else now
+    for check in instance.checks:
+        item = _check(entry, f"{instance.id}:{check.id}", check.name, check.status_at(moment),
+                      check.output, service=True)
+        item.update(Type=CHECK_TYPES[check.kind], Interval=_duration(check.interval),
+                    Timeout=_duration(check.timeout))
+        if check.kind == "ttl":
+            item["Definition"] = {"TTL": _duration(check.ttl)}
+        shaped.append(item)
+    return shaped
 
 
 def health_entry_json(entry: Entry, datacenter: str) -> dict[str, Any]:
