@@ -96,3 +96,42 @@ async def test_a_draining_app_gets_no_new_connection_after_docker_stop(
     assert drained > 2.5  # the app drained while requests went on
     assert late == [] and failures == []
     assert any(t > stopped + 0.5 for t, _ in answers)
+
+
+async def test_a_ttl_report_survives_the_sidecar_putting_the_instance_again(
+    up: tuple[Registry, int], docker: DockerEngine, unique: str,
+) -> None:
+    """The app reports its ttl check through the REST API; when the sidecar re-registers the
+    instance (its HTTP check changed), the report stays."""
+    registry, _ = up
+    service, port = f"ttl-{unique}", free_port()
+    web(docker, f"t-{unique}", service, port, "SERVICE_CHECK_TTL=30s",
+        "SERVICE_CHECK_HTTP=/health", "SERVICE_CHECK_INTERVAL=200ms")
+    instance_id = f"s{unique}:t-{unique}:{port}"
+    base = f"{registry.url}/v1/services/{service}/instances/{instance_id}"
+
+    async def checks() -> dict[str, tuple[str, str]]:
+        answer = await asyncio.to_thread(httpx.get, f"{registry.url}/v1/services/{service}",
+                                         timeout=5)
+        found = [i for i in answer.json().get("instances", []) if i["id"] == instance_id]
+        return {c["id"]: (c["status"], c["output"]) for c in found[0]["checks"]} if found \
+            else {}
+
+    async def until(wanted: dict[str, str]) -> dict[str, tuple[str, str]]:
+        deadline = time.monotonic() + 5
+        while True:
+            got = await checks()
+            if all(got.get(k, ("",))[0] == v for k, v in wanted.items()):
+                return got
+            assert time.monotonic() < deadline, f"{got} never {wanted}"
+            await asyncio.sleep(0.05)
+
+    await until({"ttl": "critical", "http": "critical"})
+    reported = await asyncio.to_thread(httpx.put, f"{base}/checks/ttl/pass?note=all+good",
+                                       timeout=5)
+    assert reported.status_code == 200, reported.text
+    await until({"ttl": "passing"})
+    docker.docker("exec", f"t-{unique}", "touch", "/tmp/health")
+    got = await until({"http": "passing"})  # the sidecar put the instance again
+    assert got["ttl"] == ("passing", "all good")
+    assert await asyncio.to_thread(registry.addresses, service) == [ADVERTISE]
