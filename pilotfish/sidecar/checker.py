@@ -57,6 +57,7 @@ class Checker:
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._notify: asyncio.Handle | None = None
+        self._overlaid: dict[str, tuple[Instance, tuple[object, ...], Instance]] = {}
         self.probes = 0  # probes finished, for /metrics and the benchmark
 
     @property
@@ -85,11 +86,30 @@ class Checker:
                 self._schedule(job, now + random.uniform(0, min(check.interval, FIRST_PROBE)))
         for key in [k for k in self._jobs if k not in seen]:
             self._jobs.pop(key).live = False
+        ids = {instance_id for instance_id, _ in seen}
+        for instance_id in [i for i in self._overlaid if i not in ids]:
+            del self._overlaid[instance_id]
 
+    def seed(self, stored: Iterable[Instance]) -> None:
+        """Start followed checks from the verdicts stored in the catalog (a restarted
+        sidecar's instances), where the check is the same: re-registering them does not make
+        them critical until their first probe."""
+        for instance in stored:
+            for check in instance.checks:
+                job = self._jobs.get((instance.id, check.id))
+                if job is not None and _same(job.check, check):
+                    job.status, job.output, job.changed = check.status, check.output, \
+                        check.changed
     def overlay(self, instance: Instance) -> Instance:
         """The instance with its probed checks as they last came out."""
         if not any(c.kind in PROBED for c in instance.checks):
             return instance
+        state = tuple((j.status, j.output, j.changed) if (
+            j := self._jobs.get((instance.id, c.id))) is not None else None
+            for c in instance.checks)
+        cached = self._overlaid.get(instance.id)
+        if cached is not None and cached[0] is instance and cached[1] == state:
+            return cached[2]
         checks = []
         for check in instance.checks:
             job = self._jobs.get((instance.id, check.id))
@@ -97,7 +117,9 @@ class Checker:
                 check = replace(check, status=job.status, output=job.output,
                                 changed=job.changed)
             checks.append(check)
-        return replace(instance, checks=tuple(checks))
+        made = replace(instance, checks=tuple(checks))
+        self._overlaid[instance.id] = (instance, state, made)
+        return made
 
     async def start(self) -> None:
         """Begin probing (in the background)."""
@@ -166,3 +188,9 @@ class Checker:
     def _tell(self) -> None:
         self._notify = None
         self._changed()
+
+
+def _same(mine: Check, stored: Check) -> bool:
+    """Whether a stored check is the one defined here (whatever its verdict)."""
+    return (mine.kind, mine.target, mine.interval, mine.timeout) == (
+        stored.kind, stored.target, stored.interval, stored.timeout)

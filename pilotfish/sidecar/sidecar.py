@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pilotfish.catalog.interface import Catalog
+from pilotfish.catalog.interface import Catalog, CatalogError
 from pilotfish.catalog.model import Instance
 from pilotfish.loop import cancel_and_wait
 from pilotfish.mesh.node import MeshNode, wants_mesh
@@ -76,10 +76,22 @@ class Sidecar:
     async def _register(self) -> None:
         await self.follower.wait_reconciled(float("inf"))
         prefix = f"{self.settings.rules.sidecar}:"
+        await self._seed_checks(prefix)
         self.registrar = Registrar(
             self.catalog, self.settings.ttl, self.owner, self._wanted(),
             vouch=lambda: self.follower.fresh, claims=lambda i: i.id.startswith(prefix))
         await self.registrar.start(require=False)
+
+    async def _seed_checks(self, prefix: str) -> None:
+        """A restarted sidecar starts its checks from the verdicts its predecessor stored."""
+        self.checker.follow(self.follower.entries())
+        try:
+            snapshot = await self.catalog.snapshot()
+        except CatalogError as exc:
+            log.info("sidecar: stored check results not read (%s); checks start from their "
+                     "initial status", exc)
+            return
+        self.checker.seed(i for i in snapshot.instances.values() if i.id.startswith(prefix))
 
     def _desired(self, instances: list[Instance]) -> None:
         """The follower's picture changed (the instances are also in its entries)."""

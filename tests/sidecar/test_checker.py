@@ -93,3 +93,31 @@ async def test_a_status_change_is_one_update_not_one_per_probe(
     assert updates == ["critical", "passing"]  # the output first (404), then the change
     checker.follow([])
     assert checker.checks == 0
+
+
+async def test_a_restarted_sidecar_starts_from_the_stored_verdict(
+        web: tuple[int, dict[str, bytes]]) -> None:
+    """The stored instance says passing: until the first probe says otherwise, so does the
+    overlay (a restart does not make every instance critical); a stored check that is not the
+    same check (another target) is not taken."""
+    port, _ = web
+    declared = Instance(service="web", id="w1", address="127.0.0.1", port=port, lease="l",
+                        checks=(http_check(port, "/ok", interval=60),))
+    stored = Instance(service="web", id="w1", address="127.0.0.1", port=port, lease="old",
+                      checks=(Check(id="http", name="x", kind="http", status="passing",
+                                    output="fine", changed=5.0, target=declared.checks[0].target,
+                                    interval=60, timeout=1.0),))
+    checker = Checker(lambda: None)
+    checker.follow([("c1", declared)])
+    checker.seed([stored])
+    seeded = checker.overlay(declared)
+    assert (seeded.checks[0].status, seeded.checks[0].output) == ("passing", "fine")
+    assert checker.overlay(declared) is seeded  # unchanged verdicts: the same instance
+
+    other = Checker(lambda: None)
+    other.follow([("c1", declared)])
+    elsewhere = http_check(port + 1, "/ok", interval=60)
+    other.seed([Instance(service="web", id="w1", address="127.0.0.1", port=port, lease="old",
+                         checks=(Check(id="http", name="x", kind="http", status="passing",
+                                       target=elsewhere.target, interval=60, timeout=1.0),))])
+    assert other.overlay(declared).checks[0].status == "critical"
