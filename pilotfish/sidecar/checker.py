@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +22,8 @@ from dataclasses import dataclass, replace
 from pilotfish.catalog.model import Check, Health, Instance
 from pilotfish.loop import cancel_and_wait, wait_event
 from pilotfish.sidecar.probes import Result, ScriptRunner, probe
+
+log = logging.getLogger(__name__)
 
 PROBED = frozenset({"http", "https", "tcp", "script"})
 CONCURRENCY = 64
@@ -161,6 +164,10 @@ class Checker:
     async def _probe(self, job: _Job) -> None:
         try:
             result = await probe(job.check, job.container_id, self._script)
+        except Exception as exc:  # a probe must never stop its check being scheduled
+            log.exception("sidecar: check %s of %s failed unexpectedly", job.check.id,
+                          job.container_id[:12])
+            result = Result("critical", f"{job.check.name}: {type(exc).__name__}: {exc}")
         finally:
             job.running = False
             self._slots += 1
