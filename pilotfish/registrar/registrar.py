@@ -343,4 +343,4 @@ class Registrar:
 def _fields(instance: Instance) -> tuple[object, ...]:
     """Everything about an instance but its lease (cheaper than building a copy to compare)."""
     return (instance.service, instance.address, instance.port, instance.tags,
-            instance.meta, instance.weight, instance.health)
+            instance.meta, instance.weight, instance.health, instance.checks)

@@ -140,13 +140,34 @@ def _published(details: Details, advertise_ip: str) -> tuple[list[Endpoint], lis
     return [e for e in found if e.host_port], skipped
 
 
-def _internal(details: Details) -> tuple[list[Endpoint], list[Skip]]:
+def container_address(details: Details) -> str:
+    """The container's own IP on its network (the one its network mode names first), or ""."""
     settings = details.get("NetworkSettings") or {}
     networks = settings.get("Networks") or {}
     mode = (details.get("HostConfig") or {}).get("NetworkMode", "")
     ordered = sorted(networks.items(), key=lambda item: (item[0] != mode, item[0]))
-    address = next((n.get("IPAddress") for _, n in ordered if n.get("IPAddress")),
-                   settings.get("IPAddress") or "")
+    return str(next((n.get("IPAddress") for _, n in ordered if n.get("IPAddress")),
+                    settings.get("IPAddress") or ""))
+
+
+def own_address(details: Details, joined: Callable[[str], Details | None] | None = None,
+                depth: int = 0) -> str | None:
+    """Where the container itself listens, as seen from this host: its IP on its network
+    (a `container:<id>` one: that container's); None on the host network (the advertised
+    address is its own) or when unknown."""
+    mode = (details.get("HostConfig") or {}).get("NetworkMode") or "default"
+    if mode == "host":
+        return None
+    if mode.startswith("container:"):
+        target = joined(mode.partition(":")[2]) if joined is not None else None
+        return None if target is None or depth > 2 else own_address(target, joined, depth + 1)
+    address = container_address(details)
+    return address if address and unusable_address(address) is None else None
+
+
+def _internal(details: Details) -> tuple[list[Endpoint], list[Skip]]:
+    settings = details.get("NetworkSettings") or {}
+    address = container_address(details)
     if not address:
         return [], [Skip("no-address", "the container has no IP address on its networks")]
     if (why := unusable_address(address)) is not None:

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pilotfish.catalog.model import Health, Instance, InvalidField
-from pilotfish.sidecar.addresses import Details, Endpoint, Skip, endpoints
+from pilotfish.sidecar.addresses import Details, Endpoint, Skip, endpoints, own_address
+from pilotfish.sidecar.check_labels import CheckTarget, checks
 from pilotfish.sidecar.health import container_health
 from pilotfish.sidecar.labels import PortSettings, listed, port_settings, raw_settings, truthy
 from pilotfish.sidecar.naming import (
@@ -63,14 +64,17 @@ def decide(details: Details, rules: Rules,
     if truthy(raw.get("ignore", "")):
         return Decision(skipped=(Skip("ignored", "SERVICE_IGNORE is set"),), joins=joins)
     found, skipped = endpoints(details, rules.advertise_ip, rules.internal, joined)
+    own = own_address(details, joined)
     group = len(found) > 1
     name = container_name(details.get("Name") or "")
     instances: list[Instance] = []
     renamed: dict[str, str] = {}
     for endpoint in found:
         settings = port_settings(raw, endpoint.port)
+        target = CheckTarget(own, endpoint.port) if own else CheckTarget(
+            endpoint.address, endpoint.host_port)
         made = _instance(endpoint, settings, rules, name, config.get("Image") or "", group,
-                         health, renamed)
+                         health, renamed, target)
         if isinstance(made, Skip):
             skipped.append(made)
         else:
@@ -80,7 +84,7 @@ def decide(details: Details, rules: Rules,
 
 def _instance(endpoint: Endpoint, settings: PortSettings, rules: Rules, container: str,
               image: str, group: bool, health: Health,
-              renamed: dict[str, str]) -> Instance | Skip:
+              renamed: dict[str, str], target: CheckTarget) -> Instance | Skip:
     where = f"port {endpoint.port}/{endpoint.protocol}"
     if truthy(settings.get("ignore")):
         return Skip("ignored", f"{where}: SERVICE_{endpoint.port}_IGNORE is set")
@@ -116,6 +120,6 @@ def _instance(endpoint: Endpoint, settings: PortSettings, rules: Rules, containe
         return Instance(service=name, id=own_id, address=endpoint.address,
                         port=endpoint.host_port, lease="unset", tags=tags,
                         meta=settings.meta, weight=int(weight_text),
-                        health=health)
+                        health=health, checks=checks(settings, target))
     except InvalidField as exc:
         return Skip("invalid-setting", f"{where}: SERVICE_{exc.field.upper()}: {exc.message}")

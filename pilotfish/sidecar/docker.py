@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 EVENT_FILTERS = json.dumps({"type": ["container", "network"]})
 CALL_TIMEOUT = 10.0
+SCRIPT_OUTPUT = 4096  # bytes of a check script's output kept (Consul keeps 4 KB)
 
 
 class DockerUnavailable(Exception):
@@ -88,6 +89,28 @@ class DockerSource:
                 return None
             raise
         return details
+
+    async def run_script(self, container_id: str, command: str,
+                         timeout: float) -> tuple[int, str]:
+        """`docker exec <container> sh -c <command>`: its exit code and output (at most
+        SCRIPT_OUTPUT bytes kept); raises TimeoutError past `timeout`, OSError when the engine
+        or the container cannot run it."""
+        async with asyncio.timeout(timeout):
+            try:
+                execution = await self.client.containers.container(container_id).exec(
+                    ["sh", "-c", command], stdout=True, stderr=True)
+                output = bytearray()
+                async with execution.start(detach=False) as stream:
+                    while (message := await stream.read_out()) is not None:
+                        if len(output) < SCRIPT_OUTPUT:
+                            output += message.data[:SCRIPT_OUTPUT - len(output)]
+                info = await execution.inspect()
+            except aiodocker.DockerError as exc:
+                raise OSError(f"docker exec: {exc.status} {exc.message}") from exc
+            except aiohttp.ClientError as exc:
+                raise OSError(f"docker exec: {exc or type(exc).__name__}") from exc
+        code = info.get("ExitCode")
+        return (code if isinstance(code, int) else 255), output.decode("utf-8", "replace")
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:

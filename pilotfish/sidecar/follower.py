@@ -30,6 +30,7 @@ from pilotfish.sidecar.addresses import Details
 from pilotfish.sidecar.containers import Decision, Rules, decide
 from pilotfish.sidecar.docker import DockerSource, DockerUnavailable
 from pilotfish.sidecar.stats import SidecarStats
+from pilotfish.sidecar.stopping import Marks
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class ContainerFollower:
         self._tasks: list[asyncio.Task[None]] = []
         self._first = asyncio.Event()
         self._renames_logged: set[tuple[str, str]] = set()
+        self.marks = Marks(self._changed)  # containers withdrawn before they die
+        self.departures: dict[str, str] = {}  # instance id -> why it went (for the log)
 
     @property
     def fresh(self) -> bool:
@@ -84,7 +87,14 @@ class ContainerFollower:
 
     def instances(self) -> list[Instance]:
         """Every instance the running containers want registered."""
-        return [i for decision in self.decisions.values() for i in decision.instances]
+        return [i for _, i in self.entries()]
+
+    def entries(self) -> list[tuple[str, Instance]]:
+        """(container id, instance) for every instance the running containers want
+        registered; those of a container being stopped are marked critical."""
+        return [(container_id, self.marks.apply(container_id, i))
+                for container_id, decision in self.decisions.items()
+                for i in decision.instances]
 
     async def start(self) -> None:
         """Begin following (in the background) and pinging the engine."""
@@ -101,6 +111,7 @@ class ContainerFollower:
         """Stop following and every inspect in flight."""
         await cancel_and_wait(*self._tasks, *self._busy.values(), *self._created.values())
         self._tasks = []
+        self.marks.clear()
 
     def _seen(self) -> None:
         self.last_seen = time.monotonic()
@@ -150,6 +161,7 @@ class ContainerFollower:
         previous, self.decisions = self.decisions, {}
         for container_id, details in self._details.items():
             self.decisions[container_id] = self._decide(details, previous.get(container_id))
+        self.marks.keep(self.decisions)
         self.stats.reconciles += 1
         self.stats.reconcile_seconds = time.monotonic() - started
         self.reconciled = True
@@ -180,10 +192,18 @@ class ContainerFollower:
         elif action in GONE:
             if action == "destroy":
                 self._drop_created(container_id)
-            self._forget(container_id)
+            self._forget(container_id, f"container {action}")
+        elif action == "kill":
+            details = self._details.get(container_id) or {}
+            self.marks.killed(container_id, details, actor.get("Attributes") or {})
         elif action in CHANGED:
+            if action in ("start", "restart"):
+                self.marks.unmark(container_id)
             if action == "start":
                 self._started.add(container_id)
+            if action == "health_status":
+                status = str(event.get("Action") or event.get("status") or "")
+                self.marks.health(container_id, status.partition(":")[2].strip())
             self.touch(container_id)
 
     async def _inspect(self, container_id: str) -> Details | None:
@@ -202,11 +222,15 @@ class ContainerFollower:
             return
         self._busy[container_id] = asyncio.create_task(self._refresh(container_id))
 
-    def _forget(self, container_id: str) -> None:
+    def _forget(self, container_id: str, why: str) -> None:
         if container_id in self._busy:
             self._again.add(container_id)  # an inspect in flight may predate the death
         details = self._details.pop(container_id, None)
-        if self.decisions.pop(container_id, None) is not None:
+        self.marks.unmark(container_id, quiet=True)
+        decision = self.decisions.pop(container_id, None)
+        if decision is not None:
+            for instance in decision.instances:
+                self.departures[instance.id] = why
             self._changed()
         if details is not None:
             self._touch_joiners(container_id, details)
@@ -252,7 +276,8 @@ class ContainerFollower:
     def _apply(self, container_id: str, details: Details | None) -> None:
         self._seen()
         if details is None or not (details.get("State") or {}).get("Running"):
-            self._forget(container_id)
+            self._forget(container_id, "container gone" if details is None else
+                         "container not running")
             return
         self._details[container_id] = details
         previous = self.decisions.get(container_id)
@@ -277,6 +302,7 @@ class ContainerFollower:
             name = str(details.get("Name", "")).lstrip("/")
             for skip in decision.skipped:
                 log.info("sidecar: %s: not registered (%s): %s", name, skip.reason, skip.detail)
+        _log_bad_checks(details, decision, previous)
         for renamed in decision.renamed:
             if renamed not in self._renames_logged:
                 if len(self._renames_logged) >= MAX_RENAMES_LOGGED:
@@ -309,3 +335,15 @@ class ContainerFollower:
                 counts[skip.reason] = counts.get(skip.reason, 0) + 1
         return counts.items()
 
+
+
+def _bad_checks(decision: Decision | None) -> set[tuple[str, str]]:
+    return {(i.id, c.output) for i in (decision.instances if decision else ())
+            for c in i.checks if c.kind == "sidecar"}
+
+
+def _log_bad_checks(details: Details, decision: Decision, previous: Decision | None) -> None:
+    """One line per instance whose check settings cannot be used (when that is new)."""
+    name = str(details.get("Name", "")).lstrip("/")
+    for instance_id, output in sorted(_bad_checks(decision) - _bad_checks(previous)):
+        log.warning("sidecar: %s: %s registered critical: %s", name, instance_id, output)

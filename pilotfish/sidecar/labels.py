@@ -41,8 +41,10 @@ class PortSettings:
 
     @property
     def meta(self) -> dict[str, str]:
-        """Settings that are not the sidecar's own: they become the instance's meta."""
-        return {k: v for k, v in self.values.items() if k not in RESERVED}
+        """Settings that are not the sidecar's own: they become the instance's meta (the
+        check_* settings are checks, not meta)."""
+        return {k: v for k, v in self.values.items()
+                if k not in RESERVED and not k.startswith("check_")}
 
 
 def port_settings(raw: Mapping[str, str], port: int | str) -> PortSettings:

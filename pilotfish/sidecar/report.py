@@ -14,7 +14,7 @@ from pilotfish.ui.reports import ContainerReport, SidecarReport
 
 def _registered(instance: Instance) -> str:
     address = f"[{instance.address}]" if ":" in instance.address else instance.address
-    return f"{instance.service} {instance.id} {address}:{instance.port} {instance.health}"
+    return f"{instance.service} {instance.id} {address}:{instance.port} {instance.overall_health()}"
 
 
 def reporter(sidecar: Sidecar) -> Callable[[], SidecarReport]:

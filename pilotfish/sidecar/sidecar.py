@@ -8,16 +8,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pilotfish.catalog.interface import Catalog
+from pilotfish.catalog.interface import Catalog, CatalogError
 from pilotfish.catalog.model import Instance
 from pilotfish.loop import cancel_and_wait
 from pilotfish.mesh.node import MeshNode, wants_mesh
 from pilotfish.metrics import Metrics, Sample
 from pilotfish.registrar.registrar import Registrar
 from pilotfish.sidecar import stats
+from pilotfish.sidecar.checker import Checker
 from pilotfish.sidecar.containers import Rules
 from pilotfish.sidecar.docker import DockerSource
 from pilotfish.sidecar.follower import ContainerFollower
+from pilotfish.sidecar.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class Sidecar:
         self.source = DockerSource(settings.docker)
         self.follower = ContainerFollower(self.source, settings.rules, self._desired,
                                           self.stats, freshness=settings.ttl / 3)
+        self.checker = Checker(self._update, self.source.run_script)
+        self.journal = Journal()
         self.registrar: Registrar | None = None
         self._task: asyncio.Task[None] | None = None
         if metrics is not None:
@@ -66,19 +70,47 @@ class Sidecar:
                  self.settings.rules.sidecar, self.source.where,
                  self.settings.rules.advertise_ip, self.settings.ttl)
         await self.follower.start()
+        await self.checker.start()
         self._task = asyncio.create_task(self._register(), name="sidecar-register")
 
     async def _register(self) -> None:
         await self.follower.wait_reconciled(float("inf"))
         prefix = f"{self.settings.rules.sidecar}:"
+        await self._seed_checks(prefix)
         self.registrar = Registrar(
-            self.catalog, self.settings.ttl, self.owner, self._placed(self.follower.instances()),
+            self.catalog, self.settings.ttl, self.owner, self._wanted(),
             vouch=lambda: self.follower.fresh, claims=lambda i: i.id.startswith(prefix))
         await self.registrar.start(require=False)
 
+    async def _seed_checks(self, prefix: str) -> None:
+        """A restarted sidecar starts its checks from the verdicts its predecessor stored."""
+        self.checker.follow(self.follower.entries())
+        try:
+            snapshot = await self.catalog.snapshot()
+        except CatalogError as exc:
+            log.info("sidecar: stored check results not read (%s); checks start from their "
+                     "initial status", exc)
+            return
+        self.checker.seed(i for i in snapshot.instances.values() if i.id.startswith(prefix))
+
     def _desired(self, instances: list[Instance]) -> None:
+        """The follower's picture changed (the instances are also in its entries)."""
+        self._update()
+
+    def _update(self) -> None:
+        """Hand the registrar what to register now (it writes only what changed)."""
+        wanted = self._wanted()
         if self.registrar is not None:
-            self.registrar.want(self._placed(instances))
+            self.registrar.want(wanted)
+
+    def _wanted(self) -> list[Instance]:
+        """The running containers' instances with their checks' latest results, logged."""
+        entries = self.follower.entries()
+        self.checker.follow(entries)
+        wanted = self._placed([self.checker.overlay(i) for _, i in entries])
+        self.journal.update(wanted, self.follower.departures)
+        self.follower.departures.clear()
+        return wanted
 
     def _placed(self, instances: list[Instance]) -> list[Instance]:
         """What to register: the mesh places its instances; without a mesh, a container that
@@ -96,6 +128,7 @@ class Sidecar:
     async def stop(self) -> None:
         """Stop following; withdraw every registration unless --keep-on-exit."""
         await cancel_and_wait(self._task)
+        await self.checker.stop()
         await self.follower.stop()
         if self.registrar is not None:
             keep = self.settings.keep_on_exit
@@ -139,6 +172,8 @@ class Sidecar:
         for action, count in self.stats.events.items():
             yield stats.sample("events_total", count, (("action", action),))
         yield stats.sample("reconnects_total", self.stats.reconnects)
+        yield stats.sample("checks", self.checker.checks)
+        yield stats.sample("check_probes_total", self.checker.probes)
         yield stats.sample("reconciles_total", self.stats.reconciles)
         yield stats.sample("reconcile_seconds", self.stats.reconcile_seconds)
         yield stats.sample("docker_up", 1.0 if self.follower.fresh else 0.0)

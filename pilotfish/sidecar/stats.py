@@ -23,6 +23,8 @@ SERIES = {
     "registry_errors_total": ("counter", "failed registry calls (retried until in sync)"),
     "lease_age_seconds": ("gauge", "seconds since the sidecar's lease was last renewed"),
     "lease_reregistrations_total": ("counter", "leases found lapsed and replaced"),
+    "checks": ("gauge", "health checks the sidecar probes (http, https, tcp, script)"),
+    "check_probes_total": ("counter", "health check probes run"),
 }
 
 
