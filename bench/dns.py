@@ -123,7 +123,7 @@ def start_pilotfish(workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     err = open(workdir / "pilotfish.err", "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
         [sys.executable, "-m", "pilotfish", "up", "--api", "127.0.0.1:0", "--dns",
-         "127.0.0.1:0", "--domain", DOMAIN, "--log-level", "info"],
+         "127.0.0.1:0", "--domain", DOMAIN, "--workers", "1", "--log-level", "info"],
         stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 20
     api = dns = None

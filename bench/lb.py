@@ -141,26 +141,9 @@ backend b
 @contextlib.contextmanager
 def pilotfish(port: int, backends: list[int], no_uvloop: bool,
               engine: str | None = None) -> Iterator[int]:
-    """`pilotfish up` (API + one route, no DNS) pinned to CPU 1; yields its pid."""
-    api_port = free_port()
-    args = ["taskset", "-c", "1", sys.executable, "-m", "pilotfish", "up", "--api",
-            f"{HOST}:{api_port}", "--dns", "off", "--lb-api", "off",
-            "--lb-check-interval", "0", "--route", f"{HOST}:{port}=bench"]
-    args += ["--no-uvloop"] if no_uvloop else []
-    args += ["--lb-engine", engine] if engine else []
-    process = subprocess.Popen(args, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(api_port)
-        with httpx.Client(base_url=f"http://{HOST}:{api_port}") as client:
-            for i, backend in enumerate(backends):
-                response = client.put(f"/v1/services/bench/instances/n{i}",
-                                      json={"address": HOST, "port": backend, "ttl": 3600})
-                response.raise_for_status()
-        time.sleep(0.5)
-        yield process.pid
-    finally:
-        process.terminate()
-        process.wait()
+    """`pilotfish up` (API + one route, no DNS, one process) pinned to CPU 1; yields its pid."""
+    with pilotfish_workers(port, backends, 1, "1", engine, no_uvloop) as pids:
+        yield pids[0]
 
 
 @contextlib.contextmanager

@@ -136,7 +136,8 @@ def start_plain(folder: Path, front: int, middle: int, backend: int) -> list[lis
         (folder / f"api-{name}").write_text(str(api))
         commands.append([sys.executable, "-m", "pilotfish", "up", "--api", f"{HOST}:{api}",
                          "--dns", "off", "--lb-api", "off", "--lb-check-interval", "0",
-                         "--route", f"{HOST}:{listen}=hop{name}", "--log-level", "warning"])
+                         "--route", f"{HOST}:{listen}=hop{name}", "--workers", "1",
+                         "--log-level", "warning"])
     return commands
 
 

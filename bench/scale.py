@@ -57,7 +57,8 @@ def start(workdir: Path, dns: bool) -> tuple[subprocess.Popen[bytes], str, int |
     err = open(log, "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
         [sys.executable, "-m", "pilotfish", "up", "--api", "127.0.0.1:0", "--dns",
-         "127.0.0.1:0" if dns else "off", "--domain", DOMAIN, "--log-level", "info"],
+         "127.0.0.1:0" if dns else "off", "--domain", DOMAIN, "--workers", "1",
+         "--log-level", "info"],
         stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
