@@ -108,8 +108,13 @@ class CatalogView:
         self.snapshot = snapshot
         self.changed_at = time.time()
         self.ready.set()
-        for subscriber in self._subscribers:
-            try:
-                subscriber(snapshot)
-            except Exception:
-                log.exception("view subscriber failed")
+        tell(self._subscribers, snapshot)
+
+
+def tell(subscribers: list[Subscriber], snapshot: Snapshot) -> None:
+    """Hand every subscriber the new snapshot; one that fails is logged, the rest still hear."""
+    for subscriber in subscribers:
+        try:
+            subscriber(snapshot)
+        except Exception:
+            log.exception("view subscriber failed")

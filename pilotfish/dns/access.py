@@ -83,9 +83,9 @@ class RateLimit:
     be spoofed) while a spoofed victim gets only a small packet: no amplification.
     """
 
-    def __init__(self, rate: float, clock: Any = time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Any = time.monotonic, burst: float = 0.0) -> None:
         self.rate = rate
-        self.burst = max(rate, 1.0)
+        self.burst = max(burst or rate, 1.0)
         self.clock = clock
         self._buckets: dict[str, list[float]] = {}
         self.slipped = 0

@@ -9,7 +9,10 @@ Two checks, one at start and one per forwarded query:
   address. It is answered SERVFAIL instead of being forwarded again, so one query costs one
   forward per server instead of filling every forward slot. This needs nothing from the
   servers in between (every forwarder and resolver keeps the question, where an EDNS hop
-  marker is dropped by every resolver that asks anew) and leaves the query unchanged.
+  marker is dropped by every resolver that asks anew) and leaves the query unchanged. With
+  `--workers N` each worker knows only its own questions in flight: a question that comes
+  back to another worker is forwarded once more, and the first worker to see it twice cuts
+  it, so it costs at most N + 1 forwards per server.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,15 @@ class DnsConfig:
     forward: tuple[HostPort, ...]
     udp_size: int
     forward_allow: tuple[Network, ...]
-    rrl: float | None  # per worker: a client's packets hash to one worker per source port
+    rrl: float | None  # the machine's rate: each of N workers holds a client to rrl / N
+
+
+def _share(rate: float | None, workers: int) -> RateLimit | None:
+    """One worker's part of the machine's --dns-rrl: rate / N, and a burst of whole responses
+    (so N workers together allow the rate's burst, at most N - 1 more)."""
+    if not rate:
+        return None
+    return RateLimit(rate / workers, burst=math.ceil(rate / workers))
 
 
 class DnsPart:
@@ -34,7 +43,7 @@ class DnsPart:
             None, config.listen, config.settings, forward=config.forward,
             udp_size=config.udp_size, view=context.view,
             forward_allow=ForwardAllow(config.forward_allow),
-            rate_limit=RateLimit(config.rrl) if config.rrl else None, reuse_port=True)
+            rate_limit=_share(config.rrl, context.count), reuse_port=True)
 
     async def start(self) -> None:
         """Bind UDP and TCP with SO_REUSEPORT and answer from the replica view."""

@@ -63,7 +63,9 @@ class RouteGate:
         self.on_drained = on_drained
         counts = occupancy.counts
         self.pool = Pool(settings, counts, route.key)
-        self.picker: Picker = make_picker(route.balance)
+        self.turns: Cell | None = counts.cell(f"t|{route.key}") \
+            if counts is not None and occupancy.cell is not None else None
+        self.picker: Picker = make_picker(route.balance, self.turns)
         self.connections: set[Link] = set()
         self.cell: Cell | None = counts.cell(f"r|{route.key}") \
             if counts is not None and occupancy.cell is not None else None
@@ -91,7 +93,7 @@ class RouteGate:
             self.pool.update(())  # the old service's backends drain
             self.pool.update(snapshot.service(route.service, route.tag))
         if route.balance != old.balance:
-            self.picker = make_picker(route.balance)
+            self.picker = make_picker(route.balance, self.turns)
         log.info("lb route %s changed to %s", old.key, route)
 
     def update(self, snapshot: Snapshot) -> None:
@@ -110,10 +112,13 @@ class RouteGate:
     def _release(self) -> None:
         """Give back the shared rows (workers): the route is gone and has no connection."""
         self.pool.release()
-        counts, cell = self.occupancy.counts, self.cell
+        counts, cell, turns = self.occupancy.counts, self.cell, self.turns
         if counts is not None and cell is not None:
             self.cell = None
             counts.release(cell)
+        if counts is not None and turns is not None:
+            self.turns = None
+            counts.release(turns)
 
     def refuse(self, reason: str) -> None:
         """Count a client turned away (limit, no instance, every connect failed)."""

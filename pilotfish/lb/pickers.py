@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from pilotfish.lb.pool import Backend
+from pilotfish.lb.shared import Cell
 
 
 class Picker(Protocol):
@@ -24,18 +25,27 @@ def _allowed(candidates: Sequence[Backend], exclude: Sequence[Backend]) -> Seque
 
 
 class RoundRobin:
-    """Each backend in turn, from a random start per process (so many balancers do not align)."""
+    """Each backend in turn, from a random start per process (so many balancers do not align).
 
-    def __init__(self) -> None:
+    With workers, `turns` counts every worker's picks (pilotfish.lb.shared), so the turn is
+    the machine's, not each worker's: two workers picking at the same instant may both take
+    the same backend, nothing worse."""
+
+    def __init__(self, turns: Cell | None = None) -> None:
         self.cursor = random.randrange(1 << 30)
+        self.turns = turns
 
     def pick(self, candidates: Sequence[Backend], client: str,
              exclude: Sequence[Backend]) -> Backend | None:
         allowed = _allowed(candidates, exclude)
         if not allowed:
             return None
-        self.cursor += 1
-        return allowed[self.cursor % len(allowed)]
+        turns = self.turns
+        if turns is None:
+            self.cursor += 1
+            return allowed[self.cursor % len(allowed)]
+        turns.add(1)
+        return allowed[turns.total() % len(allowed)]
 
 
 class LeastConnections(RoundRobin):
@@ -151,6 +161,7 @@ ALGORITHMS: dict[str, type[Picker]] = {
 }
 
 
-def make_picker(name: str) -> Picker:
-    """A new picker for a route's `balance` option (see routes.BALANCES)."""
-    return ALGORITHMS[name]()
+def make_picker(name: str, turns: Cell | None = None) -> Picker:
+    """A new picker for a route's `balance` option (see routes.BALANCES); `turns`: the
+    route's shared pick count when workers share the route (round robin takes turns on it)."""
+    return RoundRobin(turns) if name == "round_robin" else ALGORITHMS[name]()

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from pilotfish.catalog.interface import Snapshot
-from pilotfish.catalog.view import Subscriber
+from pilotfish.catalog.view import Subscriber, tell
 from pilotfish.workers.diff import ViewDiff, apply
-
-log = logging.getLogger(__name__)
 
 
 class ReplicaView:
@@ -54,8 +51,4 @@ class ReplicaView:
         self.snapshot = snapshot
         self.changed_at = state.changed_at
         self.ready.set()
-        for subscriber in self._subscribers:
-            try:
-                subscriber(snapshot)
-            except Exception:
-                log.exception("view subscriber failed")
+        tell(self._subscribers, snapshot)

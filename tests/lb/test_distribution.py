@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter
 
 import pytest
@@ -32,13 +31,17 @@ def lb(backends: list[Backend]) -> Lb:
     running.close()
 
 
-async def test_round_robin_within_one_per_worker(lb: Lb) -> None:
-    # each worker keeps its own rotation (docs/lb.md): within one per worker of even
-    workers = len(os.sched_getaffinity(0))  # --workers' default, as the process was started
+async def test_round_robin_takes_turns_across_workers(lb: Lb) -> None:
+    # The workers share the turn (docs/lb.md): one client after another gets each backend in
+    # turn, whichever worker the kernel hands each connection to ...
+    one_by_one = await run_load(lb.routes["web?balance=round_robin"], 30, 1)
+    assert not one_by_one.failed and sorted(one_by_one.served.values()) == [10, 10, 10], \
+        one_by_one.served
+    # ... and under concurrent load two workers picking at the same instant may take the same
+    # backend: still within 1% of even.
     outcome = await run_load(lb.routes["web?balance=round_robin"], 3000, 16)
     assert not outcome.failed
-    assert max(outcome.served.values()) - min(outcome.served.values()) <= workers, \
-        outcome.served
+    assert max(outcome.served.values()) - min(outcome.served.values()) <= 30, outcome.served
     assert len(outcome.served) == 3
 
 
