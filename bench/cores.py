@@ -34,7 +34,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bench.dns import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/cores.py` too
+
+from bench.dns import (  # noqa: E402
     DOMAIN,
     addr_name,
     cpu_seconds,
@@ -45,8 +47,8 @@ from bench.dns import (
     wait_resolvable,
     write_queries,
 )
-from bench.lb import haproxy, measure, nginx, pilotfish_workers
-from bench.registering import register_all
+from bench.lb import haproxy, measure, nginx, pilotfish_workers  # noqa: E402
+from bench.registering import register_all  # noqa: E402
 
 Sample = tuple[float, float]  # (rate, CPU microseconds per request)
 
