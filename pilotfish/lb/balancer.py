@@ -203,6 +203,9 @@ class LoadBalancer:
             log.error("lb: routes file not reloaded, the current routes stay: %s",
                       shown(exc))
 
+    async def _in_force(self) -> None:
+        """The routes changed here serve now (a fleet also waits for its workers)."""
+
     async def reload(self) -> bool:
         """Re-read the routes file and apply it whole or not at all: the file is checked
         first, every new address bound next (one that cannot be closes the others again),
@@ -239,6 +242,7 @@ class LoadBalancer:
             for key in removed:
                 self._remove(key)
             self._from_file = keys
+        await self._in_force()
         log.info("lb: routes file reloaded from %s: %d added, %d changed, %d removed; %d "
                  "routes running", self.routes_file, len(bound), len(changed), len(removed),
                  len(self.gates))

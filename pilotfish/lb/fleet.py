@@ -85,12 +85,10 @@ class FleetBalancer(LoadBalancer):
             await self._ship_routes()
         return removed
 
-    async def reload(self) -> bool:
-        """Re-read the routes file (SIGHUP) and ship what it says to every worker."""
-        reloaded = await super().reload()
-        if reloaded:
-            await self._ship_routes()
-        return reloaded
+    async def _in_force(self) -> None:
+        """A routes file reloaded (SIGHUP) serves once every worker applied it: only then is
+        it logged as reloaded."""
+        await self._ship_routes()
 
     async def _ship_routes(self) -> None:
         """Every worker applies the routes in force. One that is starting may have begun from

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -108,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args(argv)
+    with contextlib.suppress(OSError):
+        os.setsid()  # the parent's Ctrl-C or SIGHUP to its group is the parent's to pass on
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s[worker pid {os.getpid()}]: "
                                "%(message)s")

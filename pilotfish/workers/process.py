@@ -65,6 +65,9 @@ class WorkerSlot:
                 await self._start_once()
             except Exception as exc:
                 if not self.started.done():
+                    code = self.process.returncode if self.process is not None else None
+                    log.error("worker %d failed to start: %s (exit code %s)", self.index, exc,
+                              code)
                     self.started.set_exception(exc)
                     await self._kill()
                     return
@@ -87,9 +90,14 @@ class WorkerSlot:
     async def _start_once(self) -> None:
         ours, theirs = socket.socketpair()
         try:
+            # posix_spawn, not fork: a fork runs the parent's pthread_atfork handlers in the
+            # child (gRPC's, with an etcd:// catalog), and a child that dies there dies
+            # silently. Popen spawns only without pass_fds and start_new_session, so the
+            # worker's end is inherited as such, and the worker starts its own session.
+            theirs.set_inheritable(True)
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "pilotfish.workers.main", str(theirs.fileno()),
-                *self.argv, pass_fds=(theirs.fileno(),), start_new_session=True)
+                *self.argv, close_fds=False)
         finally:
             theirs.close()
         self.channel = channel = await Channel.open(ours, self._handle)

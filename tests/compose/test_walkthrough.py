@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import httpx
 import pytest
 
 from tests.compose.conftest import is_image_command
@@ -62,9 +63,13 @@ class Tour:
         return "".join(self.shell.run(c) for c in self.commands(number, containing))
 
     def served(self) -> tuple[set[str], set[str]]:
-        """(addresses in DNS, addresses in the LB's pool) of the demo service."""
-        pool = {entry.rpartition(":")[0] for entry in lb_pool(self.project.ports["LB_API"])
-                if entry.endswith(f":{DEMO_PORT}")}
+        """(addresses in DNS, addresses in the LB's pool) of the demo service; an LB API not
+        answering yet (docker-proxy resets while the container starts) has none."""
+        try:
+            entries = lb_pool(self.project.ports["LB_API"])
+        except httpx.TransportError:
+            entries = set()
+        pool = {entry.rpartition(":")[0] for entry in entries if entry.endswith(f":{DEMO_PORT}")}
         return dns_addresses(self.project.ports["DNS"], SERVICE), pool
 
     def replicas(self) -> dict[str, str]:
