@@ -6,29 +6,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-
-from tests.fixtures.process import PilotfishProcess, start_pilotfish
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[PilotfishProcess]:
-    running = start_pilotfish("up", "--api", "127.0.0.1:0", "--dns", "127.0.0.1:0")
-    try:
-        yield running
-    finally:
-        running.stop()
-    assert not running.crashes(), running.crashes()
-
-
-@pytest.fixture
-def api(server: PilotfishProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.api, timeout=10) as client:
-        yield client
 
 
 @pytest.fixture
