@@ -310,4 +310,4 @@ def test_running_out_of_files_is_answered_503_counted_and_logged_once() -> None:
     print(f"\nEMFILE: answers {dict(answers)}, refused {refused:g}, log lines {len(logged)}")
     assert answers == {"HTTP/1.1 503": 20}, answers
     assert refused >= 20
-    assert 1 <= len(logged) <= 2, output[-2000:]
+    assert len(logged) in (1, 2), output[-2000:]  # once per 10 s: the flood spans one or two
