@@ -208,6 +208,13 @@ def _seconds(value: object, field: str) -> float:
     return float(value)
 
 
+def _wall_clock(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value < 0:
+        raise InvalidField(field, "must be a wall-clock time in seconds")
+    return float(value)
+
+
 def _text(value: object, field: str, limit: int) -> str:
     if not isinstance(value, str):
         raise InvalidField(field, "must be a string")
@@ -245,16 +252,10 @@ class Check:
         # Consul truncates long output rather than refusing the update; so does pilotfish.
         setattr_(self, "output", _text(self.output, "checks.output", 1 << 20)[:MAX_CHECK_OUTPUT])
         _text(self.target, "checks.target", MAX_CHECK_TARGET)
-        if (isinstance(self.changed, bool) or not isinstance(self.changed, int | float)
-                or not math.isfinite(self.changed) or self.changed < 0):
-            raise InvalidField("checks.changed", "must be a wall-clock time in seconds")
-        setattr_(self, "changed", float(self.changed))
         for name in ("interval", "timeout", "ttl", "deregister_after"):
             setattr_(self, name, _seconds(getattr(self, name), f"checks.{name}"))
-        if (isinstance(self.expires_at, bool) or not isinstance(self.expires_at, int | float)
-                or not math.isfinite(self.expires_at) or self.expires_at < 0):
-            raise InvalidField("checks.expires_at", "must be a wall-clock time in seconds")
-        setattr_(self, "expires_at", float(self.expires_at))
+        for name in ("changed", "expires_at"):
+            setattr_(self, name, _wall_clock(getattr(self, name), f"checks.{name}"))
 
     def status_at(self, now: float) -> Health:
         """The status as of `now`: a ttl check whose report is overdue is critical."""
