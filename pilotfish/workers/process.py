@@ -15,6 +15,7 @@ from pilotfish.metrics import Labels, Sample
 from pilotfish.workers.channel import Channel, ChannelClosed
 from pilotfish.workers.diff import ViewDiff
 from pilotfish.workers.shipping import ViewShipper
+from pilotfish.workers.spawn import SpawnedProcess
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class WorkerSlot:
         self.start_body = start_body
         self.reports = reports
         self.argv = argv
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: SpawnedProcess | None = None
         self.channel: Channel | None = None
         self.live = False  # started its parts and still running
         self.restarts = 0
@@ -90,14 +91,10 @@ class WorkerSlot:
     async def _start_once(self) -> None:
         ours, theirs = socket.socketpair()
         try:
-            # posix_spawn, not fork: a fork runs the parent's pthread_atfork handlers in the
-            # child (gRPC's, with an etcd:// catalog), and a child that dies there dies
-            # silently. Popen spawns only without pass_fds and start_new_session, so the
-            # worker's end is inherited as such, and the worker starts its own session.
-            theirs.set_inheritable(True)
-            self.process = await asyncio.create_subprocess_exec(
+            theirs.set_inheritable(True)  # posix_spawn passes inherited fds, not pass_fds
+            self.process = SpawnedProcess.start([
                 sys.executable, "-m", "pilotfish.workers.main", str(theirs.fileno()),
-                *self.argv, close_fds=False)
+                *self.argv])
         finally:
             theirs.close()
         self.channel = channel = await Channel.open(ours, self._handle)
@@ -177,7 +174,6 @@ class WorkerSlot:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), wait)
         if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            process.kill()
             await process.wait()
         self.process = None
