@@ -22,7 +22,7 @@ import aetcd
 import httpx
 import pytest
 
-from pilotfish.catalog import Catalog, open_catalog
+from pilotfish.catalog import BackendUnavailable, Catalog, open_catalog
 from pilotfish.catalog.backends.etcd import EtcdCatalog
 from pilotfish.catalog.expiry import RECOVERY_GRACE
 from tests.backends.scenarios import (
@@ -33,7 +33,14 @@ from tests.backends.scenarios import (
 )
 from tests.fixtures.etcd import EtcdCluster, EtcdServer
 from tests.fixtures.process import StartPilotfish
-from tests.fixtures.watching import eventually, wait_until, wait_until_back, wait_until_ids
+from tests.fixtures.watching import (
+    eventually,
+    ids,
+    instance,
+    wait_until,
+    wait_until_back,
+    wait_until_ids,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +96,39 @@ async def test_cluster_survives_losing_its_leader(cluster: EtcdCluster, unique: 
     finally:
         for catalog in (*writers, reader, *([rejoined] if rejoined else [])):
             await catalog.close()
+
+
+async def test_reads_ride_out_an_election_then_say_so(cluster: EtcdCluster,
+                                                      unique: str) -> None:
+    """With two of three members gone, the last answers "no leader": reads keep the last
+    view for the election grace (3 s, not the 1 s of an unreachable cluster), then 503."""
+    url = cluster.url(f"e-{unique}")
+    service = f"el-{unique}"
+    writer, reader = await open_catalog(url), await open_catalog(url)
+    try:
+        lease = await writer.create_lease(30)
+        await writer.register(instance(service, f"a-{unique}", 20000, lease.id))
+        await wait_until_ids(reader, service, {f"a-{unique}"}, 5)
+        lost = time.monotonic()
+        for index in (0, 1):
+            cluster.stop_member(index, signal.SIGKILL)
+        failure = None
+        while failure is None and time.monotonic() - lost < 15:
+            try:
+                assert ids(await reader.snapshot(), service) == {f"a-{unique}"}
+            except BackendUnavailable as exc:
+                failure = (time.monotonic() - lost, str(exc))
+            await asyncio.sleep(0.05)
+        assert failure is not None, "reads never said the cluster lost its quorum"
+        took, said = failure
+        assert 3.0 <= took <= 8.0, (took, said)
+        assert "watch down" in said, said
+        for index in (0, 1):
+            cluster.start_member(index)
+        await wait_until_back(reader, lambda snapshot: ids(snapshot, service), 15)
+    finally:
+        await writer.close()
+        await reader.close()
 
 
 async def test_outage_longer_than_a_ttl(lone_server: EtcdServer, pilotfish: StartPilotfish,

@@ -30,6 +30,11 @@ from pilotfish.catalog.model import Instance
 from pilotfish.loop import wait_event
 
 
+def _electing(error: str) -> bool:
+    """Whether a member answered that the cluster has no leader (yet)."""
+    return "etcdserver: no leader" in error or "etcdserver: leader changed" in error
+
+
 class EtcdWatch(EtcdOutages):
     """Follows the prefix (list, then watch from the next revision) and applies what it sees."""
 
@@ -42,7 +47,7 @@ class EtcdWatch(EtcdOutages):
             except TimeoutError:
                 raise self._unavailable(f"no listing yet ({self._watch_error})") from None
         down = self._down_for()
-        if down > self._stale_grace:
+        if down > self._grace():
             raise self._unavailable(f"watch down for {down:.1f}s ({self._watch_error})")
         return self._snapshots.build(self._instances.values(), self._expiry_of)
 
@@ -86,10 +91,15 @@ class EtcdWatch(EtcdOutages):
             except Exception as exc:  # a bug must not stop the watch for good
                 log.exception("etcd watch failed")
                 self._watch_error = f"{member.endpoint}: {exc!r}"
-            if self._disconnected_at is None:
-                backoff = 0.1  # it was up: the next member at once, not after old failures' delay
+            if _electing(self._watch_error):
+                self._electing_at = time.monotonic()
+            if self._disconnected_at is None or _electing(self._watch_error):
+                # It was up, or a member answered that an election is on (typically 1-2
+                # election timeouts): try again soon, not after old failures' delay.
+                backoff = 0.1
             self._went_down()
             self._rotate(member)
+            log.debug("etcd watch: %s; next member in %.1fs", self._watch_error, backoff)
             await wait_event(self._closed, backoff)
             backoff = min(backoff * 2, 1.0)
 
