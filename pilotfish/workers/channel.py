@@ -27,6 +27,12 @@ Handler = Callable[[str, Any], Any | Awaitable[Any]]
 _LENGTH = struct.Struct("!I")
 
 
+def encode(frame: tuple[Any, ...]) -> bytes:
+    """A frame as it goes down the pipe: its length, then the pickled tuple."""
+    data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(data)) + data
+
+
 class ChannelClosed(ConnectionError):
     """The other end has gone (it exited, or closed its end)."""
 
@@ -54,7 +60,12 @@ class Channel:
 
     def tell(self, kind: str, body: Any = None) -> None:
         """Send a message that needs no answer (nothing happens once the other end is gone)."""
-        self._send(("tell", kind, body))
+        self.send_encoded(encode(("tell", kind, body)))
+
+    def send_encoded(self, data: bytes) -> None:
+        """Send a frame made by `encode` (one encoding can go down many channels)."""
+        if not self.closed and not self._writer.is_closing():
+            self._writer.write(data)
 
     async def call(self, kind: str, body: Any = None, timeout: float = 5.0) -> Any:
         """Send a message and wait for the other end's answer (TimeoutError, ChannelClosed)."""
@@ -71,10 +82,7 @@ class Channel:
             self._waiting.pop(number, None)
 
     def _send(self, frame: tuple[Any, ...]) -> None:
-        if self.closed or self._writer.is_closing():
-            return
-        data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
-        self._writer.write(_LENGTH.pack(len(data)) + data)
+        self.send_encoded(encode(frame))
 
     async def _read(self) -> None:
         try:

@@ -13,7 +13,6 @@ from typing import Any
 
 from pilotfish.metrics import Labels, Sample
 from pilotfish.workers.channel import Channel, ChannelClosed
-from pilotfish.workers.diff import ViewDiff
 from pilotfish.workers.shipping import ViewShipper
 from pilotfish.workers.spawn import SpawnedProcess
 
@@ -100,10 +99,7 @@ class WorkerSlot:
         self.channel = channel = await Channel.open(ours, self._handle)
         body = self.start_body(self.index)
 
-        def send(diff: ViewDiff) -> None:
-            channel.tell("view", diff)
-
-        body["view"] = self.shipper.attach(self.index, send)  # then every diff after it
+        body["view"] = self.shipper.attach(self.index, channel.send_encoded)  # then every diff
         await channel.call("start", body, timeout=START_TIMEOUT)
         self.live = True
         log.info("worker %d running as pid %d", self.index, self.process.pid)

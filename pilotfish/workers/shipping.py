@@ -8,9 +8,11 @@ from collections.abc import Callable
 from pilotfish.catalog.interface import Snapshot
 from pilotfish.catalog.view import CatalogView
 from pilotfish.loop import cancel_and_wait
+from pilotfish.workers.channel import encode
 from pilotfish.workers.diff import ViewDiff, ViewState, between, full
 
-Send = Callable[[ViewDiff], None]
+Send = Callable[[bytes], None]
+"""Sends a worker one encoded ("tell", "view", diff) frame."""
 STALE_POLL = 0.05  # seconds: how often the view's freshness is compared (it has no callback)
 
 
@@ -18,7 +20,7 @@ class ViewShipper:
     """Subscribes once to the parent's view and sends each change, as a diff, to every worker.
 
     Every worker is sent the diff from the same last-shipped snapshot, so the diff is computed
-    once per change whatever the number of workers; a worker that (re)starts gets the
+    and encoded once per change whatever the number of workers; a worker that (re)starts gets the
     last-shipped snapshot whole, and every diff after it.
     """
 
@@ -61,8 +63,10 @@ class ViewShipper:
 
     def _ship(self, diff: ViewDiff) -> None:
         self.diffs += 1
-        for send in list(self._receivers.values()):
-            send(diff)
+        if self._receivers:
+            frame = encode(("tell", "view", diff))
+            for send in list(self._receivers.values()):
+                send(frame)
 
     async def _watch_freshness(self) -> None:
         while True:
