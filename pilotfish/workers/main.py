@@ -21,6 +21,7 @@ from typing import Any
 
 from pilotfish.loop import run
 from pilotfish.workers.channel import Channel
+from pilotfish.workers.logs import ForwardedLogs
 from pilotfish.workers.part import Factory, WorkerContext, WorkerPart
 from pilotfish.workers.replica import ReplicaView
 
@@ -96,6 +97,8 @@ async def serve(fd: int) -> int:
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the parent decides
     sock = socket.socket(fileno=fd)
     worker.channel = channel = await Channel.open(sock, worker.handle, worker.done.set)
+    forwarded = ForwardedLogs(lambda body: channel.tell("log", body))
+    logging.getLogger("pilotfish").addHandler(forwarded)
     await worker.done.wait()
     await worker.stop()
     await channel.close()

@@ -13,6 +13,7 @@ from typing import Any
 
 from pilotfish.metrics import Labels, Sample
 from pilotfish.workers.channel import Channel, ChannelClosed
+from pilotfish.workers.logs import replay
 from pilotfish.workers.shipping import ViewShipper
 from pilotfish.workers.spawn import SpawnedProcess
 
@@ -108,6 +109,8 @@ class WorkerSlot:
         if kind == "report":
             part, what, value = body
             self.reports(self.index, part, what, value)
+        elif kind == "log":
+            replay(self.index, body)
         return None
 
     def _retire(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,7 +32,7 @@ class ProbePart:
 
     def message(self, kind: str, body: Any) -> Any:
         """Count SIGHUPs; answer "whoami" with (worker, view index, instance ids); "report"
-        sends `body` back to the parent."""
+        sends `body` back to the parent; "warn" logs each line of `body` as a warning."""
         if kind == "sighup":
             self.sighups += 1
         elif kind == "whoami":
@@ -39,6 +40,9 @@ class ProbePart:
             return self.context.index, view.snapshot.index, sorted(view.snapshot.instances)
         elif kind == "report":
             self.context.report("echo", body)
+        elif kind == "warn":
+            for line in body:
+                logging.getLogger("pilotfish.probe").warning("%s", line)
         return None
 
 

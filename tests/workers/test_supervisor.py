@@ -4,6 +4,7 @@ a killed one comes back while the other serves, SIGHUP and stop reach every one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -16,6 +17,8 @@ import dns.rcode
 
 from pilotfish.catalog.model import Instance
 from pilotfish.dns.stats import QUERIES
+from pilotfish.ui.recent import RecentLog
+from pilotfish.workers.logs import RATE
 from tests.workers.conftest import DOMAIN, Parent
 
 
@@ -197,3 +200,29 @@ async def test_stop_drains_every_worker_and_a_worker_without_parent_exits(
         except ProcessLookupError:
             continue
         raise AssertionError(f"worker {pid} still runs after stop")
+
+
+async def test_a_workers_warnings_reach_the_parents_status_page(parent: Parent) -> None:
+    """Workers print their own lines; the parent's recent-errors list gets them too, at most
+    20 a second from each worker, and says how many it left out."""
+    recent = RecentLog(kept=100)
+    logging.getLogger("pilotfish.probe").addHandler(recent)
+    try:
+        parent.supervisor.tell("probe", "warn", [f"backend {n} refused" for n in range(50)])
+        deadline = time.monotonic() + 5
+        while len(recent.lines()) < 2 * RATE:
+            assert time.monotonic() < deadline, recent.lines()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # nothing more arrives: the rest were over the rate
+        assert len(recent.lines()) == 2 * RATE
+        assert {line["level"] for line in recent.lines()} == {"warning"}
+        await asyncio.sleep(1.0)  # a second later each worker may send again
+        parent.supervisor.tell("probe", "warn", ["after the burst"])
+        deadline = time.monotonic() + 5
+        while len(recent.lines()) < 2 * RATE + 2:
+            assert time.monotonic() < deadline, recent.lines()
+            await asyncio.sleep(0.05)
+        assert [line["message"] for line in recent.lines()[:2]] == [
+            "after the burst (30 earlier lines only in this worker's log)"] * 2
+    finally:
+        logging.getLogger("pilotfish.probe").removeHandler(recent)
