@@ -53,9 +53,11 @@ class EtcdOutages(EtcdCalls):
         elif left < 0:
             self._grace_timer = None
             self.changes.notify()
-        else:
+        else:  # look again when the grace is over, or sooner if the election talk ends
+            electing_ends = self._electing_at + ELECTING_RECENT - time.monotonic()
+            delay = min(left, electing_ends) if electing_ends > 0 else left
             loop = asyncio.get_running_loop()
-            self._grace_timer = loop.call_later(left + 0.01, self._arm_grace_timer)
+            self._grace_timer = loop.call_later(delay + 0.01, self._arm_grace_timer)
 
     def _came_up(self) -> None:
         if self._grace_timer is not None:
