@@ -215,7 +215,8 @@ async def cpu_of_checks(count: int, seconds: float) -> float:
                           target=f"http://127.0.0.1:{port}/health"),)))
             for n, port in enumerate(ports)])
         await checker.start()
-        await asyncio.sleep(3)  # every check probed, passing
+        await asyncio.sleep(3)  # every check probed: critical (the initial status) to passing
+        warmed_up, changes = changes, 0
         shares, probes = [], checker.probes
         for _ in range(WINDOWS):
             cpu, wall = time.process_time(), time.monotonic()
@@ -226,7 +227,8 @@ async def cpu_of_checks(count: int, seconds: float) -> float:
         used = statistics.median(shares)
         print(f"checker: {count} HTTP checks at {INTERVAL:g}s: {rate:.0f} probes/s, "
               f"{used:.1f}% of a core (median of {WINDOWS} windows: "
-              f"{', '.join(f'{s:.1f}' for s in shares)}), {changes} status changes reported")
+              f"{', '.join(f'{s:.1f}' for s in shares)}); the first probes asked "
+              f"{warmed_up} registrations, the measured windows {changes} (a flap asks one)")
         return used
     finally:
         servers.terminate()
