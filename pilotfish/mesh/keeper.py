@@ -9,6 +9,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Callable
 
 from pilotfish.loop import cancel_and_wait
 from pilotfish.mesh.identities import Identities
@@ -34,6 +35,7 @@ class CertificateKeeper:
         self.renew_at: dict[str, float] = {}  # wall clock, per service
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._ready: dict[str, asyncio.Event] = {}
+        self.on_installed: Callable[[str], None] | None = None  # told each new certificate
 
     def want(self, services: set[str]) -> None:
         """Hold certificates for exactly these services."""
@@ -95,6 +97,8 @@ class CertificateKeeper:
         ready = self._ready.get(service)
         if ready is not None:
             ready.set()
+        if self.on_installed is not None:
+            self.on_installed(service)
         log.info("mesh: certificate for %s installed, valid until %s", service,
                  time.strftime("%H:%M:%S", time.gmtime(signed.expires_at)))
         return signed.expires_at

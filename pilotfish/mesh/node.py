@@ -3,7 +3,9 @@ certificates of the services on this host and of those it speaks as, and the int
 
 The sidecar hands it the instances its containers want (`place`): one whose container asks
 for the mesh (SERVICE_MTLS) is registered at the inbound port, with meta mtls=1, and its
-container becomes one of the inbound port's local targets; the others pass unchanged.
+container becomes one of the inbound port's local targets; the others pass unchanged. Until
+this host holds a valid certificate for its service, such an instance carries a critical
+`mesh` check, so DNS and the LB do not hand out a port whose handshakes would fail.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from pilotfish.catalog.interface import Snapshot
-from pilotfish.catalog.model import Instance
+from pilotfish.catalog.model import Check, Instance
 from pilotfish.config import HostPort
 from pilotfish.mesh.identities import Identities
 from pilotfish.mesh.inbound import Inbound
@@ -30,6 +33,7 @@ from pilotfish.stack import Stack
 log = logging.getLogger(__name__)
 
 TRUTHY_OFF = ("", "0", "false", "no")
+MESH_CHECK = "mesh"
 PREFIX = "pilotfish_mesh_"
 SERIES = {
     "certificates": ("gauge", "services this host holds a certificate for"),
@@ -45,6 +49,15 @@ SERIES = {
                                                   "expected service"),
     "intentions_version": ("gauge", "version of the intentions in force (-1: none read yet)"),
 }
+
+
+def uncertified(instance: Instance, since: float) -> Instance:
+    """The instance with a critical `mesh` check: no certificate for its service (since)."""
+    check = Check(id=MESH_CHECK, name="mesh certificate", kind="sidecar", status="critical",
+                  output=f"no certificate for {instance.service} yet: its inbound port "
+                         "cannot complete a handshake", changed=since)
+    others = tuple(c for c in instance.checks if c.id != MESH_CHECK)
+    return replace(instance, checks=(*others, check))
 
 
 def wants_mesh(instance: Instance) -> bool:
@@ -78,6 +91,9 @@ class MeshNode:
         self.follower = IntentionsFollower(stack.catalog)
         self.issuer = IssuerClient(settings.issuer, settings.token, settings.issuer_verify)
         self.keeper = CertificateKeeper(self.identities, self.issuer, settings.cert_ttl)
+        self.keeper.on_installed = self._installed
+        self.on_change: Callable[[], None] | None = None  # place() would now answer otherwise
+        self._waiting: dict[str, float] = {}  # service -> since when it has no certificate
         self.targets: dict[str, list[tuple[str, int]]] = {}
         self.pump: Pump | None = None
         self.inbound: Inbound | None = None
@@ -131,6 +147,7 @@ class MeshNode:
         """The instances to register: those in the mesh moved behind the inbound port."""
         placed: list[Instance] = []
         targets: dict[str, list[tuple[str, int]]] = {}
+        waiting: dict[str, float] = {}
         port = self.inbound_port
         for instance in instances:
             if not wants_mesh(instance):
@@ -141,14 +158,30 @@ class MeshNode:
             local = "127.0.0.1" if instance.address == self.settings.advertise_ip \
                 else instance.address
             targets.setdefault(instance.service, []).append((local, instance.port))
-            placed.append(replace(instance, address=self.settings.advertise_ip, port=port,
-                                  meta={**instance.meta, MESH_META: "1"}))
+            moved = replace(instance, address=self.settings.advertise_ip, port=port,
+                            meta={**instance.meta, MESH_META: "1"})
+            if self.certified(instance.service):
+                placed.append(moved)
+            else:
+                since = waiting.setdefault(instance.service, self._waiting.get(
+                    instance.service, time.time()))
+                placed.append(uncertified(moved, since))
+        self._waiting = waiting
         self.targets = targets
         local_services = set(targets)
         if local_services != self._local:
             self._local = local_services
             self.keeper.want(self._sources | self._local)
         return placed
+
+    def certified(self, service: str) -> bool:
+        """Whether this host holds a certificate for `service` that has not expired."""
+        held = self.identities.held.get(service)
+        return held is not None and held.expires_at > time.time()
+
+    def _installed(self, service: str) -> None:
+        if service in self._local and self.on_change is not None:
+            self.on_change()
 
     def samples(self) -> Iterable[Sample]:
         """The mesh's series, read at scrape time."""

@@ -47,6 +47,8 @@ class Sidecar:
         self.catalog = catalog
         self.settings = settings
         self.mesh = mesh  # moves SERVICE_MTLS containers behind the inbound port
+        if mesh is not None:
+            mesh.on_change = self._update  # a certificate arrived: its instances serve now
         self._unmeshed: set[str] = set()  # instance ids already warned about
         self.stats = stats.SidecarStats()
         self.source = DockerSource(settings.docker)

@@ -3,6 +3,7 @@ mesh does with a container that asks for one."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -15,8 +16,16 @@ from pilotfish.mesh.node import MeshNode, MeshSettings
 from pilotfish.sidecar.containers import Rules
 from pilotfish.sidecar.sidecar import Sidecar, SidecarSettings
 from pilotfish.stack import Stack
+from tests.fixtures.process import start_pilotfish
+from tests.mesh.pki import DOMAIN, MeshPki
 
 HOST = "10.0.0.2"
+ACL = """default_read = false
+[[token]]
+name = "host"
+secret = "host-secret"
+scopes = ["read", "write:db"]
+"""
 
 
 def _instance(name: str, address: str, port: int, **meta: str) -> Instance:
@@ -44,9 +53,44 @@ async def test_mesh_instances_move_behind_the_inbound_port_and_the_rest_stay(
         assert (by_service["web"].port, by_service["api"].port) == (8080, 8081)
         assert node.targets == {"db": [("127.0.0.1", 8000)], "cache": [("172.17.0.5", 6379)]}
         assert set(node.keeper._tasks) == {"db", "cache"}  # certificates asked for
+        # This test's CA never answers: the mesh instances are not served meanwhile.
+        for service in ("db", "cache"):
+            [check] = by_service[service].checks
+            assert (check.id, check.status) == ("mesh", "critical"), check
+            assert f"no certificate for {service}" in check.output
+            assert not by_service[service].serving
+        assert by_service["web"].checks == () and by_service["web"].serving
+        again = {i.service: i for i in node.place([_instance("db", HOST, 8000, mtls="1")])}
+        assert again["db"] == by_service["db"]  # unchanged: the registrar writes nothing
     finally:
         await node.stop()
         await catalog.close()
+
+
+async def test_a_mesh_instance_is_served_once_its_certificate_arrives(
+    tmp_path: Path
+) -> None:
+    (tmp_path / "acl.toml").write_text(ACL)
+    pki = MeshPki.make(tmp_path / "ca")
+    catalog = MemoryCatalog()
+    with start_pilotfish("registry", "--api", "127.0.0.1:0", "--acl", str(tmp_path / "acl.toml"),
+                         "--mesh-ca-cert", str(pki.cert_path), "--mesh-ca-key",
+                         str(pki.key_path), "--trust-domain", DOMAIN) as api:
+        node = MeshNode(Stack(catalog), MeshSettings(HostPort("127.0.0.1", 0), HOST, api.api,
+                                                     "host-secret", DOMAIN))
+        changed = asyncio.Event()
+        node.on_change = changed.set
+        await node.start()
+        try:
+            [first] = node.place([_instance("db", HOST, 8000, mtls="1")])
+            assert [c.id for c in first.checks] == ["mesh"] and not first.serving
+            await asyncio.wait_for(changed.wait(), 10)  # the sidecar registers again
+            [certified] = node.place([_instance("db", HOST, 8000, mtls="1")])
+            assert certified.checks == () and certified.serving
+            assert (certified.address, certified.port) == (HOST, node.inbound_port)
+        finally:
+            await node.stop()
+            await catalog.close()
 
 
 async def test_a_sidecar_without_the_mesh_registers_no_container_that_asks_for_it(
