@@ -35,7 +35,8 @@ class CertificateKeeper:
         self.renew_at: dict[str, float] = {}  # wall clock, per service
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._ready: dict[str, asyncio.Event] = {}
-        self.on_installed: Callable[[str], None] | None = None  # told each new certificate
+        # Told when a service's certificate is installed, or found expired at a failed renewal.
+        self.on_changed: Callable[[str], None] | None = None
 
     def want(self, services: set[str]) -> None:
         """Hold certificates for exactly these services."""
@@ -77,6 +78,8 @@ class CertificateKeeper:
                 wait = RETRY_MAX if getattr(exc, "refused", False) else delay
                 if left > 0:  # still valid: do not wait past a third of what is left
                     wait = min(wait, max(RETRY_MIN, left / 3))
+                elif held is not None and self.on_changed is not None:
+                    self.on_changed(service)  # expired: its instances are not served now
                 log.warning("mesh: no new certificate for %s (%s); retrying in %.1fs",
                             service, str(exc)[:300], wait)
                 await asyncio.sleep(wait)
@@ -97,8 +100,8 @@ class CertificateKeeper:
         ready = self._ready.get(service)
         if ready is not None:
             ready.set()
-        if self.on_installed is not None:
-            self.on_installed(service)
+        if self.on_changed is not None:
+            self.on_changed(service)
         log.info("mesh: certificate for %s installed, valid until %s", service,
                  time.strftime("%H:%M:%S", time.gmtime(signed.expires_at)))
         return signed.expires_at

@@ -91,7 +91,7 @@ class MeshNode:
         self.follower = IntentionsFollower(stack.catalog)
         self.issuer = IssuerClient(settings.issuer, settings.token, settings.issuer_verify)
         self.keeper = CertificateKeeper(self.identities, self.issuer, settings.cert_ttl)
-        self.keeper.on_installed = self._installed
+        self.keeper.on_changed = self._certificate_changed
         self.on_change: Callable[[], None] | None = None  # place() would now answer otherwise
         self._waiting: dict[str, float] = {}  # service -> since when it has no certificate
         self.targets: dict[str, list[tuple[str, int]]] = {}
@@ -179,7 +179,7 @@ class MeshNode:
         held = self.identities.held.get(service)
         return held is not None and held.expires_at > time.time()
 
-    def _installed(self, service: str) -> None:
+    def _certificate_changed(self, service: str) -> None:
         if service in self._local and self.on_change is not None:
             self.on_change()
 

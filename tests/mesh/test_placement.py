@@ -67,27 +67,35 @@ async def test_mesh_instances_move_behind_the_inbound_port_and_the_rest_stay(
         await catalog.close()
 
 
-async def test_a_mesh_instance_is_served_once_its_certificate_arrives(
+async def test_a_mesh_instance_is_served_while_its_certificate_is_valid(
     tmp_path: Path
 ) -> None:
+    """Not before the first certificate arrives, and not after it expired unrenewed."""
     (tmp_path / "acl.toml").write_text(ACL)
     pki = MeshPki.make(tmp_path / "ca")
     catalog = MemoryCatalog()
+    db = _instance("db", HOST, 8000, mtls="1")
     with start_pilotfish("registry", "--api", "127.0.0.1:0", "--acl", str(tmp_path / "acl.toml"),
                          "--mesh-ca-cert", str(pki.cert_path), "--mesh-ca-key",
-                         str(pki.key_path), "--trust-domain", DOMAIN) as api:
+                         str(pki.key_path), "--trust-domain", DOMAIN,
+                         "--mesh-max-cert-ttl", "5") as api:
         node = MeshNode(Stack(catalog), MeshSettings(HostPort("127.0.0.1", 0), HOST, api.api,
-                                                     "host-secret", DOMAIN))
+                                                     "host-secret", DOMAIN, cert_ttl=5))
         changed = asyncio.Event()
         node.on_change = changed.set
         await node.start()
         try:
-            [first] = node.place([_instance("db", HOST, 8000, mtls="1")])
+            [first] = node.place([db])
             assert [c.id for c in first.checks] == ["mesh"] and not first.serving
             await asyncio.wait_for(changed.wait(), 10)  # the sidecar registers again
-            [certified] = node.place([_instance("db", HOST, 8000, mtls="1")])
+            [certified] = node.place([db])
             assert certified.checks == () and certified.serving
             assert (certified.address, certified.port) == (HOST, node.inbound_port)
+            api.stop()  # the CA goes away: the renewal at 2/3 of 5 s fails
+            changed.clear()
+            await asyncio.wait_for(changed.wait(), 15)
+            [expired] = node.place([db])
+            assert [c.id for c in expired.checks] == ["mesh"] and not expired.serving
         finally:
             await node.stop()
             await catalog.close()
