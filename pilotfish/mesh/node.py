@@ -179,6 +179,10 @@ class MeshNode:
         held = self.identities.held.get(service)
         return held is not None and held.expires_at > time.time()
 
+    def uncertified_services(self) -> list[str]:
+        """The services this host serves or speaks as that have no valid certificate now."""
+        return sorted(s for s in self._sources | self._local if not self.certified(s))
+
     def _certificate_changed(self, service: str) -> None:
         if service in self._local and self.on_change is not None:
             self.on_change()

@@ -7,9 +7,16 @@ import time
 from collections.abc import Callable
 
 from pilotfish.catalog.model import Instance
+from pilotfish.mesh.node import MeshNode
 from pilotfish.sidecar.sidecar import Sidecar
 from pilotfish.ui.recent import RecentLog
-from pilotfish.ui.reports import ContainerReport, SidecarReport
+from pilotfish.ui.reports import (
+    CertificateReport,
+    ContainerReport,
+    IntentionReport,
+    MeshReport,
+    SidecarReport,
+)
 
 
 def _registered(instance: Instance) -> str:
@@ -42,6 +49,28 @@ def reporter(sidecar: Sidecar) -> Callable[[], SidecarReport]:
             registered=registrar.held if registrar is not None else 0,
             registry_errors=registrar.errors if registrar is not None else 0,
             reregistrations=registrar.reregistrations if registrar is not None else 0,
-            errors=recent.lines())
+            errors=recent.lines(),
+            mesh=mesh_report(sidecar.mesh) if sidecar.mesh is not None else None)
 
     return report
+
+
+def mesh_report(node: MeshNode) -> MeshReport:
+    """The mesh's part of the sidecar page: what it listens on, holds and enforces."""
+    now = time.time()
+    certificates = [CertificateReport(
+        service=service, expires_in=held.expires_at - now,
+        renew_in=node.keeper.renew_at[service] - now if service in node.keeper.renew_at
+        else None) for service, held in sorted(node.identities.held.items())]
+    intentions = node.follower.current
+    stats = node.inbound.stats if node.inbound is not None else None
+    return MeshReport(
+        inbound=str(node.inbound.address if node.inbound is not None else node.settings.inbound),
+        issuer=node.issuer.where, certificates=certificates,
+        waiting=node.uncertified_services(), intentions_version=intentions.version,
+        default=intentions.default,
+        intentions=[IntentionReport(source=r.source, destination=r.destination, action=r.action,
+                                    description=r.description) for r in intentions.rules],
+        accepted=stats.accepted if stats else 0, carried=stats.carried if stats else 0,
+        refused=dict(stats.refused) if stats else {},
+        tunnels=len(node.pump.tunnels) if node.pump is not None else 0)

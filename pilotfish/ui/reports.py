@@ -64,6 +64,39 @@ class ContainerReport(TypedDict):
     skipped: list[tuple[str, str]]  # (reason, detail)
 
 
+class CertificateReport(TypedDict):
+    """One certificate the mesh holds on this host."""
+
+    service: str
+    expires_in: float  # seconds (negative: expired, unrenewed)
+    renew_in: float | None  # seconds until the next renewal is asked for
+
+
+class IntentionReport(TypedDict):
+    """One rule of the intentions in force."""
+
+    source: str
+    destination: str
+    action: str
+    description: str
+
+
+class MeshReport(TypedDict):
+    """The mesh on the sidecar's host: inbound port, certificates, intentions in force."""
+
+    inbound: str
+    issuer: str
+    certificates: list[CertificateReport]
+    waiting: list[str]  # services of this host's containers with no valid certificate
+    intentions_version: int  # -1: none read yet (nothing is allowed)
+    default: str
+    intentions: list[IntentionReport]
+    accepted: int
+    carried: int
+    refused: dict[str, int]
+    tunnels: int
+
+
 class SidecarReport(TypedDict):
     """The Docker sidecar of this process."""
 
@@ -83,6 +116,7 @@ class SidecarReport(TypedDict):
     registry_errors: int
     reregistrations: int
     errors: list[LogLine]
+    mesh: MeshReport | None  # with --mesh-inbound
 
 
 class DnsReport(TypedDict):

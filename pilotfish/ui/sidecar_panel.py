@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pilotfish.ui.balancer_panel import log_lines
 from pilotfish.ui.html import ago, badge, count, esc, table
+from pilotfish.ui.mesh_panel import mesh_panel
 from pilotfish.ui.reports import ContainerReport, SidecarReport
 
 MAX_CONTAINERS = 500
@@ -30,6 +31,7 @@ def sidecar_panel(report: SidecarReport) -> str:
     return (f'<h2>Sidecar</h2>{facts}<h3>Containers ({len(report["containers"])})</h3>'
             + table(("Container", "Registered", "Not registered (why)"), rows, "containers",
                     "no running containers")
+            + (mesh_panel(report["mesh"]) if report["mesh"] is not None else "")
             + f"<h3>Recent errors</h3>{log_lines(report['errors'])}")
 
 
