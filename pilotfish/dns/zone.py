@@ -12,8 +12,6 @@ import logging
 import operator
 import struct
 import time
-import zlib
-from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -36,6 +34,7 @@ from pilotfish.dns.records import (
     soa_record,
     srv_record,
 )
+from pilotfish.dns.ring import InstanceRecords, RingGroup, ring_point
 from pilotfish.dns.stats import DnsStats
 
 log = logging.getLogger(__name__)
@@ -75,90 +74,12 @@ def srv_priority(meta: Mapping[str, str]) -> int:
     return 1
 
 
-def ring_point(value: str) -> int:
-    """A stable 32-bit position on the answer ring for an instance id or an address."""
-    return zlib.crc32(value.encode())
-
-
-@dataclass(slots=True)
-class _Records:
-    """The encoded records of one instance, shared by every name it appears under."""
-
-    srv: bytes  # owned by the question name
-    extra: bytes  # the SRV target's A/AAAA, for the additional section
-    address: bytes  # the address owned by the question name
-    address_text: str
-    v6: bool
-    point: int  # where the instance sits on the ring
-    address_point: int
-    labels: tuple[str, ...]  # its tags that are DNS labels
-    hosts: tuple[tuple[bytes, str], ...]  # (<hex>.addr name, address), (target name, address)
-
-
-class _Group:
-    """Instances answered under one set of names (a service, or one tag of it), in ring order.
-
-    Adding or removing one instance is a bisect and a list insertion; the answers are joined
-    again from these lists only when asked for after a change.
-    """
-
-    __slots__ = ("keys", "points", "srv", "extras", "address_keys", "address_points",
-                 "address_records", "address_counts", "cached")
-
-    def __init__(self) -> None:
-        self.keys: list[tuple[int, str]] = []  # (ring point, instance id), sorted
-        self.points: list[int] = []
-        self.srv: list[bytes] = []
-        self.extras: list[bytes] = []
-        self.address_keys: tuple[list[tuple[int, str]], list[tuple[int, str]]] = ([], [])
-        self.address_points: tuple[list[int], list[int]] = ([], [])
-        self.address_records: tuple[list[bytes], list[bytes]] = ([], [])
-        self.address_counts: dict[str, int] = {}
-        self.cached: dict[int, Answer] | None = None
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def add(self, instance_id: str, records: _Records) -> None:
-        """Place an instance's records on the ring."""
-        entry = (records.point, instance_id)
-        at = bisect_left(self.keys, entry)
-        self.keys.insert(at, entry)
-        self.points.insert(at, records.point)
-        self.srv.insert(at, records.srv)
-        self.extras.insert(at, records.extra)
-        count = self.address_counts.get(records.address_text, 0)
-        self.address_counts[records.address_text] = count + 1
-        if not count:
-            keys, rrs = self.address_keys[records.v6], self.address_records[records.v6]
-            entry = (records.address_point, records.address_text)
-            at = bisect_left(keys, entry)
-            keys.insert(at, entry)
-            self.address_points[records.v6].insert(at, records.address_point)
-            rrs.insert(at, records.address)
-        self.cached = None
-
-    def remove(self, instance_id: str, records: _Records) -> None:
-        """Take an instance's records off the ring."""
-        at = bisect_left(self.keys, (records.point, instance_id))
-        del self.keys[at], self.points[at], self.srv[at], self.extras[at]
-        count = self.address_counts[records.address_text] - 1
-        if count:
-            self.address_counts[records.address_text] = count
-        else:
-            del self.address_counts[records.address_text]
-            keys, rrs = self.address_keys[records.v6], self.address_records[records.v6]
-            at = bisect_left(keys, (records.address_point, records.address_text))
-            del keys[at], rrs[at], self.address_points[records.v6][at]
-        self.cached = None
-
-
 @dataclass(slots=True)
 class _Service:
     members: dict[str, Instance] = field(default_factory=dict)
-    placed: dict[str, _Records] = field(default_factory=dict)  # what the groups hold now
-    everyone: _Group = field(default_factory=_Group)
-    tags: dict[str, _Group] = field(default_factory=dict)
+    placed: dict[str, InstanceRecords] = field(default_factory=dict)  # what the groups hold now
+    everyone: RingGroup = field(default_factory=RingGroup)
+    tags: dict[str, RingGroup] = field(default_factory=dict)
     hosts: dict[tuple[bytes, str], int] = field(default_factory=dict)
     keys: set[bytes] = field(default_factory=set)
     names: set[bytes] = field(default_factory=set)
@@ -283,14 +204,14 @@ class Zone:
 
     # instances
 
-    def _records(self, instance: Instance) -> _Records:
+    def _records(self, instance: Instance) -> InstanceRecords:
         ttl = self.settings.ttl
         packed = packed_address(instance.address)
         hex_name = f"{packed.hex()}.addr.{self.domain}"
         target = encode(f"{instance.port}.{hex_name}")
         labels = tuple(dict.fromkeys(
             label for label in map(tag_label, instance.tags) if label is not None))
-        return _Records(
+        return InstanceRecords(
             srv_record(QUESTION_NAME, srv_priority(instance.meta), instance.weight,
                        instance.port, target, ttl),
             address_record(target, packed, ttl),
@@ -319,7 +240,7 @@ class Zone:
         for label in records.labels:
             group = service.tags.get(label)
             if group is None:
-                group = service.tags[label] = _Group()
+                group = service.tags[label] = RingGroup()
             group.add(instance_id, records)
         self._count_hosts(service, records.hosts, +1)
 
@@ -336,7 +257,7 @@ class Zone:
                 counts.pop(host, None)
                 self._host_ref(*host, -1)
 
-    def _group_answers(self, group: _Group) -> dict[int, Answer]:
+    def _group_answers(self, group: RingGroup) -> dict[int, Answer]:
         """A, AAAA, SRV and ANY at a name that stands for a group; joined again after a change."""
         if group.cached is not None:
             return group.cached
