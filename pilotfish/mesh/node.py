@@ -37,6 +37,8 @@ MESH_CHECK = "mesh"
 PREFIX = "pilotfish_mesh_"
 SERIES = {
     "certificates": ("gauge", "services this host holds a certificate for"),
+    "certificates_missing": ("gauge", "services this host serves or speaks as with no valid "
+                                      "certificate (their instances are not served)"),
     "certificates_issued_total": ("counter", "certificates obtained from the CA (renewals too)"),
     "certificate_failures_total": ("counter", "failed certificate requests (retried)"),
     "inbound_accepted_total": ("counter", "connections accepted on the inbound port"),
@@ -194,6 +196,7 @@ class MeshNode:
             return PREFIX + name, labels, value
 
         yield sample("certificates", len(self.identities.held))
+        yield sample("certificates_missing", len(self.uncertified_services()))
         yield sample("certificates_issued_total", self.keeper.issued)
         yield sample("certificate_failures_total", self.keeper.failures)
         yield sample("intentions_version", self.follower.current.version)

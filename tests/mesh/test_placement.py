@@ -12,7 +12,7 @@ import pytest
 from pilotfish.catalog.backends.memory import MemoryCatalog
 from pilotfish.catalog.model import Instance
 from pilotfish.config import HostPort
-from pilotfish.mesh.node import MeshNode, MeshSettings
+from pilotfish.mesh.node import PREFIX, MeshNode, MeshSettings
 from pilotfish.sidecar.containers import Rules
 from pilotfish.sidecar.sidecar import Sidecar, SidecarSettings
 from pilotfish.stack import Stack
@@ -87,9 +87,11 @@ async def test_a_mesh_instance_is_served_while_its_certificate_is_valid(
         try:
             [first] = node.place([db])
             assert [c.id for c in first.checks] == ["mesh"] and not first.serving
+            assert (PREFIX + "certificates_missing", (), 1) in list(node.samples())
             await asyncio.wait_for(changed.wait(), 10)  # the sidecar registers again
             [certified] = node.place([db])
             assert certified.checks == () and certified.serving
+            assert (PREFIX + "certificates_missing", (), 0) in list(node.samples())
             assert (certified.address, certified.port) == (HOST, node.inbound_port)
             api.stop()  # the CA goes away: the renewal at 2/3 of 5 s fails
             changed.clear()
