@@ -53,6 +53,7 @@ class CatalogView:
         self._subscribers: list[Subscriber] = []
         self._task: asyncio.Task[None] | None = None
         self.start_waits = True  # start() returns only once the first snapshot is in
+        self._freshness: list[Callable[[], None]] = []
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Call `subscriber` with every new snapshot (and now, if one is already here)."""
@@ -91,18 +92,34 @@ class CatalogView:
                 if not self.stale:
                     log.warning("catalog unreachable, serving the last view: %s", exc)
                     self.stale_since = time.time()
-                self.stale = True
+                    self.stale = True
+                    self._freshness_changed()
                 # Catch up as soon as the backend says it is back (it signals a change),
                 # or retry after `retry` at the latest.
                 await asyncio.sleep(min(RETRY_FLOOR, self._retry))
                 await self.catalog.changes.wait_past(generation, self._retry)
                 continue
-            if self.stale and self.ready.is_set():
+            was_stale = self.stale
+            if was_stale and self.ready.is_set():
                 log.info("catalog reachable again at index %d", snapshot.index)
             self.stale = False
             self.stale_since = None
             if snapshot.index != self.snapshot.index or not self.ready.is_set():
                 self._publish(snapshot)
+            elif was_stale:
+                self._freshness_changed()
+
+    def on_freshness(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the view turns stale, or fresh again without a new snapshot
+        (a new snapshot goes to the subscribers)."""
+        self._freshness.append(callback)
+
+    def _freshness_changed(self) -> None:
+        for callback in self._freshness:
+            try:
+                callback()
+            except Exception:
+                log.exception("view freshness callback failed")
 
     def _publish(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from pilotfish.catalog.interface import Snapshot
 from pilotfish.catalog.view import CatalogView
-from pilotfish.loop import cancel_and_wait
 from pilotfish.workers.channel import encode
 from pilotfish.workers.diff import ViewDiff, ViewState, between, full
 
 Send = Callable[[bytes], None]
 """Sends a worker one encoded ("tell", "view", diff) frame."""
-STALE_POLL = 0.05  # seconds: how often the view's freshness is compared (it has no callback)
 
 
 class ViewShipper:
@@ -29,22 +26,15 @@ class ViewShipper:
         self.shipped = Snapshot(0, ())
         self._state = self._now()
         self._receivers: dict[int, Send] = {}
-        self._task: asyncio.Task[None] | None = None
-        self.diffs = 0  # shipped changes, for metrics
 
     def _now(self) -> ViewState:
         view = self.view
         return ViewState(view.ready.is_set(), view.stale, view.stale_since, view.changed_at)
 
     def start(self) -> None:
-        """Subscribe to the view, and watch its freshness."""
+        """Follow the view's snapshots and its freshness."""
         self.view.subscribe(self._on_snapshot)
-        self._task = asyncio.create_task(self._watch_freshness(), name="view-shipper")
-
-    async def stop(self) -> None:
-        """Stop watching freshness (the subscription ends with the view)."""
-        await cancel_and_wait(self._task)
-        self._task = None
+        self.view.on_freshness(self._on_freshness)
 
     def attach(self, worker: int, send: Send) -> ViewDiff:
         """Ship every later change to `send`; returns the full state to start it with."""
@@ -62,17 +52,11 @@ class ViewShipper:
         self._ship(diff)
 
     def _ship(self, diff: ViewDiff) -> None:
-        self.diffs += 1
         if self._receivers:
             frame = encode(("tell", "view", diff))
             for send in list(self._receivers.values()):
                 send(frame)
 
-    async def _watch_freshness(self) -> None:
-        while True:
-            await asyncio.sleep(STALE_POLL)
-            state = self._now()
-            if (state.stale, state.stale_since, state.ready) != (
-                    self._state.stale, self._state.stale_since, self._state.ready):
-                self._state = state
-                self._ship(ViewDiff(self.shipped.index, (), (), state))
+    def _on_freshness(self) -> None:
+        self._state = self._now()
+        self._ship(ViewDiff(self.shipped.index, (), (), self._state))

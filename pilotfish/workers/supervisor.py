@@ -76,7 +76,6 @@ class Supervisor:
         await cancel_and_wait(self._reporter)
         self._reporter = None
         await asyncio.gather(*(slot.stop(self.grace) for slot in self.slots))
-        await self.shipper.stop()
 
     def _start_body(self, index: int) -> dict[str, Any]:
         return {"index": index, "count": self.count,
