@@ -66,7 +66,7 @@ class DnsWorkers:
         self._release()
 
     def open_files_needed(self) -> int:
-        """None in the parent: the workers hold the sockets."""
+        """The port held while the workers bind it (UDP and TCP, each family), not theirs."""
         return 4
 
     def samples(self) -> Iterable[Sample]:

@@ -60,7 +60,7 @@ class Channel:
 
     def tell(self, kind: str, body: Any = None) -> None:
         """Send a message that needs no answer (nothing happens once the other end is gone)."""
-        self.send_encoded(encode(("tell", kind, body)))
+        self._send(("tell", kind, body))
 
     def send_encoded(self, data: bytes) -> None:
         """Send a frame made by `encode` (one encoding can go down many channels)."""

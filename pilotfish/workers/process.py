@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pilotfish.metrics import Labels, Sample
+from pilotfish.metrics import Sample
 from pilotfish.workers.channel import Channel, ChannelClosed
 from pilotfish.workers.logs import replay
+from pilotfish.workers.part import sum_samples
 from pilotfish.workers.shipping import ViewShipper
 from pilotfish.workers.spawn import SpawnedProcess
 
@@ -44,7 +45,7 @@ class WorkerSlot:
         self.live = False  # started its parts and still running
         self.restarts = 0
         self.last: dict[str, list[Sample]] = {}  # its counters at the last refresh
-        self.retired: dict[str, dict[tuple[str, Labels], float]] = {}  # of dead incarnations
+        self.retired: dict[str, list[Sample]] = {}  # the counters of dead incarnations
         self.started = asyncio.get_running_loop().create_future()  # the first start
         self.stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -118,18 +119,13 @@ class WorkerSlot:
         self.live = False
         self.shipper.detach(self.index)
         for part, samples in self.last.items():
-            kept = self.retired.setdefault(part, {})
-            for name, labels, value in samples:
-                if name.endswith("_total"):
-                    kept[(name, labels)] = kept.get((name, labels), 0.0) + value
+            self.retired[part] = [sample for sample in sum_samples(
+                [self.retired.get(part, ()), samples]) if sample[0].endswith("_total")]
         self.last = {}
 
     def samples(self, part: str) -> list[Sample]:
         """Its counters for one part: the last refresh plus those of its dead incarnations."""
-        current = {(name, labels): value for name, labels, value in self.last.get(part, ())}
-        for key, value in self.retired.get(part, {}).items():
-            current[key] = current.get(key, 0.0) + value
-        return [(name, labels, value) for (name, labels), value in current.items()]
+        return sum_samples([self.last.get(part, ()), self.retired.get(part, ())])
 
     async def refresh(self, timeout: float) -> None:
         """Ask the worker for its counters now (keep the last ones if it does not answer)."""
