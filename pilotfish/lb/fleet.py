@@ -25,8 +25,8 @@ from pilotfish.lb.pool import Key, Pool
 from pilotfish.lb.reserve import ReserveEngine
 from pilotfish.lb.routes import Route
 from pilotfish.lb.settings import LbSettings
-from pilotfish.lb.shared import SharedCounts
-from pilotfish.lb.worker import SUMMED_FROM_SHARED, Ejection, WorkerConfig
+from pilotfish.lb.shared import ALL, SharedCounts, backend_key, route_key
+from pilotfish.lb.worker import Ejection, WorkerConfig
 from pilotfish.loop import cancel_and_wait
 from pilotfish.metrics import Sample
 from pilotfish.stack import Stack
@@ -150,24 +150,24 @@ class FleetBalancer(LoadBalancer):
     def samples(self) -> Iterable[Sample]:
         """The LB's series for the one /metrics: the workers' counters summed, and the open
         connections of every worker, read from the shared counts."""
-        summed = [s for s in self.worker_samples() if s[0] not in SUMMED_FROM_SHARED]
+        summed = self.worker_samples()  # without the active counts (LbWorker.samples)
         total = self.shared.total
-        out: list[Sample] = [("pilotfish_lb_connections", (), float(total("*")))]
+        out: list[Sample] = [("pilotfish_lb_connections", (), float(total(ALL)))]
         for name, labels, _ in summed:
             if name == "pilotfish_lb_connections_total":
                 route = dict(labels)["route"]
                 out.append(("pilotfish_lb_connections_active", labels,
-                            float(total(f"r|{route}"))))
+                            float(total(route_key(route)))))
             elif name == "pilotfish_lb_instance_connections_total":
                 fields = dict(labels)
                 out.append(("pilotfish_lb_instance_connections_active", labels,
-                            float(total(f"b|{fields['route']}|{fields['instance']}"))))
+                            float(total(backend_key(fields["route"], fields["instance"])))))
         return summed + out
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy while the view is current; open connections summed over the workers."""
         healthy, body = super().health()
         with contextlib.suppress(ValueError):  # the file is closed at stop
-            body["connections"] = self.shared.total("*")
+            body["connections"] = self.shared.total(ALL)
         body["workers"] = self.supervisor.count
         return healthy, body

@@ -19,7 +19,7 @@ from pilotfish.lb.pool import Backend, Pool
 from pilotfish.lb.proxy_protocol import header
 from pilotfish.lb.routes import Route
 from pilotfish.lb.settings import LbSettings
-from pilotfish.lb.shared import Cell, SharedCounts
+from pilotfish.lb.shared import ALL, Cell, SharedCounts, route_key, turns_key
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Occupancy:
         self.stopping = False
         self.all_closed = asyncio.Event()  # set when `active` drops to 0 while stopping
         self.counts = counts
-        self.cell: Cell | None = counts.cell("*") if counts is not None else None
+        self.cell: Cell | None = counts.cell(ALL) if counts is not None else None
 
     def total(self) -> int:
         """Connections open across every route (and every worker)."""
@@ -63,11 +63,11 @@ class RouteGate:
         self.on_drained = on_drained
         counts = occupancy.counts
         self.pool = Pool(settings, counts, route.key)
-        self.turns: Cell | None = counts.cell(f"t|{route.key}") \
+        self.turns: Cell | None = counts.cell(turns_key(route.key)) \
             if counts is not None and occupancy.cell is not None else None
         self.picker: Picker = make_picker(route.balance, self.turns)
         self.connections: set[Link] = set()
-        self.cell: Cell | None = counts.cell(f"r|{route.key}") \
+        self.cell: Cell | None = counts.cell(route_key(route.key)) \
             if counts is not None and occupancy.cell is not None else None
         self.stats = RouteStats()
         self.address = route.listen
@@ -162,9 +162,7 @@ class RouteGate:
             if backend is not None:
                 if tried:
                     self.stats.retries += 1
-                backend.active += 1
-                if backend.cell is not None:
-                    backend.cell.add(1)
+                backend.add(1)
                 connection.dial(backend, self.settings.connect_timeout)
                 return
         self.refuse("no_instance" if not tried else "connect_failed")
@@ -172,9 +170,7 @@ class RouteGate:
 
     def failed(self, connection: Link, backend: Backend, error: BaseException) -> None:
         """A connect failed (or the client left while it ran): retry on another instance."""
-        backend.active -= 1
-        if backend.cell is not None:
-            backend.cell.add(-1)
+        backend.add(-1)
         if connection.closed:  # the client left while we connected
             return
         if not isinstance(error, _CONNECT_ERRORS):
@@ -191,9 +187,7 @@ class RouteGate:
         backend.total += 1
         self.pool.connect_succeeded(backend)
         if connection.closed or not alive:
-            backend.active -= 1
-            if backend.cell is not None:
-                backend.cell.add(-1)
+            backend.add(-1)
             return None
         proxy_protocol = self.route.proxy_protocol
         if proxy_protocol:
@@ -212,9 +206,7 @@ class RouteGate:
             occupancy.all_closed.set()
         backend = connection.backend
         if backend is not None:
-            backend.active -= 1
-            if backend.cell is not None:
-                backend.cell.add(-1)
+            backend.add(-1)
             moved = connection.moved()
             if moved is not None:
                 backend.bytes_in += moved[0]

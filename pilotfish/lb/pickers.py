@@ -88,9 +88,7 @@ class PowerOfTwo:
         if second >= first:
             second += 1
         a, b = allowed[first], allowed[second]
-        a_cell, b_cell = a.cell, b.cell  # with workers: every worker's connections count
-        a_active = a.active if a_cell is None else a_cell.total()
-        b_active = b.active if b_cell is None else b_cell.total()
+        a_active, b_active = a.load(), b.load()  # with workers: every worker's connections
         if a_active * b.weight != b_active * a.weight:
             return a if a_active * b.weight < b_active * a.weight else b
         return a

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from pilotfish.catalog.model import Instance
 from pilotfish.lb.settings import LbSettings
-from pilotfish.lb.shared import Cell, SharedCounts
+from pilotfish.lb.shared import Cell, SharedCounts, backend_key
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,12 @@ class Backend:
         self.drain_timer: asyncio.TimerHandle | None = None
         self.cell: Cell | None = None  # with workers: `active` as every worker counts it
 
+    def add(self, delta: int) -> None:
+        """Count a connection to it opened (1) or closed (-1), in every worker's sum too."""
+        self.active += delta
+        if self.cell is not None:
+            self.cell.add(delta)
+
     def load(self) -> int:
         """Active connections as the pickers weigh them: every worker's, with workers."""
         cell = self.cell
@@ -103,7 +109,7 @@ class Pool:
             if backend is None:
                 backend = self.backends[key] = Backend(instance)
                 if self.counts is not None:
-                    backend.cell = self.counts.cell(f"b|{self.scope}|{backend.name}")
+                    backend.cell = self.counts.cell(backend_key(self.scope, backend.name))
                 continue
             backend.instance = instance
             backend.weight = instance.weight

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pilotfish.lb.balancer import LoadBalancer
 from pilotfish.lb.fleet import FleetBalancer
 from pilotfish.lb.pool import Backend
+from pilotfish.lb.shared import ALL, backend_key, route_key
 from pilotfish.ui.recent import RecentLog
 from pilotfish.ui.reports import BackendReport, LbReport, RouteReport
 
@@ -88,17 +89,17 @@ def fleet_reporter(balancer: FleetBalancer) -> Callable[[], LbReport]:
                 backends.append(BackendReport(
                     name=backend.name, id=backend.instance.id,
                     state=backend_state(backend, now), weight=backend.weight,
-                    active=total(f"b|{key}|{backend.name}"),
+                    active=total(backend_key(key, backend.name)),
                     total=count("pilotfish_lb_instance_connections_total", **ids),
                     failed=count("pilotfish_lb_instance_connections_failed_total", **ids),
                     bytes_in=count("pilotfish_lb_instance_bytes_in_total", **ids),
                     bytes_out=count("pilotfish_lb_instance_bytes_out_total", **ids)))
             routes.append(RouteReport(
                 listen=str(gate.address), service=route.service, tag=route.tag,
-                balance=route.balance, active=total(f"r|{key}"),
+                balance=route.balance, active=total(route_key(key)),
                 accepted=count("pilotfish_lb_connections_total", route=key),
                 refused=refused, retries=count("pilotfish_lb_retries_total", route=key),
                 panic=count("pilotfish_lb_panic", route=key) > 0, backends=backends))
-        return LbReport(routes=routes, active=total("*"), errors=recent.lines())
+        return LbReport(routes=routes, active=total(ALL), errors=recent.lines())
 
     return report

@@ -34,6 +34,24 @@ EMPTY = 0
 GONE = -1  # a released row: probing goes on past it
 
 
+ALL = "*"  # the row of every route's connections
+
+
+def route_key(route: str) -> str:
+    """The row of one route's open connections."""
+    return f"r|{route}"
+
+
+def backend_key(route: str, backend: str) -> str:
+    """The row of one backend's open connections on one route."""
+    return f"b|{route}|{backend}"
+
+
+def turns_key(route: str) -> str:
+    """The row round robin takes its turns from on one route."""
+    return f"t|{route}"
+
+
 def key_hash(key: str) -> int:
     """A key's 64-bit signed hash, never EMPTY or GONE."""
     value = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big",
