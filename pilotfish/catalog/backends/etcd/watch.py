@@ -91,9 +91,10 @@ class EtcdWatch(EtcdOutages):
             except Exception as exc:  # a bug must not stop the watch for good
                 log.exception("etcd watch failed")
                 self._watch_error = f"{member.endpoint}: {exc!r}"
-            if _electing(self._watch_error):
+            electing = _electing(self._watch_error)
+            if electing:
                 self._electing_at = time.monotonic()
-            if self._disconnected_at is None or _electing(self._watch_error):
+            if self._disconnected_at is None or electing:
                 # It was up, or a member answered that an election is on (typically 1-2
                 # election timeouts): try again soon, not after old failures' delay.
                 backoff = 0.1
