@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pilotfish.mesh.ca import CertificateAuthority, create_ca
 from pilotfish.mesh.keys import csr_pem, load_identity, new_key
+from tests.fixtures.process import PilotfishProcess, start_pilotfish
 
 DOMAIN = "test.mesh"
 
@@ -54,3 +55,14 @@ class MeshPki:
         if service is not None:
             load_identity(context, *self.identity(service))
         return context
+
+
+def start_ca_registry(folder: Path, acl: str, *flags: str) -> tuple[PilotfishProcess, MeshPki]:
+    """A real `pilotfish registry` with this ACL and a new CA in `folder`, signing for DOMAIN
+    (use the process as a context manager: it stops on leaving)."""
+    (folder / "acl.toml").write_text(acl)
+    pki = MeshPki.make(folder / "ca")
+    api = start_pilotfish("registry", "--api", "127.0.0.1:0", "--acl", str(folder / "acl.toml"),
+                          "--mesh-ca-cert", str(pki.cert_path), "--mesh-ca-key",
+                          str(pki.key_path), "--trust-domain", DOMAIN, *flags, timeout=60.0)
+    return api, pki

@@ -16,8 +16,7 @@ from pilotfish.mesh.node import PREFIX, MeshNode, MeshSettings
 from pilotfish.sidecar.containers import Rules
 from pilotfish.sidecar.sidecar import Sidecar, SidecarSettings
 from pilotfish.stack import Stack
-from tests.fixtures.process import start_pilotfish
-from tests.mesh.pki import DOMAIN, MeshPki
+from tests.mesh.pki import DOMAIN, start_ca_registry
 
 HOST = "10.0.0.2"
 ACL = """default_read = false
@@ -71,14 +70,10 @@ async def test_a_mesh_instance_is_served_while_its_certificate_is_valid(
     tmp_path: Path
 ) -> None:
     """Not before the first certificate arrives, and not after it expired unrenewed."""
-    (tmp_path / "acl.toml").write_text(ACL)
-    pki = MeshPki.make(tmp_path / "ca")
     catalog = MemoryCatalog()
     db = _instance("db", HOST, 8000, mtls="1")
-    with start_pilotfish("registry", "--api", "127.0.0.1:0", "--acl", str(tmp_path / "acl.toml"),
-                         "--mesh-ca-cert", str(pki.cert_path), "--mesh-ca-key",
-                         str(pki.key_path), "--trust-domain", DOMAIN,
-                         "--mesh-max-cert-ttl", "5") as api:
+    api, _ = start_ca_registry(tmp_path, ACL, "--mesh-max-cert-ttl", "5")
+    with api:
         node = MeshNode(Stack(catalog), MeshSettings(HostPort("127.0.0.1", 0), HOST, api.api,
                                                      "host-secret", DOMAIN, cert_ttl=5))
         changed = asyncio.Event()

@@ -13,9 +13,9 @@ import pytest
 from pilotfish.mesh.issuer import IssueFailed, IssuerClient
 from pilotfish.mesh.keeper import CertificateKeeper
 from pilotfish.mesh.keys import csr_pem, new_key
-from tests.fixtures.process import PilotfishProcess, start_pilotfish
+from tests.fixtures.process import PilotfishProcess
 from tests.mesh.harness import two_hosts
-from tests.mesh.pki import DOMAIN, MeshPki
+from tests.mesh.pki import DOMAIN, MeshPki, start_ca_registry
 from tests.mesh.test_tunnels import exchange
 
 TTL = 6  # seconds: renewed every 4
@@ -33,13 +33,9 @@ scopes = ["read", "write:db"]
 
 @pytest.fixture(scope="module")
 def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PilotfishProcess, MeshPki]]:
-    folder = tmp_path_factory.mktemp("ca")
-    (folder / "acl.toml").write_text(ACL)
-    pki = MeshPki.make(folder / "ca")
-    with start_pilotfish("registry", "--api", "127.0.0.1:0", "--acl", str(folder / "acl.toml"),
-                         "--mesh-ca-cert", str(pki.cert_path), "--mesh-ca-key",
-                         str(pki.key_path), "--trust-domain", DOMAIN,
-                         "--mesh-max-cert-ttl", str(TTL)) as api:
+    api, pki = start_ca_registry(tmp_path_factory.mktemp("ca"), ACL,
+                                 "--mesh-max-cert-ttl", str(TTL))
+    with api:
         yield api, pki
 
 

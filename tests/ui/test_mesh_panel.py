@@ -10,7 +10,7 @@ import httpx
 
 from tests.fixtures.process import start_pilotfish
 from tests.fixtures.servers import free_port
-from tests.mesh.pki import DOMAIN, MeshPki
+from tests.mesh.pki import DOMAIN, start_ca_registry
 
 STARTUP = 60.0
 ACL = """default_read = false
@@ -26,13 +26,9 @@ scopes = ["admin"]
 
 
 def test_the_sidecar_page_shows_its_certificates_and_the_intentions(tmp_path: Path) -> None:
-    (tmp_path / "acl.toml").write_text(ACL)
     (tmp_path / "host.token").write_text("host-secret\n")
-    pki = MeshPki.make(tmp_path / "ca")
-    with start_pilotfish("registry", "--api", "127.0.0.1:0", "--acl", str(tmp_path / "acl.toml"),
-                         "--mesh-ca-cert", str(pki.cert_path), "--mesh-ca-key",
-                         str(pki.key_path), "--trust-domain", DOMAIN,
-                         timeout=STARTUP) as api:
+    api, _ = start_ca_registry(tmp_path, ACL)
+    with api:
         admin = {"Authorization": "Bearer ops-secret"}
         put = httpx.put(f"{api.api}/v1/intentions/web/db", headers=admin, timeout=10,
                         json={"action": "allow", "description": "orders <read>"})
