@@ -38,6 +38,11 @@ def merge_checks(old: tuple[Check, ...], new: tuple[Check, ...]) -> tuple[Check,
         for c in new)
 
 
+def with_check(instance: Instance, check: Check) -> Instance:
+    """`instance` with `check` in place of its check of the same id (or added)."""
+    return replace(instance, checks=(*(c for c in instance.checks if c.id != check.id), check))
+
+
 def report(instance: Instance, check_id: str, status: Health, output: str,
            now: float) -> Instance:
     """`instance` with a report applied to its ttl check `check_id`: the status and output,

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+from pilotfish.catalog.checks import with_check
 from pilotfish.catalog.interface import Snapshot
 from pilotfish.catalog.model import Check, Instance
 from pilotfish.config import HostPort
@@ -58,8 +59,7 @@ def uncertified(instance: Instance, since: float) -> Instance:
     check = Check(id=MESH_CHECK, name="mesh certificate", kind="sidecar", status="critical",
                   output=f"no certificate for {instance.service} yet: its inbound port "
                          "cannot complete a handshake", changed=since)
-    others = tuple(c for c in instance.checks if c.id != MESH_CHECK)
-    return replace(instance, checks=(*others, check))
+    return with_check(instance, check)
 
 
 def wants_mesh(instance: Instance) -> bool:

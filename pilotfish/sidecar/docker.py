@@ -18,11 +18,13 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from pilotfish.catalog.model import MAX_CHECK_OUTPUT
+
 log = logging.getLogger(__name__)
 
 EVENT_FILTERS = json.dumps({"type": ["container", "network"]})
 CALL_TIMEOUT = 10.0
-SCRIPT_OUTPUT = 4096  # bytes of a check script's output kept (Consul keeps 4 KB)
+SCRIPT_OUTPUT = MAX_CHECK_OUTPUT  # bytes of a check script's output kept
 
 
 class DockerUnavailable(Exception):

@@ -12,7 +12,8 @@ endpoints do not depend on what the start allocated (host, none and container:<i
 is decided from that inspect, marked running (its health check, if any, "starting"), and
 later events correct it like any other. Bridge-mode containers are inspected after the
 start, which is when Docker allocates their published ports.
-After every change the owner is handed the full desired set (it diffs; see Registrar.sync).
+After every change the owner is told, and reads the full desired set from `entries()` (it
+diffs; see Registrar.sync).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from pilotfish.catalog.model import Instance
 from pilotfish.loop import cancel_and_wait
 from pilotfish.sidecar.addresses import Details
+from pilotfish.sidecar.check_labels import SIDECAR_CHECK
 from pilotfish.sidecar.containers import Decision, Rules, decide
 from pilotfish.sidecar.docker import DockerSource, DockerUnavailable
 from pilotfish.sidecar.stats import SidecarStats
@@ -34,7 +36,7 @@ from pilotfish.sidecar.stopping import Marks
 
 log = logging.getLogger(__name__)
 
-Desired = Callable[[list[Instance]], None]
+Desired = Callable[[], None]
 
 GONE = frozenset({"die", "stop", "destroy", "oom"})
 CHANGED = frozenset({"start", "restart", "pause", "unpause", "health_status", "rename",
@@ -161,14 +163,14 @@ class ContainerFollower:
         previous, self.decisions = self.decisions, {}
         for container_id, details in self._details.items():
             self.decisions[container_id] = self._decide(details, previous.get(container_id))
-        self.marks.keep(self.decisions)
+        self.marks.keep(self._details)
         self.stats.reconciles += 1
         self.stats.reconcile_seconds = time.monotonic() - started
         self.reconciled = True
         self._seen()
         log.info("sidecar: reconciled %d running containers, %d instances in %.3fs",
                  len(self._details), len(self.instances()), self.stats.reconcile_seconds)
-        self._desired(self.instances())
+        self._desired()
         self._first.set()
 
     def _handle(self, event: dict[str, Any]) -> None:
@@ -325,7 +327,7 @@ class ContainerFollower:
     def _changed(self) -> None:
         self.stats.changes += 1
         if self.reconciled:
-            self._desired(self.instances())
+            self._desired()
 
     def skipped(self) -> Iterable[tuple[str, int]]:
         """How many containers' ports are skipped, by reason."""
@@ -339,7 +341,7 @@ class ContainerFollower:
 
 def _bad_checks(decision: Decision | None) -> set[tuple[str, str]]:
     return {(i.id, c.output) for i in (decision.instances if decision else ())
-            for c in i.checks if c.kind == "sidecar"}
+            for c in i.checks if c.id == SIDECAR_CHECK}
 
 
 def _log_bad_checks(details: Details, decision: Decision, previous: Decision | None) -> None:

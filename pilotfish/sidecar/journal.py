@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 
+from pilotfish.catalog.checks import TTL_EXPIRED
 from pilotfish.catalog.model import Health, Instance
 
 log = logging.getLogger("pilotfish.sidecar")
@@ -22,7 +23,7 @@ def reason(instance: Instance, now: float | None = None) -> str:
         return "all checks passing" if instance.checks else "container running"
     for check in instance.checks:
         if check.status_at(moment) == health:
-            said = check.output if check.status == health else "TTL expired"
+            said = check.output if check.status == health else TTL_EXPIRED
             return f"{check.id}: {(said or 'no result yet')[:MAX_REASON]}"
     return f"container {health}"
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
-from pilotfish.catalog.model import Check, Health
+from pilotfish.catalog.model import MAX_CHECK_OUTPUT, Check, Health
 
-OUTPUT_BYTES = 4096
+OUTPUT_BYTES = MAX_CHECK_OUTPUT  # what a check keeps of its output
 """What a probe keeps of what it read (Consul keeps 4 KB of check output)."""
 
 ScriptRunner = Callable[[str, str, float], Awaitable[tuple[int, str]]]

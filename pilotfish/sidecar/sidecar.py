@@ -95,8 +95,9 @@ class Sidecar:
             return
         self.checker.seed(i for i in snapshot.instances.values() if i.id.startswith(prefix))
 
-    def _desired(self, instances: list[Instance]) -> None:
-        """The follower's picture changed (the instances are also in its entries)."""
+    def _desired(self) -> None:
+        """The follower's picture changed: follow its checks, then register the difference."""
+        self.checker.follow(self.follower.entries())
         self._update()
 
     def _update(self) -> None:
@@ -108,7 +109,6 @@ class Sidecar:
     def _wanted(self) -> list[Instance]:
         """The running containers' instances with their checks' latest results, logged."""
         entries = self.follower.entries()
-        self.checker.follow(entries)
         wanted = self._placed([self.checker.overlay(i) for _, i in entries])
         self.journal.update(wanted, self.follower.departures)
         self.follower.departures.clear()

@@ -13,17 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from pilotfish.catalog.checks import with_check
 from pilotfish.catalog.model import Check, Instance
 
 log = logging.getLogger("pilotfish.sidecar")
 
 DOCKER_CHECK = "docker"
-ENDING = {"2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM", "INT", "QUIT", "KILL",
-          "TERM"}
+ENDING = {"2", "3", "9", "15"}  # INT, QUIT, KILL, TERM, as stop_signal() numbers them
 DEFAULT_STOP_TIMEOUT = 10.0
 GRACE_MARGIN = 5.0
 UNHEALTHY = "Docker HEALTHCHECK: unhealthy"
@@ -40,8 +40,7 @@ def marked(instance: Instance, why: str, since: float) -> Instance:
     """The instance critical, with a `docker` check saying why."""
     check = Check(id=DOCKER_CHECK, name="container state", kind="docker", status="critical",
                   output=why, changed=since)
-    others = tuple(c for c in instance.checks if c.id != DOCKER_CHECK)
-    return replace(instance, health="critical", checks=(*others, check))
+    return replace(with_check(instance, check), health="critical")
 
 
 class Marks:
@@ -104,10 +103,15 @@ class Marks:
         if self._marks.pop(container_id, None) is not None and not quiet:
             self._changed()
 
-    def keep(self, containers: Collection[str]) -> None:
-        """Forget the marks of containers no longer running (after a reconcile)."""
-        for container_id in [c for c in self._marks if c not in containers]:
-            self.unmark(container_id, quiet=True)
+    def keep(self, running: Mapping[str, Mapping[str, Any]]) -> None:
+        """After a reconcile (container id -> its inspect): forget the marks of containers no
+        longer running, and an unhealthy mark Docker no longer reports (its `healthy` event
+        came while the event stream was down)."""
+        for container_id, (why, _) in list(self._marks.items()):
+            health = ((running.get(container_id) or {}).get("State") or {}).get("Health") or {}
+            if container_id not in running or (why == UNHEALTHY
+                                               and health.get("Status") != "unhealthy"):
+                self.unmark(container_id, quiet=True)
 
     def clear(self) -> None:
         """Forget every mark and timer."""
