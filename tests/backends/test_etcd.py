@@ -98,10 +98,11 @@ async def test_cluster_survives_losing_its_leader(cluster: EtcdCluster, unique: 
             await catalog.close()
 
 
-async def test_reads_ride_out_an_election_then_say_so(cluster: EtcdCluster,
-                                                      unique: str) -> None:
-    """With two of three members gone, the last answers "no leader": reads keep the last
-    view for the election grace (3 s, not the 1 s of an unreachable cluster), then 503."""
+async def test_a_lone_member_saying_no_leader_is_cut_off_not_electing(
+        cluster: EtcdCluster, unique: str) -> None:
+    """With two of three members gone, the last answers "no leader": a lost quorum (or a
+    host cut off), which reads say after the 1 s grace, once the member's linearizable read
+    has stalled."""
     url = cluster.url(f"e-{unique}")
     service = f"el-{unique}"
     writer, reader = await open_catalog(url), await open_catalog(url)
@@ -121,7 +122,7 @@ async def test_reads_ride_out_an_election_then_say_so(cluster: EtcdCluster,
             await asyncio.sleep(0.05)
         assert failure is not None, "reads never said the cluster lost its quorum"
         took, said = failure
-        assert 3.0 <= took <= 8.0, (took, said)
+        assert took < 3.8, (took, said)
         assert "watch down" in said, said
         for index in (0, 1):
             cluster.start_member(index)

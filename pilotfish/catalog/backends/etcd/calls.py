@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -60,7 +59,6 @@ class EtcdCalls(CachedCatalog):
         self._synced = asyncio.Event()
         self._disconnected_at: float | None = time.monotonic()
         self._watch_error = "not connected yet"
-        self._electing_at = -math.inf  # when a member last answered "no leader"
         self._grace_timer: asyncio.TimerHandle | None = None
         # lapse bookkeeping for leases this process keeps alive
         self._held: dict[str, _Held] = {}

@@ -6,14 +6,7 @@ import asyncio
 import time
 
 from pilotfish.catalog.backends.etcd.calls import EtcdCalls
-from pilotfish.catalog.backends.etcd.members import (
-    ELECTING_RECENT,
-    ELECTION_GRACE,
-    REVOKE_LAPSED_AFTER,
-    _Held,
-    _lease_number,
-    log,
-)
+from pilotfish.catalog.backends.etcd.members import REVOKE_LAPSED_AFTER, _Held, _lease_number, log
 from pilotfish.catalog.interface import BackendUnavailable
 
 
@@ -22,7 +15,7 @@ class EtcdOutages(EtcdCalls):
 
     async def healthy(self) -> bool:
         """Healthy while the watch is connected (or only briefly reconnecting)."""
-        return self._synced.is_set() and self._down_for() <= self._grace()
+        return self._synced.is_set() and self._down_for() <= self._stale_grace
 
     # availability and outages
 
@@ -31,33 +24,14 @@ class EtcdOutages(EtcdCalls):
             return 0.0
         return time.monotonic() - self._disconnected_at
 
-    def _grace(self) -> float:
-        """How long reads are served from the cache without a watch: longer while members
-        answer that the cluster is electing a leader, since nothing is written meanwhile."""
-        if time.monotonic() - self._electing_at < ELECTING_RECENT:
-            return max(self._stale_grace, ELECTION_GRACE)
-        return self._stale_grace
-
     def _went_down(self) -> None:
         if self._disconnected_at is not None:
             return
         self._disconnected_at = time.monotonic()
         log.warning("etcd watch lost (%s); reconnecting", self._watch_error)
-        self._arm_grace_timer()
-
-    def _arm_grace_timer(self) -> None:
-        """Wake blocked watchers once the grace is over, so they report the outage."""
-        left = self._grace() - self._down_for()
-        if self._disconnected_at is None:
-            self._grace_timer = None
-        elif left < 0:
-            self._grace_timer = None
-            self.changes.notify()
-        else:  # look again when the grace is over, or sooner if the election talk ends
-            electing_ends = self._electing_at + ELECTING_RECENT - time.monotonic()
-            delay = min(left, electing_ends) if electing_ends > 0 else left
-            loop = asyncio.get_running_loop()
-            self._grace_timer = loop.call_later(delay + 0.01, self._arm_grace_timer)
+        # Wake blocked watchers once the grace is over, so they report the outage.
+        loop = asyncio.get_running_loop()
+        self._grace_timer = loop.call_later(self._stale_grace + 0.01, self.changes.notify)
 
     def _came_up(self) -> None:
         if self._grace_timer is not None:
@@ -69,7 +43,6 @@ class EtcdOutages(EtcdCalls):
         if was_down is None or first:
             return
         now = time.monotonic()
-        log.debug("etcd watch back after %.2fs", now - was_down)
         if now - was_down > self._stale_grace:
             self._outages.append((was_down, now))
             log.info("etcd reachable again after %.1fs", now - was_down)

@@ -47,7 +47,7 @@ class EtcdWatch(EtcdOutages):
             except TimeoutError:
                 raise self._unavailable(f"no listing yet ({self._watch_error})") from None
         down = self._down_for()
-        if down > self._grace():
+        if down > self._stale_grace:
             raise self._unavailable(f"watch down for {down:.1f}s ({self._watch_error})")
         return self._snapshots.build(self._instances.values(), self._expiry_of)
 
@@ -91,16 +91,12 @@ class EtcdWatch(EtcdOutages):
             except Exception as exc:  # a bug must not stop the watch for good
                 log.exception("etcd watch failed")
                 self._watch_error = f"{member.endpoint}: {exc!r}"
-            electing = _electing(self._watch_error)
-            if electing:
-                self._electing_at = time.monotonic()
-            if self._disconnected_at is None or electing:
+            if self._disconnected_at is None or _electing(self._watch_error):
                 # It was up, or a member answered that an election is on (typically 1-2
                 # election timeouts): try again soon, not after old failures' delay.
                 backoff = 0.1
             self._went_down()
             self._rotate(member)
-            log.debug("etcd watch: %s; next member in %.1fs", self._watch_error, backoff)
             await wait_event(self._closed, backoff)
             backoff = min(backoff * 2, 1.0)
 
